@@ -1,0 +1,69 @@
+"""Typed errors of the protocol core, named for what the caller should do about them."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ProtocolError",
+    "MalformedMessage",
+    "MalformedKey",
+    "BadSignature",
+    "IdentityMismatch",
+    "EmptyBundle",
+    "DecryptFailed",
+    "TooManySkipped",
+    "MessageKeyGone",
+    "UnknownSession",
+    "InvalidState",
+]
+
+
+class ProtocolError(ValueError):
+    """Base of every error the core raises for bad input; state is never changed when one is raised."""
+
+    code = "BAD_REQUEST"
+
+
+class MalformedMessage(ProtocolError):
+    """Bytes that do not parse as the expected wire message: drop them."""
+
+
+class MalformedKey(ProtocolError):
+    """A public key or private scalar that is not a valid secp256k1/X25519 value: reject the input."""
+
+
+class BadSignature(ProtocolError):
+    """A signature that does not verify or cannot be recovered: do not trust the signed data."""
+
+    code = "BAD_SIGNATURE"
+
+
+class IdentityMismatch(BadSignature):
+    """The signature is valid but by another key than the claimed identity."""
+
+
+class EmptyBundle(ProtocolError):
+    """A bundle without any signed prekey: nothing to start a session with."""
+
+
+class DecryptFailed(ProtocolError):
+    """Authentication of a ciphertext failed (wrong key, tampering, or not for us)."""
+
+    code = "DECRYPT_FAILED"
+
+
+class TooManySkipped(DecryptFailed):
+    """The header asks to skip more message keys than the profile allows (MaxSkip)."""
+
+
+class MessageKeyGone(DecryptFailed):
+    """An old message whose key was already deleted (confirmed or pruned): it cannot be read again."""
+
+
+class UnknownSession(ProtocolError):
+    """No session matches the message: the peer should be sent our bundle."""
+
+    code = "NO_SESSION"
+
+
+class InvalidState(ProtocolError):
+    """A serialised state that is corrupt or of an unknown version."""
