@@ -14,6 +14,7 @@ __all__ = [
     "MessageKeyGone",
     "UnknownSession",
     "InvalidState",
+    "BadIdentity",
 ]
 
 
@@ -67,3 +68,9 @@ class UnknownSession(ProtocolError):
 
 class InvalidState(ProtocolError):
     """A serialised state that is corrupt or of an unknown version."""
+
+
+class BadIdentity(ProtocolError):
+    """Text that is not a Status peer identity (0x04… key, compressed hex, zQ3… key or status.app link)."""
+
+    code = "BAD_IDENTITY"
