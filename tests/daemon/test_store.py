@@ -1,0 +1,278 @@
+"""The SQLite store: round trips, encryption at rest, migrations, group commit, crash durability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.daemon.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    InstallationRecord,
+    OwnSpkRecord,
+    PutInstallation,
+    PutMeta,
+    PutOwnSpk,
+    PutPeerReply,
+    PutSession,
+    SessionRecord,
+    Store,
+    StoreCorrupt,
+    StoreFailed,
+    StoreKeyMismatch,
+    StoreVersionTooNew,
+)
+from backends.memory import MemoryKey
+
+IK = MemoryKey(b"\x11" * 32)
+OTHER = MemoryKey(b"\x22" * 32)
+SECRET_STATE = b"RATCHET-STATE-" + bytes(range(50))
+SECRET_SK = b"S" * 8 + b"K" * 24
+
+
+def session(n: int = 1, **kw: object) -> SessionRecord:
+    base: dict[str, object] = dict(
+        sid=bytes([n]) * 16,
+        identity=OTHER.public_key(),
+        installation_id="inst-%d" % n,
+        bundle_id=b"\x02" + bytes([n]) * 32,
+        ephemeral=b"\x03" + bytes([n]) * 32,
+        initiator=True,
+        confirmed=False,
+        expired=False,
+        created_ns=1000 + n,
+        last_used_ns=2000 + n,
+        send_hwm=64,
+        sk=SECRET_SK,
+        state=SECRET_STATE + bytes([n]),
+    )
+    base.update(kw)
+    return SessionRecord(**base)  # type: ignore[arg-type]
+
+
+def inst(iid: str = "a", **kw: object) -> InstallationRecord:
+    base: dict[str, object] = dict(
+        identity=OTHER.public_key(),
+        installation_id=iid,
+        spk=b"\x02" + b"\x44" * 32,
+        spk_version=3,
+        protocol_version=1,
+        timestamp_ns=1_700_000_000_000_000_000,
+        enabled=True,
+        first_seen_ns=5,
+    )
+    base.update(kw)
+    return InstallationRecord(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_every_record(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write(
+        [
+            PutSession(session(1)),
+            PutSession(session(2, expired=True, confirmed=True, initiator=False)),
+            PutInstallation(inst("a")),
+            PutInstallation(inst("b", spk=None, enabled=False)),
+            PutOwnSpk(OwnSpkRecord(1, b"\x02" + b"\x55" * 32, 10, None, False)),
+            PutOwnSpk(OwnSpkRecord(2, b"\x03" + b"\x55" * 32, 20, 30, True)),
+            PutMeta("installation_id", b"uuid"),
+            PutPeerReply(OTHER.public_key(), 99),
+        ]
+    )
+    s.close()
+    s2 = Store(db, IK)
+    assert s2.load_sessions() == [session(1), session(2, expired=True, confirmed=True, initiator=False)]
+    assert s2.load_installations() == [inst("a"), inst("b", spk=None, enabled=False)]
+    assert s2.load_own_spks() == [
+        OwnSpkRecord(1, b"\x02" + b"\x55" * 32, 10, None, False),
+        OwnSpkRecord(2, b"\x03" + b"\x55" * 32, 20, 30, True),
+    ]
+    assert s2.get_meta("installation_id") == b"uuid"
+    assert s2.get_meta("missing") is None
+    assert s2.load_peer_replies() == {OTHER.public_key(): 99}
+    s2.close()
+
+
+def test_replacing_a_session_keeps_one_row(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    s.write([PutSession(session(1))])
+    s.write([PutSession(session(1, send_hwm=128, state=b"newer"))])
+    (only,) = s.load_sessions()
+    assert only.send_hwm == 128 and only.state == b"newer"
+    s.close()
+
+
+def test_secrets_are_not_on_disk_in_clear(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1))])
+    s.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert SECRET_STATE not in raw and SECRET_SK not in raw
+    assert OTHER.public_key() in raw  # sanity: the file does hold the row
+    assert os.stat(db).st_mode & 0o077 == 0
+
+
+def test_wrong_identity_cannot_open(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    Store(db, IK).close()
+    with pytest.raises(StoreKeyMismatch):
+        Store(db, OTHER)
+    Store(db, IK).close()  # and the right key still opens it
+
+
+def test_sealed_value_moved_to_another_row_is_rejected(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1)), PutSession(session(2))])
+    s.close()
+    c = sqlite3.connect(db)
+    (state1,) = c.execute("SELECT state FROM sessions WHERE sid=?", (bytes([1]) * 16,)).fetchone()
+    c.execute("UPDATE sessions SET state=? WHERE sid=?", (state1, bytes([2]) * 16))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    with pytest.raises(StoreCorrupt):
+        s2.load_sessions()
+    s2.close()
+
+
+def test_bit_flip_in_sealed_value_is_rejected(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1))])
+    s.close()
+    c = sqlite3.connect(db)
+    (sk,) = c.execute("SELECT sk FROM sessions").fetchone()
+    flipped = bytearray(sk)
+    flipped[20] ^= 1
+    c.execute("UPDATE sessions SET sk=?", (bytes(flipped),))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    with pytest.raises(StoreCorrupt):
+        s2.load_sessions()
+    s2.close()
+
+
+def test_migrates_a_version_1_database(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    old = Store(db, IK, migrations=MIGRATIONS[:1])
+    assert old.schema_version() == 1
+    old.write([PutSession(session(1)), PutMeta("installation_id", b"x")])
+    with pytest.raises(Exception):
+        old.write([PutPeerReply(OTHER.public_key(), 1)])  # the v2 table does not exist yet
+    old._conn.close()
+    new = Store(db, IK)
+    assert new.schema_version() == SCHEMA_VERSION == 2
+    assert new.load_sessions() == [session(1)]
+    new.write([PutPeerReply(OTHER.public_key(), 7)])
+    assert new.load_peer_replies() == {OTHER.public_key(): 7}
+    new.close()
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    Store(db, IK).close()
+    c = sqlite3.connect(db)
+    c.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    c.commit()
+    c.close()
+    with pytest.raises(StoreVersionTooNew):
+        Store(db, IK)
+
+
+def test_meta_wrapping_rows_are_not_writable(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    with pytest.raises(ValueError):
+        s.submit([PutMeta("wrap_point", b"x")])
+    assert s.last_submitted() == 0  # rejected before queueing: no state change
+    s.close()
+
+
+def test_queued_batches_share_one_commit(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    seqs = [s.submit([PutSession(session(i))]) for i in range(1, 6)]
+    assert s.durable() == 0 and s.commits == 0
+    s.wait(seqs[-1])
+    assert s.durable() == seqs[-1] and s.commits == 1
+    s.wait(seqs[0])  # already covered: no further commit
+    assert s.commits == 1
+    assert len(s.load_sessions()) == 5
+    s.close()
+
+
+def test_concurrent_writers_all_become_durable(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            barrier.wait()
+            for j in range(20):
+                s.write([PutSession(session(1, sid=bytes([k, j]) * 8))])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(s.load_sessions()) == 160
+    assert 1 <= s.commits <= 160
+    s.close()
+
+
+def test_failed_commit_poisons_the_store(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    bad = inst("x")
+    bad.installation_id = None  # type: ignore[assignment]  # NOT NULL violation at commit time
+    seq = s.submit([PutInstallation(bad)])
+    with pytest.raises(StoreFailed):
+        s.wait(seq)
+    with pytest.raises(StoreFailed):
+        s.submit([PutSession(session(1))])
+    assert s.load_installations() == []  # the failed batch left nothing behind
+    s.close()
+
+
+_CHILD = r"""
+import sys
+from agent.daemon.store import Store, PutSession, SessionRecord
+from backends.memory import MemoryKey
+s = Store(sys.argv[1], MemoryKey(b"\x11" * 32))
+i = 0
+while True:
+    i += 1
+    s.write([PutSession(SessionRecord(i.to_bytes(16, "big"), b"\x02" * 33, "x", b"b", b"e", True, False, False,
+                                      i, i, i, b"k" * 32, b"state"))])
+    print(i, flush=True)
+"""
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(db)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acked = 0
+    for line in proc.stdout:
+        acked = int(line)
+        if acked >= 200:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    s = Store(db, IK)
+    sids = {int.from_bytes(r.sid, "big") for r in s.load_sessions()}
+    assert set(range(1, acked + 1)) <= sids  # everything the child reported as written is there
+    s.close()
