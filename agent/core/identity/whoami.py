@@ -1,0 +1,31 @@
+"""The fields ``keyagent whoami`` shows: everything a Status user recognises their identity by."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import MalformedKey
+from .formats import legacy_key, share_link, zq3_encode
+
+__all__ = ["whoami_fields"]
+
+_KEY_UID_RE = re.compile(r"0x[0-9a-f]{64}", re.ASCII)
+
+
+def whoami_fields(pub33: bytes, key_uid: str, installation_id: str) -> dict[str, str]:
+    """``public_key`` (0x04…), ``compressed_key`` (zQ3…), ``key_uid``, ``installation_id``, ``share_link``.
+
+    The key UID cannot be recomputed from the chat key (it hashes the master key), so it is passed in as
+    recorded at import; see :func:`agent.core.identity.derive.key_uid`.
+    """
+    if not _KEY_UID_RE.fullmatch(key_uid):
+        raise MalformedKey("key UID must be 0x followed by 64 lower-case hex digits")
+    if not isinstance(installation_id, str) or not installation_id:
+        raise MalformedKey("installation id must be a non-empty string")
+    return {
+        "public_key": legacy_key(pub33),
+        "compressed_key": zq3_encode(pub33),
+        "key_uid": key_uid,
+        "installation_id": installation_id,
+        "share_link": share_link(pub33),
+    }
