@@ -1,0 +1,1 @@
+"""Generated protobuf modules (see agent/pb/regen.py); do not edit."""
