@@ -35,6 +35,7 @@ __all__ = [
 
 MULTICODEC_SECP256K1_PUB = b"\xe7\x01"  # varint of 0xe7; 2/ACCOUNT's "0xea 0x01" example is a typo (BLS)
 SHARE_LINK_PREFIX = "https://status.app/u#"
+ZQ3_CHARS = 49  # "z" + 48 Base58 characters for every 35-byte e7 01 ‖ 02/03 ‖ X
 MAX_IDENTITY_CHARS = 2048  # a profile link with a long description is ~300 characters
 _HEX_RE = re.compile(r"[0-9a-fA-F]*", re.ASCII)
 _DATA_RE = re.compile(r"[A-Za-z0-9_=-]+", re.ASCII)  # base64url with padding (status-go's URL data)
@@ -65,6 +66,9 @@ def zq3_decode(text: str) -> bytes:
     """Parse a ``zQ3…`` key into the 33-byte compressed point; raise :class:`BadIdentity` otherwise."""
     if not isinstance(text, str) or not text.startswith("z"):
         raise BadIdentity("a compressed Status key starts with 'z' (multibase base58btc)")
+    if len(text) != ZQ3_CHARS:
+        # every valid key encodes to exactly 49 characters, so this catches truncation early and clearly
+        raise BadIdentity(f"compressed key has {len(text)} characters, a zQ3… key has {ZQ3_CHARS} (truncated?)")
     try:
         raw = b58decode(text[1:])
     except Base58Error as exc:
