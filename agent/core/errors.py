@@ -15,6 +15,9 @@ __all__ = [
     "UnknownSession",
     "InvalidState",
     "BadIdentity",
+    "MalformedEnvelope",
+    "WireTooShort",
+    "BadEphemeralKey",
 ]
 
 
@@ -74,3 +77,15 @@ class BadIdentity(ProtocolError):
     """Text that is not a Status peer identity (0x04… key, compressed hex, zQ3… key or status.app link)."""
 
     code = "BAD_IDENTITY"
+
+
+class MalformedEnvelope(MalformedMessage):
+    """A decrypted Waku payload envelope (26/WAKU2-PAYLOAD) whose flags, size field or length do not add up."""
+
+
+class WireTooShort(MalformedMessage):
+    """A Waku payload wire shorter than the ECIES or AES-GCM framing around any envelope: drop it unread."""
+
+
+class BadEphemeralKey(MalformedMessage):
+    """An ECIES wire whose ephemeral key R is not an uncompressed secp256k1 point; rejected before any ECDH."""
