@@ -1,0 +1,734 @@
+"""The session manager: a full Status 1:1 endpoint across devices, over a backend (IK/SPK) and the store.
+
+It decides which installations a message goes to, which session each uses (or runs X3DH), how received
+messages are decrypted (X3DH header, then ratchet, then DH fallback), how bundles update device lists, when
+the signed prekey rotates and expired ones are destroyed, and when we answer with our bundle.
+
+Why a message key is never used twice, across kill -9 and power loss
+    A sending message key is determined by (session, sending chain, position n); the IV is derived from it.
+    1. Every change of a sending chain - a new session (X3DH) or a DH ratchet step during a decrypt - is
+       written to the store and made durable *before* any result derived from it leaves this object; a
+       chain we handed out ciphertexts on is therefore always on disk.
+    2. Within a chain, positions are *reserved*: whenever a session is written, ``send_hwm`` = current
+       position + ``send_reserve``. An encrypt at position ``n`` with ``n >= send_hwm`` first writes a new
+       mark past ``n``; below the mark it writes nothing. So every position ever handed out is < the durable
+       ``send_hwm`` of its chain.
+    3. On load, a session whose stored position is below its mark is advanced to the mark
+       (``advance_sending_chain``) before its first use. Positions handed out before a crash are all below
+       the mark, so none is reused; the peer absorbs the gap with its skipped-key handling (MaxSkip 1000 >
+       ``send_reserve``). A clean ``close()`` writes exact positions, so only crashes leave gaps.
+    4. Two requests never interleave on one ratchet: every state transition runs under one lock (the
+       Python work is GIL-bound anyway); only the wait for durability happens outside it, which is what
+       lets concurrent requests share one fsync (the store's group commit).
+    5. The store applies batches in submission order and reports durability monotonically, so "batch n is
+       durable" implies every earlier state transition is too. Each call waits for the store's latest
+       submitted batch at the time its result was computed (``_finish``), so it also never returns a result
+       built on another request's not-yet-durable state.
+
+Why nothing a client was handed is undone
+    Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a restart
+    we continue the same chain beyond it and the peer's state stays compatible. Plaintexts: the ratchet
+    step, the kept message key and the device updates of a decrypt are durable before it returns; a
+    duplicate delivery decrypts again until ``confirm`` deletes the kept key.
+
+The unknown-session case
+    ``decrypt`` raises :class:`NoSession` (an ``UnknownSession``, wire code NO_SESSION) with ``reason`` and
+    ``reply``: the bytes of an empty message carrying our bundle, to be sent back to the sender so that it
+    includes this device next time (the spec's "partitioned devices" rule), or None when rate-limited or
+    pointless. Verified bundles in the message are applied even then (that is how an unpaired own device
+    gets listed for approval). Any other failure (bad bytes, bad signature, MAC failure) changes nothing.
+
+Concurrent sessions and interoperability
+    Of two live sessions with one installation, the one whose shared key is first in byte order is used for
+    sending and the other expires (the spec's rule). Expired sessions still decrypt, and lookup is by
+    ``DRHeader.id`` like status-go, so a status-go peer that keeps sending on the other session is still
+    understood, and it understands us, because it too decrypts on any session matching the header. A new
+    incoming X3DH session that is *not* concurrent (our existing one is confirmed, or we were its responder)
+    means the peer started over; it supersedes the old one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from agent.core import bundle as core_bundle
+from agent.core import fallback, x3dh
+from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedMessage, ProtocolError, UnknownSession
+from agent.core.hashing import keccak256
+from agent.core.keyops import KeyOps
+from agent.core.keys import public_from_secret, require_compressed
+from agent.core.ratchet import STATUS_GO, Header, Profile, Ratchet
+from agent.core import secp256k1
+from agent.core.wire import (
+    NO_INSTALLATION,
+    decode_bundle,
+    decode_protocol_message,
+    dh_header,
+    dr_header,
+    encode,
+    encrypted_message,
+    pb,
+    protocol_message,
+    x3dh_header,
+)
+from backends.base import Backend
+from backends.errors import KeyExists, KeyNotFound
+
+from .installations import (
+    MAX_INSTALLATIONS,
+    PROTOCOL_VERSION,
+    apply_bundle,
+    choose_session,
+    destroy_due,
+    incoming_supersedes,
+    new_installation_id,
+    reply_allowed,
+    rotation_due,
+    select_enabled,
+)
+from .store import (
+    InstallationRecord,
+    Op,
+    OwnSpkRecord,
+    PutInstallation,
+    PutMeta,
+    PutOwnSpk,
+    PutPeerReply,
+    PutSession,
+    SessionRecord,
+    Store,
+)
+
+__all__ = [
+    "SessionManager",
+    "EncryptResult",
+    "DecryptResult",
+    "SessionInfo",
+    "DeviceInfo",
+    "NoSession",
+    "DeviceError",
+    "HOUR_NS",
+    "DAY_NS",
+]
+
+_T = TypeVar("_T")
+
+HOUR_NS = 3600 * 10**9
+DAY_NS = 24 * HOUR_NS
+_REF_TAG = b"\x01"
+_REF_LEN = 1 + 16 + 33 + 4
+
+
+class NoSession(UnknownSession):
+    """No session of ours can read this message; ``reply`` (if not None) should be sent back to the sender.
+
+    ``reason``: ``not_for_this_device`` (no entry for our installation), ``not_paired`` (from our own identity
+    on an installation that does not encrypt to us), ``own_message`` (our own echo; no reply),
+    ``unknown_prekey`` (X3DH to an SPK we do not have or destroyed), ``unknown_session`` (ratchet message for a
+    session we do not have, e.g. after a restore).
+    """
+
+    def __init__(self, message: str, *, reason: str, reply: bytes | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reply = reply
+
+
+class DeviceError(ProtocolError):
+    """A device request that cannot apply: unknown installation id, or our own installation."""
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    """``message``: ProtocolMessage bytes; ``forward_secrecy`` False when the DH fallback was used (no bundle);
+    ``installations``: the installation ids (peer's and our own) that got a ratchet entry."""
+
+    message: bytes
+    forward_secrecy: bool
+    installations: list[str]
+
+
+@dataclass(frozen=True)
+class DecryptResult:
+    """A decrypted (or public) message.
+
+    ``confirm_ref``: hand back to :meth:`SessionManager.confirm` once processed (frees the kept key; empty when
+    there is nothing to confirm). ``reply``: bytes to send back to the sender (our bundle) or None.
+    ``forward_secrecy`` False for DH-fallback and public messages; ``public`` True for an unencrypted
+    ``public_message``.
+    """
+
+    payload: bytes
+    installation_id: str
+    confirm_ref: bytes
+    reply: bytes | None
+    forward_secrecy: bool = True
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    identity: bytes
+    installation_id: str
+    initiator: bool
+    confirmed: bool
+    expired: bool
+    created_ns: int
+    last_used_ns: int
+    bundle_id: bytes
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    installation_id: str
+    is_self: bool
+    enabled: bool
+    timestamp_ns: int
+    spk_version: int
+
+
+class _Live:
+    """A session record and its ratchet, as held in memory (the authoritative copy)."""
+
+    __slots__ = ("rec", "ratchet")
+
+    def __init__(self, rec: SessionRecord, ratchet: Ratchet) -> None:
+        self.rec = rec
+        self.ratchet = ratchet
+
+
+def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
+    return keccak256(b"keyagent/session", identity, installation_id.encode(), b"\x00", bundle_id, ephemeral)[:16]
+
+
+class SessionManager:
+    """One installation of one identity. Thread-safe; every result is durable before it is returned."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: Store,
+        *,
+        clock: Callable[[], int],
+        rng: Callable[[int], bytes],
+        profile: Profile = STATUS_GO,
+        rotation_ns: int = DAY_NS,
+        spk_grace_ns: int = 7 * DAY_NS,
+        reply_interval_ns: int = HOUR_NS,
+        bundle_refresh_ns: int = HOUR_NS,
+        send_reserve: int = 64,
+    ) -> None:
+        if not 0 < send_reserve < profile.max_skip:
+            raise ValueError("send_reserve must be below the peer's MaxSkip")
+        self._backend = backend
+        self._store = store
+        self._clock = clock
+        self._rng = rng
+        self._profile = profile
+        self._rotation_ns = rotation_ns
+        self._grace_ns = spk_grace_ns
+        self._reply_ns = reply_interval_ns
+        self._refresh_ns = bundle_refresh_ns
+        self._reserve = send_reserve
+        self._lock = threading.RLock()
+        self._ik: KeyOps = backend.identity()
+        self.identity: bytes = self._ik.public_key()
+        self._sessions: dict[bytes, _Live] = {}
+        self._by_peer: dict[tuple[bytes, str], list[bytes]] = {}
+        self._installations: dict[tuple[bytes, str], InstallationRecord] = {}
+        self._spks: dict[int, OwnSpkRecord] = {}
+        self._replies: dict[bytes, int] = store.load_peer_replies()
+        self._dirty: set[bytes] = set()
+        self._bundle_cache: tuple[tuple[tuple[str, bytes, int, int], ...], int, pb.Bundle] | None = None
+
+        ops: list[Op] = []
+        iid = store.get_meta("installation_id")
+        if iid is None:
+            self.installation_id = new_installation_id(rng)
+            ops.append(PutMeta("installation_id", self.installation_id.encode()))
+        else:
+            self.installation_id = iid.decode()
+        for inst in store.load_installations():
+            self._installations[(inst.identity, inst.installation_id)] = inst
+        for spk in store.load_own_spks():
+            self._spks[spk.version] = spk
+        for rec in store.load_sessions():
+            ratchet = Ratchet.from_bytes(rec.state, keygen=self._keygen)
+            _, pos = ratchet.sending_position()
+            if pos < rec.send_hwm:
+                ratchet.advance_sending_chain(rec.send_hwm - pos)  # rule 3: jump past reserved positions
+            self._add_live(_Live(rec, ratchet))
+        with self._lock:
+            self._maintain(ops)
+            self._flush(ops)
+        if ops:
+            store.write(ops)
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _keygen(self) -> tuple[bytes, bytes]:
+        secret = self._secret()
+        return secret, public_from_secret(secret)
+
+    def _secret(self) -> bytes:
+        while True:
+            s = self._rng(32)
+            if secp256k1.valid_secret(s):
+                return s
+
+    def _add_live(self, live: _Live) -> None:
+        self._sessions[live.rec.sid] = live
+        self._by_peer.setdefault((live.rec.identity, live.rec.installation_id), []).append(live.rec.sid)
+
+    def _peer_sessions(self, identity: bytes, installation_id: str) -> list[_Live]:
+        return [self._sessions[s] for s in self._by_peer.get((identity, installation_id), [])]
+
+    def _flush(self, ops: list[Op]) -> None:
+        """Turn every session touched by this request into a write, with a fresh reservation mark (rule 2)."""
+        for sid in sorted(self._dirty):
+            live = self._sessions[sid]
+            _, pos = live.ratchet.sending_position()
+            live.rec.state = live.ratchet.to_bytes()
+            live.rec.send_hwm = pos + self._reserve
+            ops.append(PutSession(replace(live.rec)))
+        self._dirty.clear()
+
+    def _run(self, work: Callable[[list[Op]], _T]) -> _T:
+        """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
+
+        If ``work`` fails half-way, what it already changed in memory is consistent (each step completes) and
+        is written all the same, so memory and disk never diverge; the error is then re-raised.
+        """
+        ops: list[Op] = []
+        error: BaseException | None = None
+        result: _T | None = None
+        with self._lock:
+            try:
+                self._maintain(ops)
+                result = work(ops)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
+                error = e
+            self._flush(ops)
+            if ops:
+                self._store.submit(ops)
+            seq = self._store.last_submitted()
+        self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]  # work() returned: result holds its value
+
+    # ------------------------------------------------------------------ our prekeys and bundle
+
+    def _current_spk(self) -> OwnSpkRecord | None:
+        live = [s for s in self._spks.values() if s.expired_ns is None and not s.destroyed]
+        return max(live, key=lambda s: s.version) if live else None
+
+    def _maintain(self, ops: list[Op]) -> None:
+        """Rotate the SPK when due (24 h from creation) and destroy expired ones after the grace period."""
+        now = self._clock()
+        cur = self._current_spk()
+        if cur is None or rotation_due(cur.created_ns, now, self._rotation_ns):
+            self._rotate(ops)
+        for spk in list(self._spks.values()):
+            if not spk.destroyed and destroy_due(spk.expired_ns, now, self._grace_ns):
+                try:
+                    self._backend.destroy_signed_prekey(spk.version)
+                except KeyNotFound:
+                    pass  # destroyed earlier but the mark was lost in a crash
+                spk.destroyed = True
+                ops.append(PutOwnSpk(replace(spk)))
+
+    def _rotate(self, ops: list[Op]) -> OwnSpkRecord:
+        version = max(self._spks, default=0) + 1
+        try:
+            key = self._backend.create_signed_prekey(version)
+        except KeyExists:  # created before a crash that lost the store write; it was never published
+            key = self._backend.signed_prekey(version)
+        now = self._clock()
+        for old in self._spks.values():
+            if old.expired_ns is None:
+                old.expired_ns = now
+                ops.append(PutOwnSpk(replace(old)))
+                for live in self._sessions.values():  # our responder sessions on it stop being used to send
+                    if not live.rec.initiator and live.rec.bundle_id == old.public and not live.rec.expired:
+                        live.rec.expired = True
+                        self._dirty.add(live.rec.sid)
+        rec = OwnSpkRecord(version, key.public_key(), now, None, False)
+        self._spks[version] = rec
+        ops.append(PutOwnSpk(replace(rec)))
+        self._bundle_cache = None
+        return rec
+
+    def _spk_by_public(self, public: bytes) -> OwnSpkRecord | None:
+        for spk in self._spks.values():
+            if spk.public == public:
+                return spk
+        return None
+
+    def _spk_key(self, public: bytes) -> KeyOps | None:
+        spk = self._spk_by_public(public)
+        if spk is None or spk.destroyed:
+            return None
+        try:
+            return self._backend.signed_prekey(spk.version)
+        except KeyNotFound:
+            return None
+
+    def _own_devices(self, limit: int) -> list[InstallationRecord]:
+        return select_enabled(self._installations.values(), self.identity, exclude=self.installation_id,
+                              limit=limit)
+
+    def _bundle(self) -> pb.Bundle:
+        """Our signed bundle: self + up to 2 enabled own devices; re-signed when it changes or gets old."""
+        cur = self._current_spk()
+        assert cur is not None  # _maintain always leaves a current SPK
+        entries = [(self.installation_id, cur.public, cur.version, PROTOCOL_VERSION)]
+        for dev in self._own_devices(MAX_INSTALLATIONS - 1):
+            assert dev.spk is not None
+            entries.append((dev.installation_id, dev.spk, dev.spk_version, dev.protocol_version))
+        key = tuple(sorted(entries))
+        now = self._clock()
+        cached = self._bundle_cache
+        if cached is not None and cached[0] == key and now - cached[1] < self._refresh_ns:
+            return cached[2]
+        b = core_bundle.sign_bundle(self._ik, {i: (spk, v, pv) for i, spk, v, pv in key}, now)
+        self._bundle_cache = (key, now, b)
+        return b
+
+    # ------------------------------------------------------------------ bundles and devices
+
+    def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op]) -> None:
+        """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version."""
+        up = apply_bundle(self._installations, identity, b, our_identity=self.identity,
+                          our_installation_id=self.installation_id, now_ns=self._clock())
+        for rec in up.records:
+            self._installations[(identity, rec.installation_id)] = rec  # our bundle's cache key notices changes
+            ops.append(PutInstallation(replace(rec)))
+        for iid in up.rekeyed:
+            new_spk = self._installations[(identity, iid)].spk
+            for live in self._peer_sessions(identity, iid):
+                if live.rec.initiator and live.rec.bundle_id != new_spk and not live.rec.expired:
+                    live.rec.expired = True  # the next send runs a new X3DH to the new prekey
+                    self._dirty.add(live.rec.sid)
+
+    def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
+        b = decode_bundle(data)
+        return core_bundle.verify_bundle(b), b
+
+    def add_peer_bundle(self, bundle_bytes: bytes) -> bytes:
+        """Verify and store a bundle (contact code, QR, file); return its identity. Our own → a new device."""
+        identity, b = self._verify_bundle_bytes(bundle_bytes)
+        self._run(lambda ops: self._merge_bundle(identity, b, ops))
+        return identity
+
+    def our_bundle(self) -> bytes:
+        """Our current signed Bundle protobuf (self + up to 2 enabled own devices)."""
+        return self._run(lambda ops: encode(self._bundle()))
+
+    def rotate_signed_prekey(self) -> int:
+        """Rotate now (version + 1, new backend key); returns the new version. Also happens every 24 h."""
+        return self._run(lambda ops: self._rotate(ops).version)
+
+    def maintain(self) -> None:
+        """Time-based upkeep (rotation, destroying expired SPKs); every request does it too."""
+        self._run(lambda ops: None)
+
+    def devices(self) -> list[DeviceInfo]:
+        """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""
+        with self._lock:
+            cur = self._current_spk()
+            out = [DeviceInfo(self.installation_id, True, True, self._clock(), cur.version if cur else 0)]
+            others = [i for (ident, _), i in self._installations.items() if ident == self.identity]
+            others.sort(key=lambda i: (-i.timestamp_ns, i.installation_id))
+            out += [DeviceInfo(i.installation_id, False, i.enabled, i.timestamp_ns, i.spk_version) for i in others]
+            return out
+
+    def _set_device(self, installation_id: str, enabled: bool) -> None:
+        def work(ops: list[Op]) -> None:
+            if installation_id == self.installation_id:
+                raise DeviceError("this is our own installation")
+            rec = self._installations.get((self.identity, installation_id))
+            if rec is None:
+                raise DeviceError(f"unknown device {installation_id!r}")
+            if rec.enabled != enabled:
+                rec = replace(rec, enabled=enabled)
+                self._installations[(self.identity, installation_id)] = rec
+                ops.append(PutInstallation(replace(rec)))
+                self._bundle_cache = None  # our bundle changes and rides on the next messages
+
+        self._run(work)
+
+    def approve_device(self, installation_id: str) -> None:
+        """Pair one of our own devices: it receives our messages and appears in our bundle (newest 2 used)."""
+        self._set_device(installation_id, True)
+
+    def disable_device(self, installation_id: str) -> None:
+        """Unpair one of our own devices: no more messages to it, no longer in our bundle."""
+        self._set_device(installation_id, False)
+
+    def list_sessions(self) -> list[SessionInfo]:
+        with self._lock:
+            return [
+                SessionInfo(r.identity, r.installation_id, r.initiator, r.confirmed, r.expired, r.created_ns,
+                            r.last_used_ns, r.bundle_id)
+                for r in (live.rec for live in self._sessions.values())
+            ]
+
+    # ------------------------------------------------------------------ sending
+
+    def _sending_session(self, inst: InstallationRecord) -> _Live | None:
+        """The live session for this installation (tie-break by shared key), or a new X3DH one."""
+        lives = self._peer_sessions(inst.identity, inst.installation_id)
+        chosen, losers = choose_session([live.rec for live in lives])
+        for rec in losers:
+            rec.expired = True
+            self._dirty.add(rec.sid)
+        if chosen is not None:
+            return self._sessions[chosen.sid]
+        if inst.spk is None:
+            return None
+        eph = self._secret()
+        sk = x3dh.initiate(self._ik, inst.identity, inst.spk, eph)
+        ratchet = Ratchet.initiator(self._profile, sk, inst.spk, keygen=self._keygen)
+        ek = public_from_secret(eph)
+        now = self._clock()
+        rec = SessionRecord(
+            sid=_session_id(inst.identity, inst.installation_id, inst.spk, ek),
+            identity=inst.identity,
+            installation_id=inst.installation_id,
+            bundle_id=inst.spk,
+            ephemeral=ek,
+            initiator=True,
+            confirmed=False,
+            expired=False,
+            created_ns=now,
+            last_used_ns=now,
+            send_hwm=0,
+            sk=sk,
+            state=b"",
+        )
+        live = _Live(rec, ratchet)
+        self._add_live(live)
+        self._dirty.add(rec.sid)  # rule 1: a new chain is durable before anything encrypted on it leaves
+        return live
+
+    def _encrypt_on(self, live: _Live, payload: bytes) -> pb.EncryptedMessageProtocol:
+        rec = live.rec
+        _, pos = live.ratchet.sending_position()
+        if pos >= rec.send_hwm:
+            self._dirty.add(rec.sid)  # rule 2: reserve the next positions before handing this one out
+        header, ct = live.ratchet.encrypt(payload)
+        rec.last_used_ns = self._clock()
+        x3 = x3dh_header(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None
+        return encrypted_message(ct, x3dh=x3, dr=dr_header(header.dh, header.n, header.pn, rec.bundle_id))
+
+    def encrypt(self, peer_identity: bytes, payload: bytes, peer_bundle: bytes | None = None) -> EncryptResult:
+        """Encrypt ``payload`` for every enabled installation of the peer (≤3) and of ourselves (≤2 others).
+
+        ``peer_bundle`` (optional, verified, must be the peer's) is merged first. Without any usable
+        installation the DH fallback is used (``forward_secrecy`` False). Our bundle rides on the message.
+        """
+        peer = require_compressed(peer_identity, "peer identity")
+        if not isinstance(payload, (bytes, bytearray)):
+            raise MalformedMessage("payload must be bytes")
+        verified: pb.Bundle | None = None
+        if peer_bundle is not None:
+            ident, verified = self._verify_bundle_bytes(peer_bundle)
+            if ident != peer:
+                raise IdentityMismatch("the bundle is not the peer's")
+
+        def work(ops: list[Op]) -> EncryptResult:
+            ours = self._bundle()  # token signature first: a locked token fails before any change
+            if verified is not None:
+                self._merge_bundle(peer, verified, ops)
+            to_self = peer == self.identity
+            targets = select_enabled(self._installations.values(), peer,
+                                     exclude=self.installation_id if to_self else None,
+                                     limit=MAX_INSTALLATIONS - 1 if to_self else MAX_INSTALLATIONS)
+            own = [] if to_self else self._own_devices(MAX_INSTALLATIONS - 1)
+            entries: dict[str, pb.EncryptedMessageProtocol] = {}
+            peer_ids: list[str] = []
+            for inst in targets + own:
+                live = self._sending_session(inst)
+                if live is None:
+                    continue  # an installation without a prekey is skipped
+                entries[inst.installation_id] = self._encrypt_on(live, bytes(payload))
+                if inst.identity == peer:
+                    peer_ids.append(inst.installation_id)
+            fs = True
+            if not peer_ids:
+                eph_pub, ct = fallback.encrypt(peer, bytes(payload), self._secret(), self._rng(12))
+                entries[NO_INSTALLATION] = encrypted_message(ct, dh=dh_header(eph_pub))
+                fs = False
+            msg = protocol_message(self.installation_id, entries, bundles=[ours])
+            return EncryptResult(encode(msg), fs, [i for i in entries if i != NO_INSTALLATION])
+
+        return self._run(work)
+
+    def public_message(self, payload: bytes) -> bytes:
+        """A ProtocolMessage carrying ``payload`` unencrypted in ``public_message`` (and our bundle)."""
+        if not isinstance(payload, (bytes, bytearray)):
+            raise MalformedMessage("payload must be bytes")
+        return self._run(lambda ops: encode(
+            protocol_message(self.installation_id, bundles=[self._bundle()], public_message=bytes(payload))))
+
+    # ------------------------------------------------------------------ receiving
+
+    def _reply(self, peer: bytes, ops: list[Op]) -> bytes | None:
+        """An empty DH message carrying our bundle, at most once per peer per ``reply_interval_ns``."""
+        now = self._clock()
+        if not reply_allowed(self._replies.get(peer), now, self._reply_ns):
+            return None
+        eph_pub, ct = fallback.encrypt(peer, b"", self._secret(), self._rng(12))
+        msg = protocol_message(self.installation_id, {NO_INSTALLATION: encrypted_message(ct, dh=dh_header(eph_pub))},
+                               bundles=[self._bundle()])
+        self._replies[peer] = now
+        ops.append(PutPeerReply(peer, now))
+        return encode(msg)
+
+    def decrypt(self, sender_identity: bytes, message: bytes) -> DecryptResult:
+        """Decrypt a ProtocolMessage from ``sender_identity`` (the transport signature key).
+
+        Order: the entry for our installation (else ``"none"``); X3DH header (passive X3DH with the SPK it
+        names, also an expired one within the grace period), then the ratchet, then the DH fallback.
+        Bundles in the message must verify and be the sender's, else nothing changes (IdentityMismatch).
+        Raises :class:`NoSession` (with a bundle ``reply``) when no session of ours can read it.
+        """
+        sender = require_compressed(sender_identity, "sender identity")
+        msg = decode_protocol_message(message)
+        bundles = []
+        for b in msg.bundles:
+            if core_bundle.verify_bundle(b) != sender:
+                raise IdentityMismatch("a bundle in the message is not the sender's")
+            bundles.append(b)
+        sender_iid = msg.installation_id
+        if sender == self.identity and sender_iid == self.installation_id:
+            raise NoSession("our own message", reason="own_message", reply=None)
+        if self.installation_id in msg.encrypted_message:
+            entry: pb.EncryptedMessageProtocol | None = msg.encrypted_message[self.installation_id]
+        elif NO_INSTALLATION in msg.encrypted_message:
+            entry = msg.encrypted_message[NO_INSTALLATION]
+        else:
+            entry = None
+
+        def work(ops: list[Op]) -> DecryptResult | NoSession:
+            def no_session(text: str, reason: str) -> NoSession:
+                for b in bundles:
+                    self._merge_bundle(sender, b, ops)
+                return NoSession(text, reason=reason, reply=self._reply(sender, ops))
+
+            if entry is None:
+                if msg.public_message:
+                    for b in bundles:
+                        self._merge_bundle(sender, b, ops)
+                    return DecryptResult(bytes(msg.public_message), sender_iid, b"", None, False, True)
+                if sender == self.identity:
+                    return no_session("a device of ours that is not paired with this one", "not_paired")
+                return no_session("the message has no entry for this installation", "not_for_this_device")
+            if entry.HasField("DR_header"):
+                got = self._decrypt_dr(sender, sender_iid, entry)
+                if isinstance(got, str):
+                    return no_session(f"no session for this message ({got})", got)
+                for b in bundles:
+                    self._merge_bundle(sender, b, ops)
+                return got
+            if entry.HasField("DH_header"):
+                pt = fallback.decrypt(self._ik, bytes(entry.DH_header.key), bytes(entry.payload))
+                for b in bundles:
+                    self._merge_bundle(sender, b, ops)
+                # the sender had no bundle of ours: answer with it (an empty payload is itself such an answer)
+                reply = self._reply(sender, ops) if pt else None
+                return DecryptResult(pt, sender_iid, b"", reply, False, False)
+            raise MalformedMessage("no key specified")
+
+        result = self._run(work)
+        if isinstance(result, NoSession):
+            raise result
+        return result
+
+    def _decrypt_dr(self, sender: bytes, sender_iid: str, entry: pb.EncryptedMessageProtocol) -> DecryptResult | str:
+        dr = entry.DR_header
+        bundle_id = bytes(dr.id)
+        header = Header(bytes(dr.key), int(dr.n), int(dr.pn))
+        fresh: _Live | None = None
+        if entry.HasField("X3DH_header"):
+            ek = require_compressed(bytes(entry.X3DH_header.key), "X3DH ephemeral key")
+            spk_pub = bytes(entry.X3DH_header.id)
+            sid = _session_id(sender, sender_iid, spk_pub, ek)
+            if sid in self._sessions:
+                candidates = [self._sessions[sid]]
+            else:
+                spk = self._spk_key(spk_pub)
+                if spk is None:
+                    return "unknown_prekey"
+                sk = x3dh.respond(self._ik, spk, sender, ek)
+                now = self._clock()
+                rec = SessionRecord(sid, sender, sender_iid, spk_pub, ek, False, False, False, now, now, 0, sk, b"")
+                fresh = _Live(rec, Ratchet.responder(self._profile, sk, spk_pub, None, keygen=self._keygen))
+                candidates = [fresh]
+        else:
+            candidates = [live for live in self._peer_sessions(sender, sender_iid) if live.rec.bundle_id == bundle_id]
+            candidates.sort(key=lambda live: (live.rec.expired, -live.rec.last_used_ns))
+            if not candidates:
+                return "unknown_session"
+        error: ProtocolError | None = None
+        for live in candidates:
+            # the token SPK is only needed while the responder's ratchet key is still its SPK
+            needs_spk = not live.rec.initiator and live.ratchet.sending_position()[0] == live.rec.bundle_id
+            spk_key = self._spk_key(live.rec.bundle_id) if needs_spk else None
+            try:
+                pt = live.ratchet.decrypt(header, bytes(entry.payload), spk=spk_key)
+            except ProtocolError as e:  # DecryptFailed, MessageKeyGone, TooManySkipped, InvalidState...
+                error = e
+                continue
+            rec = live.rec
+            if live is fresh:
+                for other in self._peer_sessions(sender, sender_iid):
+                    if not other.rec.expired and incoming_supersedes(other.rec):
+                        other.rec.expired = True
+                        self._dirty.add(other.rec.sid)
+                self._add_live(live)
+            rec.confirmed = True  # a reply on our session: stop resending the X3DH header
+            rec.last_used_ns = self._clock()
+            self._dirty.add(rec.sid)
+            ref = _REF_TAG + rec.sid + header.dh + header.n.to_bytes(4, "big")
+            return DecryptResult(pt, sender_iid, ref, None)
+        assert error is not None
+        if isinstance(error, DecryptFailed):
+            raise error
+        raise DecryptFailed(f"can't decrypt: {error}") from error
+
+    def confirm(self, refs: Iterable[bytes]) -> None:
+        """The application processed these messages: delete their kept keys (duplicates no longer decrypt)."""
+        parsed: list[tuple[bytes, bytes, int]] = []
+        for ref in refs:
+            if not isinstance(ref, (bytes, bytearray)) or len(ref) != _REF_LEN or ref[:1] != _REF_TAG:
+                raise MalformedMessage("not a confirmation reference")
+            parsed.append((bytes(ref[1:17]), bytes(ref[17:50]), int.from_bytes(ref[50:54], "big")))
+
+        def work(ops: list[Op]) -> None:
+            for sid, dh, n in parsed:
+                live = self._sessions.get(sid)
+                if live is not None and live.ratchet.has_message_key(dh, n):
+                    live.ratchet.delete_message_key(dh, n)
+                    self._dirty.add(sid)
+
+        self._run(work)
+
+    def close(self) -> None:
+        """Write exact sending positions (so a clean restart leaves no gap), then close the store."""
+        with self._lock:
+            ops: list[Op] = []
+            for sid, live in self._sessions.items():
+                _, pos = live.ratchet.sending_position()
+                live.rec.state = live.ratchet.to_bytes()
+                live.rec.send_hwm = pos
+                ops.append(PutSession(replace(live.rec)))
+            if ops:
+                self._store.write(ops)
+        self._store.close()
+
+

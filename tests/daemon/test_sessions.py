@@ -1,0 +1,179 @@
+"""SessionManager API: one device per identity; durability, reservation, confirmation, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
+from agent.core.wire import NO_INSTALLATION, decode_bundle, decode_protocol_message, encode
+from agent.daemon.sessions import DecryptResult, DeviceError, NoSession
+from agent.daemon.store import Store
+from backends.memory import MemoryKey
+from tests.sessions.harness import World, entries, world  # noqa: F401  (fixture)
+
+ALICE = MemoryKey(b"\x0a" * 32)
+BOB = MemoryKey(b"\x0b" * 32)
+CAROL = MemoryKey(b"\x0c" * 32)
+
+
+def ok(r: object) -> DecryptResult:
+    assert isinstance(r, DecryptResult), r
+    return r
+
+
+def test_installation_id_is_stable_per_home(world: World) -> None:
+    a = world.device("a", ALICE)
+    iid = a.iid
+    assert iid == iid.lower() and len(iid) == 36
+    world.reopen(a, crash=False)
+    assert a.iid == iid
+    assert world.device("a2", ALICE).iid != iid
+
+
+def test_our_bundle_verifies_and_names_this_installation(world: World) -> None:
+    a = world.device("a", ALICE)
+    b = decode_bundle(a.mgr.our_bundle())
+    assert bytes(b.identity) == ALICE.public_key()
+    assert list(b.signed_pre_keys) == [a.iid]
+    assert b.signed_pre_keys[a.iid].version == 1 and b.signed_pre_keys[a.iid].protocol_version == 1
+    assert bytes(b.signed_pre_keys[a.iid].signed_pre_key) == a.backend.spks[1].public_key()
+
+
+def test_x3dh_header_is_resent_until_the_first_reply(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m1 = a.send(b, b"one", b.mgr.our_bundle())
+    m2 = a.send(b, b"two")
+    assert m1.forward_secrecy and m1.installations == [b.iid]
+    for m in (m1, m2):
+        assert entries(m.message)[b.iid].HasField("X3DH_header")
+    assert ok(b.recv(a, m2.message)).payload == b"two"  # out of order
+    assert ok(b.recv(a, m1.message)).payload == b"one"
+    assert ok(a.recv(b, b.send(a, b"reply").message)).payload == b"reply"
+    m3 = a.send(b, b"three")
+    assert not entries(m3.message)[b.iid].HasField("X3DH_header")
+    assert ok(b.recv(a, m3.message)).payload == b"three"
+
+
+def test_every_message_carries_our_bundle(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = decode_protocol_message(a.send(b, b"x", b.mgr.our_bundle()).message)
+    assert m.installation_id == a.iid
+    assert [bytes(x.identity) for x in m.bundles] == [ALICE.public_key()]
+
+
+def test_no_bundle_means_dh_fallback_then_bundle_reply_then_x3dh(world: World) -> None:
+    a, c = world.device("a", ALICE), world.device("c", CAROL)
+    r = a.send(c, b"hello carol")
+    assert r.forward_secrecy is False and r.installations == []
+    assert list(entries(r.message)) == [NO_INSTALLATION]
+    got = ok(c.recv(a, r.message))
+    assert got.payload == b"hello carol" and got.forward_secrecy is False and got.reply is not None
+    back = ok(a.recv(c, got.reply))  # an empty advertisement: Alice learns Carol's bundle, no reply loop
+    assert back.payload == b"" and back.reply is None
+    r2 = a.send(c, b"now with x3dh")
+    assert r2.forward_secrecy is True and r2.installations == [c.iid]
+    assert ok(c.recv(a, r2.message)).payload == b"now with x3dh"
+
+
+def test_duplicate_decrypts_until_confirmed(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = a.send(b, b"dup", b.mgr.our_bundle()).message
+    first = ok(b.recv(a, m))
+    assert ok(b.recv(a, m)).payload == b"dup"
+    b.mgr.confirm([first.confirm_ref])
+    with pytest.raises(MessageKeyGone):
+        b.mgr.decrypt(ALICE.public_key(), m)
+    b.mgr.confirm([first.confirm_ref])  # confirming twice is harmless
+    with pytest.raises(MalformedMessage):
+        b.mgr.confirm([first.confirm_ref[:-1]])
+
+
+def test_tampered_ciphertext_changes_nothing(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = decode_protocol_message(a.send(b, b"secret", b.mgr.our_bundle()).message)
+    entry = m.encrypted_message[b.iid]
+    good = encode(m)
+    entry.payload = bytes(entry.payload[:-1]) + bytes([entry.payload[-1] ^ 1])
+    with pytest.raises(DecryptFailed):
+        b.mgr.decrypt(ALICE.public_key(), encode(m))
+    assert b.mgr.list_sessions() == []  # the responder session of a failed decrypt is not kept
+    assert ok(b.recv(a, good)).payload == b"secret"
+
+
+def test_bad_input_is_typed_and_changes_nothing(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = a.send(b, b"x", b.mgr.our_bundle()).message
+    with pytest.raises(MalformedMessage):
+        b.mgr.decrypt(ALICE.public_key(), m[:-3])
+    with pytest.raises(MalformedKey):
+        b.mgr.decrypt(b"\x02" * 5, m)
+    with pytest.raises(IdentityMismatch):  # the carried bundle is Alice's, the claimed sender is Carol
+        b.mgr.decrypt(CAROL.public_key(), m)
+    with pytest.raises(IdentityMismatch):
+        a.mgr.encrypt(CAROL.public_key(), b"x", b.mgr.our_bundle())
+    with pytest.raises(MalformedMessage):
+        a.mgr.add_peer_bundle(b"\xff\xff")
+    with pytest.raises(MalformedMessage):
+        a.mgr.encrypt(BOB.public_key(), "text")  # type: ignore[arg-type]
+    assert b.mgr.list_sessions() == [] and [d.is_self for d in b.mgr.devices()] == [True]
+    assert ok(b.recv(a, m)).payload == b"x"
+
+
+def test_public_messages_pass_through_marked(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    got = ok(b.recv(a, a.mgr.public_message(b"hello everyone")))
+    assert got.public is True and got.forward_secrecy is False and got.payload == b"hello everyone"
+    assert got.confirm_ref == b""
+
+
+def test_own_echo_and_device_errors(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = a.send(b, b"x", b.mgr.our_bundle()).message
+    r = a.recv(a, m)
+    assert isinstance(r, NoSession) and r.reason == "own_message" and r.reply is None
+    with pytest.raises(DeviceError):
+        a.mgr.approve_device("no-such-device")
+    with pytest.raises(DeviceError):
+        a.mgr.disable_device(a.iid)
+
+
+def test_crash_jumps_past_reserved_positions_and_peer_absorbs_the_gap(world: World) -> None:
+    a, b = world.device("a", ALICE, send_reserve=16), world.device("b", BOB)
+    ms = [a.send(b, b"m%d" % i, b.mgr.our_bundle() if i == 0 else None).message for i in range(5)]
+    world.reopen(a, crash=True, send_reserve=16)  # killed: memory lost, only the store survives
+    after = a.send(b, b"after crash").message
+    # the last write (new session, after position 0) reserved up to 1 + 16: the restart jumps there
+    assert entries(after)[b.iid].DR_header.n == 17
+    for i, m in enumerate(ms):
+        assert ok(b.recv(a, m)).payload == b"m%d" % i
+    assert ok(b.recv(a, after)).payload == b"after crash"
+
+
+def test_clean_restart_leaves_no_gap(world: World) -> None:
+    a, b = world.device("a", ALICE, send_reserve=16), world.device("b", BOB)
+    for i in range(3):
+        a.send(b, b"m", b.mgr.our_bundle() if i == 0 else None)
+    world.reopen(a, crash=False, send_reserve=16)
+    assert entries(a.send(b, b"next").message)[b.iid].DR_header.n == 3
+
+
+def test_positions_crossing_the_mark_are_written_before_return(world: World) -> None:
+    a, b = world.device("a", ALICE, send_reserve=4), world.device("b", BOB)
+    commits = []
+    for i in range(10):
+        a.send(b, b"m", b.mgr.our_bundle() if i == 0 else None)
+        commits.append(a.mgr._store.durable())
+    # writes only for message 0 (new session; mark 1+4) and message 5 (reached the mark; new mark 6+4)
+    assert [c - commits[0] for c in commits] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    (rec,) = Store(a.home / "state.db", ALICE).load_sessions()
+    assert rec.send_hwm == 10
+
+
+def test_decrypt_state_is_durable_before_return(world: World) -> None:
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    m = a.send(b, b"x", b.mgr.our_bundle()).message
+    ok(b.recv(a, m))
+    world.reopen(b, crash=True)
+    assert len(b.mgr.list_sessions()) == 1
+    assert ok(b.recv(a, m)).payload == b"x"  # kept key survived the crash: a redelivery still decrypts
+    assert ok(a.recv(b, b.send(a, b"reply").message)).payload == b"reply"
