@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from agent.conformance.registry import Case, register
 from agent.core import secp256k1
 from agent.core.hashing import keccak256
 from agent.core.errors import (
@@ -32,7 +33,7 @@ from agent.core.errors import (
 from agent.core.waku import ecies, envelope, payload, symmetric, topics
 from backends.memory import MemoryKey
 
-__all__ = ["recognise", "replay_waku"]
+__all__ = ["recognise", "cases", "replay_waku", "waku_payload"]
 
 _MODES = ("asymmetric", "symmetric")
 
@@ -75,8 +76,6 @@ class _Replayer:
         self.vectors: dict[str, dict[str, Any]] = {
             str(v.get("id")): v for v in doc.get("vectors") or [] if isinstance(v, dict)
         }
-        self.failures: list[str] = []
-        self.passed = 0
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _hex(self, entry: dict[str, Any], name: str) -> bytes | None:
@@ -100,19 +99,16 @@ class _Replayer:
     def _signer_of(self, entry: dict[str, Any]) -> bytes | None:
         return self._hex(entry, "signer_pub")
 
-    def run(self, case: str, fn: Callable[[list[str]], None]) -> None:
-        """Run one case; it passes when it added no failure lines and raised nothing."""
+    def check(self, fn: Callable[[list[str]], None]) -> list[str]:
+        """Run one case's check; return its failure lines (a crash on vector data is a failure line)."""
         lines: list[str] = []
         try:
             fn(lines)
         except _CaseError as exc:
             lines.append(str(exc))
-        except Exception as exc:  # a crash on vector data is a failed case, never a crashed replay
+        except Exception as exc:  # never a crashed replay
             lines.append(f"unexpected {type(exc).__name__}: {exc}")
-        if lines:
-            self.failures.extend(f"{case}: {line}" for line in lines)
-        else:
-            self.passed += 1
+        return lines
 
     # -- vectors ---------------------------------------------------------------------------------------------
     def vector(self, v: dict[str, Any], out: list[str]) -> None:
@@ -348,6 +344,37 @@ def _eq(out: list[str], field: str, got: bytes, want: bytes | None) -> None:
         out.append(f"{field} {got.hex()[:64]}… != {want.hex()[:64]}…")
 
 
+def cases(doc: dict[str, Any], where: str = "") -> list[Case]:
+    """One :class:`Case` per vector, negative and status derivation of a recognised document."""
+    rep = _Replayer(doc)
+    prefix = f"{where}." if where else ""
+    out: list[Case] = []
+
+    def case(name: str, fn: Callable[[list[str]], None]) -> None:
+        out.append(Case(prefix + name, functools.partial(rep.check, fn)))
+
+    for i, v in enumerate(doc.get("vectors") or []):
+        case(str(v.get("id", f"vectors[{i}]")), functools.partial(rep.vector, v))
+    for i, n in enumerate(doc.get("negatives") or []):
+        case(str(n.get("id", f"negatives[{i}]")), functools.partial(rep.negative, n))
+    status = doc.get("status")
+    if isinstance(status, dict):
+        if isinstance(status.get("negotiated"), dict):
+            case("status.negotiated", functools.partial(rep.negotiated, status["negotiated"]))
+        if isinstance(status.get("partitioned"), dict):
+            case("status.partitioned", functools.partial(rep.partitioned, status["partitioned"]))
+    return out
+
+
+@register
+def waku_payload(node: object, where: str) -> list[Case] | None:
+    """Registry hook: claim a waku_payload-schema document wherever it sits in the JSON tree."""
+    if not recognise(node):
+        return None
+    assert isinstance(node, dict)
+    return cases(node, where)
+
+
 def replay_waku(doc: dict[str, Any]) -> tuple[int, list[str]]:
     """Replay every vector, negative and status derivation of a waku_payload-schema document.
 
@@ -355,15 +382,11 @@ def replay_waku(doc: dict[str, Any]) -> tuple[int, list[str]]:
     """
     if not recognise(doc):
         return 0, ["document: not in the waku_payload schema (keys + vectors/negatives with mode and wire)"]
-    rep = _Replayer(doc)
-    for i, v in enumerate(doc.get("vectors") or []):
-        rep.run(str(v.get("id", f"vectors[{i}]")), functools.partial(rep.vector, v))
-    for i, n in enumerate(doc.get("negatives") or []):
-        rep.run(str(n.get("id", f"negatives[{i}]")), functools.partial(rep.negative, n))
-    status = doc.get("status")
-    if isinstance(status, dict):
-        if isinstance(status.get("negotiated"), dict):
-            rep.run("status.negotiated", functools.partial(rep.negotiated, status["negotiated"]))
-        if isinstance(status.get("partitioned"), dict):
-            rep.run("status.partitioned", functools.partial(rep.partitioned, status["partitioned"]))
-    return rep.passed, rep.failures
+    passed, failures = 0, []
+    for c in cases(doc):
+        lines = c.run()
+        if lines:
+            failures += [f"{c.name}: {line}" for line in lines]
+        else:
+            passed += 1
+    return passed, failures

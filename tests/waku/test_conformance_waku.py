@@ -133,3 +133,16 @@ def test_status_derivations_checked(doc: dict[str, Any]) -> None:
     passed, failures = replay_waku(d)
     assert any(f.startswith("status.negotiated: sym_key") for f in failures)
     assert any(f.startswith("status.partitioned: topic_string") for f in failures)
+
+
+def test_registry_finds_the_document_anywhere_in_a_tree(doc: dict[str, Any]) -> None:
+    from agent.conformance import replay_data
+
+    total = len(doc["vectors"]) + len(doc["negatives"]) + 2
+    result = replay_data(doc, "waku_payload.json")
+    assert (result.passed, result.failed, result.failures) == (total, 0, [])
+    bad = copy.deepcopy(doc)
+    bad["negatives"][0]["expect"] = "too_short"
+    nested = replay_data({"suite": [{"go": bad}]}, "f.json")
+    assert nested.passed == total - 1 and nested.failed == 1
+    assert nested.failures[0].startswith("f.json:suite[0].go.neg-asym-ct-bitflip: rejected with DecryptFailed")
