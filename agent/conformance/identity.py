@@ -23,6 +23,7 @@ failure lines ``"<case>: <field> ..."``; no exception escapes for bad data.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,7 @@ from agent.core.identity import (
     zq3_encode,
 )
 
-__all__ = ["NOT_CHECKED", "recognise", "replay_identity", "replay_identity_detail"]
+__all__ = ["NOT_CHECKED", "recognise", "node_cases", "replay_identity", "replay_identity_detail"]
 
 NOT_CHECKED = frozenset({"alias", "emoji_hash", "color_hash", "color_id", "seed_42"})
 
@@ -218,6 +219,59 @@ def _partitioned(pub: bytes) -> dict[str, str]:
         "partitioned_chat_id": topics.partitioned_name(pub),
         "partitioned_content_topic": topics.partitioned_topic(pub),
     }
+
+
+_PATH_TEXT = re.compile(r"m(/[0-9]+['hH]?)*", re.ASCII)
+
+
+def _node_check(node: object) -> Callable[[_Replayer, _Out], None] | None:
+    """The check for one JSON node of this schema, or None when the node is not ours (shape only)."""
+    if not isinstance(node, dict):
+        return None
+    if isinstance(node.get("mnemonic"), str):
+        if any(k in node for k in ("seed", "master_xprv", "master_public_key", "key_uid", "master_address",
+                                   "derived", "chat")):
+            return lambda rep, out: rep.identity(node, out)
+        if "extendedMasterKey" in node or any(k.startswith("m/") for k in node):
+            return lambda rep, out: rep.upstream(node, out)
+        return None
+    if "key_uid" in node and "public_key" in node:
+        return lambda rep, out: rep.upstream(node, out)
+    cases = node.get("cases")
+    if isinstance(cases, list) and cases and all(isinstance(c, dict) and "zQ3" in c for c in cases):
+        return lambda rep, out: rep.upstream(node, out)
+    if "fragment_public_key" in node and any(k.startswith("user_url") for k in node):
+        return lambda rep, out: rep.upstream(node, out)
+    if node and set(node) & set(PATHS) and all(
+        isinstance(v, str) and _PATH_TEXT.fullmatch(v) for v in node.values()
+    ):
+
+        def check_paths(rep: _Replayer, out: _Out) -> None:
+            for name, path in node.items():
+                if name in PATHS:
+                    out.eq(f"paths.{name}", path, PATHS[name])
+
+        return check_paths
+    return None
+
+
+def node_cases(node: object, where: str) -> list[tuple[str, Callable[[], list[str]]]] | None:
+    """Cases for the conformance registry's tree walk: ``(name, run)`` with ``run() -> failure lines``.
+
+    Claims one identity, one upstream vector or one path table at a time, so a file mixing schemas works.
+    """
+    check = _node_check(node)
+    if check is None:
+        return None
+
+    def run() -> list[str]:
+        rep = _Replayer()
+        rep.run(where or "document", lambda out: check(rep, out))
+        if rep.skipped:  # claimed but nothing keyagent implements was compared: never a silent pass
+            return ["no field keyagent implements was compared"]
+        return [line.split(": ", 1)[1] for line in rep.failures]
+
+    return [(where or "document", run)]
 
 
 def replay_identity(doc: dict[str, Any]) -> tuple[int, list[str]]:
