@@ -142,3 +142,52 @@ def test_bad_data_becomes_failure_lines_not_crashes(vectors: dict[str, Any]) -> 
     assert passed == 0
     names = {f.split(":")[0] for f in failures}
     assert names == {"paths", "upstream.k", "upstream.m", "upstream.s", "upstream.p", "identities.i", "identities.j"}
+
+
+def _walk(node: Any, where: str, out: list[tuple[str, Any]]) -> None:
+    """The registry's tree walk in miniature: offer every dict/list, descend only into unclaimed nodes."""
+    from agent.conformance.identity import node_cases
+
+    if isinstance(node, (dict, list)):
+        cases = node_cases(node, where)
+        if cases is not None:
+            out.extend(cases)
+            return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _walk(v, f"{where}.{k}" if where else str(k), out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _walk(v, f"{where}[{i}]", out)
+
+
+def test_node_level_cases_cover_the_shared_file(vectors: dict[str, Any]) -> None:
+    cases: list[tuple[str, Any]] = []
+    _walk(vectors, "", cases)
+    names = sorted(n for n, _ in cases)
+    assert names == sorted(
+        [
+            "paths",
+            "upstream.status_go_generator_test_TREZOR",
+            "upstream.nim_status_bip32_chat_key",
+            "upstream.nim_status_keyuid_of_imported_key",
+            "upstream.multiformat",
+            "upstream.share_urls",
+        ]
+        + [f"identities.{k}" for k in vectors["identities"]]
+    )
+    assert all(run() == [] for _, run in cases)
+
+
+def test_node_level_cases_report_tampering_and_empty_claims(vectors: dict[str, Any]) -> None:
+    doc = {"wrapper": [copy.deepcopy(vectors["identities"]["abandon_about_empty"])]}
+    doc["wrapper"][0]["key_uid"] = _flip(doc["wrapper"][0]["key_uid"])
+    cases: list[tuple[str, Any]] = []
+    _walk(doc, "", cases)
+    assert [n for n, _ in cases] == ["wrapper[0]"]
+    lines = cases[0][1]()
+    assert len(lines) == 1 and lines[0].startswith("key_uid ")
+    only_alias = {"mnemonic": "abandon " * 11 + "about", "chat": {"alias": "Darkviolet Overcooked Bittern"}}
+    cases = []
+    _walk(only_alias, "", cases)
+    assert cases[0][1]() == ["no field keyagent implements was compared"]
