@@ -78,7 +78,7 @@ class Response(_message.Message):
     def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "reason", "reply")
     class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         INTERNAL: _ClassVar[Error.Code]
@@ -135,9 +135,13 @@ class Error(_message.Message):
     KEY_FILE_CORRUPT: Error.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     code: Error.Code
     message: str
-    def __init__(self, code: _Optional[_Union[Error.Code, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: str
+    reply: bytes
+    def __init__(self, code: _Optional[_Union[Error.Code, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., reply: _Optional[bytes] = ...) -> None: ...
 
 class IdentityRequest(_message.Message):
     __slots__ = ()
@@ -246,16 +250,24 @@ class ListSessionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("peer_identity", "installation_id", "state", "updated_at")
+    __slots__ = ("peer_identity", "installation_id", "initiator", "confirmed", "expired", "created_ns", "last_used_ns", "bundle_id")
     PEER_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     INSTALLATION_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    INITIATOR_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_NS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     peer_identity: bytes
     installation_id: str
-    state: str
-    updated_at: int
-    def __init__(self, peer_identity: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., state: _Optional[str] = ..., updated_at: _Optional[int] = ...) -> None: ...
+    initiator: bool
+    confirmed: bool
+    expired: bool
+    created_ns: int
+    last_used_ns: int
+    bundle_id: bytes
+    def __init__(self, peer_identity: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., initiator: _Optional[bool] = ..., confirmed: _Optional[bool] = ..., expired: _Optional[bool] = ..., created_ns: _Optional[int] = ..., last_used_ns: _Optional[int] = ..., bundle_id: _Optional[bytes] = ...) -> None: ...
 
 class ListSessionsResponse(_message.Message):
     __slots__ = ("sessions",)

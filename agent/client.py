@@ -1,0 +1,221 @@
+"""A typed Python client for the agent's socket API (proto/keyagent/agent.proto).
+
+    with AgentClient() as agent:          # $KEYAGENT_SOCK, else the default home's socket
+        sig = agent.sign(digest)
+        msg = agent.encrypt(peer_identity, b"hi").message
+
+Every failure the agent reports raises :class:`AgentError` with the stable ``code`` name (``"LOCKED"``,
+``"NO_SESSION"``, ...); transport failures raise :class:`AgentUnavailable`. One client object holds one
+connection and is safe to share between threads (requests are serialised on it); open one per thread for
+parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+from agent.pb.keyagent import agent_pb2 as pb
+
+__all__ = [
+    "AgentClient",
+    "AgentError",
+    "AgentUnavailable",
+    "Encrypted",
+    "Decrypted",
+    "Identity",
+    "resolve_socket",
+    "DEFAULT_MAX_FRAME",
+]
+
+DEFAULT_MAX_FRAME = 256 * 1024
+_LEN = struct.Struct(">I")
+
+
+class AgentUnavailable(ConnectionError):
+    """No agent answers on the socket (not started, wrong KEYAGENT_SOCK, or it closed the connection)."""
+
+    code = "UNAVAILABLE"
+
+
+class AgentError(Exception):
+    """The agent answered with an error: ``code`` is the stable Error.Code name, ``message`` one line."""
+
+    def __init__(self, code: str, message: str, *, reason: str = "", reply: bytes = b"") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    message: bytes
+    forward_secrecy: bool
+    installations: list[str]
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    payload: bytes
+    installation_id: str
+    confirm_ref: bytes
+    reply: bytes | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    identity_public_key: bytes
+    public_key: str
+    compressed_key: str
+    installation_id: str
+    address: str
+
+
+def resolve_socket(socket_path: str | None = None, home: str | None = None) -> str:
+    """Explicit socket, else the socket of an explicit home, else ``$KEYAGENT_SOCK``, else the default home's."""
+    if socket_path:
+        return socket_path
+    from agent.daemon.socketdir import socket_path_for
+
+    if home:
+        return str(socket_path_for(home))
+    env = os.environ.get("KEYAGENT_SOCK")
+    if env:
+        return env
+    from agent.daemon.config import default_home
+
+    return str(socket_path_for(default_home()))
+
+
+class AgentClient:
+    """One connection to one agent."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, *, timeout: float | None = 60.0,
+                 max_frame: int = 16 * 1024 * 1024) -> None:
+        self.socket_path = os.fspath(socket_path) if socket_path is not None else resolve_socket()
+        self._timeout = timeout
+        self._max_frame = max_frame
+        self._sock: socket.socket | None = None
+        self._mu = threading.Lock()
+
+    # --- connection -------------------------------------------------------------------------------------------
+    def connect(self) -> "AgentClient":
+        if self._sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self._timeout)
+            try:
+                s.connect(self.socket_path)
+            except OSError as exc:
+                s.close()
+                raise AgentUnavailable(f"no agent at {self.socket_path}: {exc.strerror or exc}") from exc
+            self._sock = s
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "AgentClient":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise AgentUnavailable("the agent closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def call(self, request: pb.Request) -> pb.Response:
+        """Send one request, return the response (errors are returned, not raised)."""
+        payload = request.SerializeToString()
+        with self._mu:
+            sock = self.connect()._sock
+            assert sock is not None
+            try:
+                sock.sendall(_LEN.pack(len(payload)) + payload)
+                (length,) = _LEN.unpack(self._recv_exact(sock, 4))
+                if length == 0 or length > self._max_frame:
+                    raise AgentUnavailable(f"the agent sent a frame of {length} bytes")
+                data = self._recv_exact(sock, length)
+            except OSError as exc:
+                self.close()
+                if isinstance(exc, AgentUnavailable):
+                    raise
+                raise AgentUnavailable(f"lost the agent at {self.socket_path}: {exc}") from exc
+        response: pb.Response = pb.Response.FromString(data)
+        return response
+
+    def _do(self, request: pb.Request, expect: str) -> pb.Response:
+        response = self.call(request)
+        kind = response.WhichOneof("response")
+        if kind == "error":
+            err = response.error
+            raise AgentError(pb.Error.Code.Name(err.code), err.message, reason=err.reason, reply=err.reply)
+        if kind != expect:
+            raise AgentError("INTERNAL", f"expected a {expect} response, got {kind}")
+        return response
+
+    # --- requests -----------------------------------------------------------------------------------------------
+    def identity(self) -> Identity:
+        r = self._do(pb.Request(identity=pb.IdentityRequest()), "identity").identity
+        return Identity(r.identity_public_key, r.public_key, r.compressed_key, r.installation_id, r.address)
+
+    def bundle(self) -> bytes:
+        return bytes(self._do(pb.Request(bundle=pb.BundleRequest()), "bundle").bundle.bundle)
+
+    def sign(self, digest: bytes) -> bytes:
+        return bytes(self._do(pb.Request(sign=pb.SignRequest(digest=digest)), "sign").sign.signature)
+
+    def encrypt(self, peer_identity: bytes, payload: bytes, peer_bundle: bytes | None = None) -> Encrypted:
+        req = pb.EncryptRequest(peer_identity=peer_identity, payload=payload, peer_bundle=peer_bundle or b"")
+        r = self._do(pb.Request(encrypt=req), "encrypt").encrypt
+        return Encrypted(bytes(r.message), r.forward_secrecy, list(r.installations))
+
+    def decrypt(self, sender_identity: bytes, message: bytes) -> Decrypted:
+        req = pb.DecryptRequest(sender_identity=sender_identity, message=message)
+        r = self._do(pb.Request(decrypt=req), "decrypt").decrypt
+        return Decrypted(bytes(r.payload), r.installation_id, bytes(r.confirm_ref), bytes(r.reply) or None)
+
+    def confirm(self, refs: Sequence[bytes]) -> None:
+        self._do(pb.Request(confirm=pb.ConfirmRequest(refs=list(refs))), "confirm")
+
+    def add_bundle(self, bundle: bytes) -> bytes:
+        r = self._do(pb.Request(add_bundle=pb.AddBundleRequest(bundle=bundle)), "add_bundle")
+        return bytes(r.add_bundle.identity)
+
+    def list_sessions(self) -> list[pb.SessionInfo]:
+        return list(self._do(pb.Request(list_sessions=pb.ListSessionsRequest()), "list_sessions")
+                    .list_sessions.sessions)
+
+    def lock(self, password: str = "") -> None:
+        self._do(pb.Request(lock=pb.LockRequest(password=password)), "lock")
+
+    def unlock(self, secret: str, *, force: bool = False) -> None:
+        self._do(pb.Request(unlock=pb.UnlockRequest(secret=secret, force=force)), "unlock")
+
+    def status(self) -> pb.StatusResponse:
+        return self._do(pb.Request(status=pb.StatusRequest()), "status").status
+
+    def rotate(self) -> bytes:
+        return bytes(self._do(pb.Request(rotate=pb.RotateRequest()), "rotate").rotate.bundle)
+
+    def ecdh(self, peer_public: bytes) -> bytes:
+        return bytes(self._do(pb.Request(ecdh=pb.EcdhRequest(peer_public=peer_public)), "ecdh").ecdh.shared_x)
+
+    def release(self) -> None:
+        self._do(pb.Request(release=pb.ReleaseRequest()), "release")
+
+    def stop(self) -> None:
+        self._do(pb.Request(stop=pb.StopRequest()), "stop")

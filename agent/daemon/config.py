@@ -1,0 +1,163 @@
+"""The agent's home and policy: where its files live and what the daemon allows.
+
+One home per identity (``--home DIR`` / ``KEYAGENT_HOME``, default ``$XDG_DATA_HOME/keyagent``), so several agents
+run side by side. The daemon's policy lives in ``agent.json`` in the home (every key optional); command-line
+options override it. The backend's own configuration (token or key file) is read by :mod:`backends`, not here.
+
+Layout::
+
+    HOME/agent.json   daemon policy (this module)
+    HOME/state.db     session store (agent/daemon/store.py), SQLite WAL
+    HOME/audit.log    one JSON line per request (agent/daemon/audit.py)
+    HOME/agent.log    the daemon's stderr when started in the background
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "Home",
+    "DEFAULT_MAX_FRAME",
+    "load_config",
+    "default_home",
+]
+
+#: ssh-agent's AGENT_MAX_LEN: large enough for any bundle or 1:1 message, small enough to bound memory per client.
+DEFAULT_MAX_FRAME = 256 * 1024
+
+
+class ConfigError(ValueError):
+    """``agent.json`` or an option is malformed: fix it (the daemon refuses to start rather than guess)."""
+
+    code = "BAD_CONFIG"
+
+
+def default_home() -> str:
+    """``$KEYAGENT_HOME``, else ``$XDG_DATA_HOME/keyagent`` (``~/.local/share/keyagent``)."""
+    env = os.environ.get("KEYAGENT_HOME")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "keyagent")
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths inside one agent home."""
+
+    path: Path
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str]) -> "Home":
+        return cls(Path(os.path.abspath(os.path.expanduser(os.fspath(path)))))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "agent.json"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.db"
+
+    @property
+    def audit(self) -> Path:
+        return self.path / "audit.log"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "agent.log"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Daemon policy. Every limit exists so one client cannot starve or exhaust the agent."""
+
+    max_frame: int = DEFAULT_MAX_FRAME  # bytes per request frame; 0 or more closes the connection
+    max_connections: int = 64  # concurrent client connections; more are closed at once
+    request_timeout: float = 30.0  # seconds a request may take (a slow token cannot hang a client forever)
+    frame_timeout: float = 10.0  # seconds a started frame may take to arrive (slow-loris)
+    idle_timeout: float = 0.0  # seconds a connection may sit between requests; 0 = no limit
+    workers: int = 16  # threads running requests (concurrent encrypts share one store commit)
+    allow_uids: tuple[int, ...] = ()  # besides our own uid and root
+    allow_gids: tuple[int, ...] = ()
+    allow_ecdh: bool = False  # raw ECDH with IK is a decryption oracle: off unless the owner turns it on
+    unlock_ttl: float = 0.0  # seconds after an unlock before the agent locks itself; 0 = never
+    socket_check_interval: float = 1.0  # seconds between checks that our socket file still exists
+    extra: Mapping[str, Any] = field(default_factory=dict)  # unknown keys are kept for forward compatibility
+
+    def with_overrides(self, **changes: Any) -> "AgentConfig":
+        """A copy with the non-None ``changes`` applied and validated."""
+        return _validated(replace(self, **{k: v for k, v in changes.items() if v is not None}))
+
+
+_INTS = {"max_frame", "max_connections", "workers"}
+_FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval"}
+_ID_LISTS = {"allow_uids", "allow_gids"}
+_BOOLS = {"allow_ecdh"}
+
+
+def _validated(cfg: AgentConfig) -> AgentConfig:
+    if not 16 <= cfg.max_frame <= 64 * 1024 * 1024:
+        raise ConfigError("max_frame must be between 16 bytes and 64 MiB")
+    if not 1 <= cfg.max_connections <= 4096:
+        raise ConfigError("max_connections must be between 1 and 4096")
+    if not 1 <= cfg.workers <= 256:
+        raise ConfigError("workers must be between 1 and 256")
+    for name in ("request_timeout", "frame_timeout", "socket_check_interval"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be positive")
+    for name in ("idle_timeout", "unlock_ttl"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    for ids in (cfg.allow_uids, cfg.allow_gids):
+        if any(i < 0 for i in ids):
+            raise ConfigError("uids and gids must not be negative")
+    return cfg
+
+
+def load_config(home: Home) -> AgentConfig:
+    """Read ``agent.json`` if present (absent = defaults); type-check every known key."""
+    try:
+        raw = home.config.read_bytes()
+    except FileNotFoundError:
+        return AgentConfig()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {home.config}: {exc.strerror}") from exc
+    if len(raw) > 1 << 20:
+        raise ConfigError(f"{home.config} is too large")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{home.config} is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{home.config} must hold a JSON object")
+    known = {f.name for f in fields(AgentConfig)} - {"extra"}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in known:
+            extra[key] = value
+        elif key in _INTS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{key} must be an integer")
+            values[key] = value
+        elif key in _FLOATS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{key} must be a number")
+            values[key] = float(value)
+        elif key in _BOOLS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false")
+            values[key] = value
+        elif key in _ID_LISTS:
+            if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+                raise ConfigError(f"{key} must be a list of integers")
+            values[key] = tuple(value)
+    return _validated(AgentConfig(extra=extra, **values))

@@ -1,0 +1,216 @@
+"""Starting the agent: foreground (systemd ``-D``), background (``keyagent start``, ssh-agent style) and readiness.
+
+Background start does not fork a running interpreter (threads, open tokens and asyncio do not survive ``fork``);
+it re-executes ``python -m agent start -D`` in a new session with a readiness pipe (``--ready-fd``). The child
+writes ``READY <socket>`` or ``ERROR <one line>`` to the pipe and closes it; the parent waits for that line and
+then prints the eval lines or the error. The child's stderr goes to ``HOME/agent.log``.
+
+Under systemd the agent runs in the foreground, tells systemd it is ready with ``sd_notify(READY=1)`` when
+``NOTIFY_SOCKET`` is set, and accepts a socket passed by socket activation (``LISTEN_FDS``/``LISTEN_PID``, fd 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import select
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from agent.daemon.config import AgentConfig, Home
+from agent.daemon.service import SessionFactory
+from backends.base import Backend
+
+__all__ = [
+    "StartError",
+    "open_home_backend",
+    "take_start_secret",
+    "run_foreground",
+    "spawn_background",
+    "shell_lines",
+    "sd_notify",
+    "activation_socket",
+]
+
+log = logging.getLogger("keyagent.daemon")
+
+SHELLS = ("sh", "csh", "fish")
+
+
+class StartError(RuntimeError):
+    """The agent could not start; the message is the one line shown to the user."""
+
+    code = "BAD_CONFIG"
+
+
+def open_home_backend(home: Home, config: AgentConfig) -> Backend:
+    """The home's backend: ``backends.open_backend`` when the backends package provides it, else the key file."""
+    factory: Any = getattr(importlib.import_module("backends"), "open_backend", None)
+    if factory is not None:
+        backend: Backend = factory(home.path)
+        return backend
+    from backends.software import SoftwareBackend  # fallback for homes holding only a software key file
+
+    key_file = config.extra.get("key_file", "key.json")
+    if not isinstance(key_file, str):
+        raise StartError("key_file in agent.json must be a string")
+    return SoftwareBackend(str(home.path / key_file))
+
+
+def take_start_secret(pin_file: str | None = None, passphrase_file: str | None = None) -> str | None:
+    """The PIN/passphrase to unlock with at start: a 0600 file, else ``KEYAGENT_PIN``/``KEYAGENT_PASSPHRASE``.
+
+    The variables are removed from our environment so child processes (pinentry, confirm hooks) do not inherit them.
+    """
+    from backends.pin import read_secret_file
+
+    secret: str | None = None
+    for path in (pin_file, passphrase_file):
+        if path:
+            secret = read_secret_file(path)
+            break
+    for var in ("KEYAGENT_PIN", "KEYAGENT_PASSPHRASE"):
+        value = os.environ.pop(var, None)
+        if secret is None and value:
+            secret = value
+    return secret
+
+
+def sd_notify(message: str) -> None:
+    """Send ``message`` to systemd's notify socket if we run under ``Type=notify``."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(addr)
+            s.sendall(message.encode())
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc.strerror)
+
+
+def activation_socket() -> socket.socket | None:
+    """The listening socket systemd passed us (socket activation), or None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    if count < 1:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return socket.socket(fileno=3)
+
+
+def shell_lines(sock: str, pid: int, shell: str) -> str:
+    """The lines ``eval "$(keyagent start)"`` runs, for sh, csh or fish."""
+    q = shlex.quote(sock)
+    if shell == "csh":
+        return f"setenv KEYAGENT_SOCK {q};\nsetenv KEYAGENT_PID {pid};\necho Agent pid {pid};\n"
+    if shell == "fish":
+        return f"set -x KEYAGENT_SOCK {q};\nset -x KEYAGENT_PID {pid};\necho Agent pid {pid};\n"
+    return f"KEYAGENT_SOCK={q}; export KEYAGENT_SOCK;\nKEYAGENT_PID={pid}; export KEYAGENT_PID;\necho Agent pid {pid};\n"
+
+
+def run_foreground(
+    home: Home,
+    config: AgentConfig,
+    *,
+    socket_path: str,
+    secret: str | None,
+    ready: Callable[[str], None] | None = None,
+    session_factory: SessionFactory | None = None,
+) -> int:
+    """Run the agent in this process until it stops; 0 on a clean stop."""
+    from agent.daemon.server import AgentServer  # keeps `keyagent start` (the parent) light
+
+    backend = open_home_backend(home, config)
+    try:
+        if secret is not None:
+            backend.unlock(secret)
+    except BaseException:
+        backend.close()
+        raise
+    listen = activation_socket()
+    server = AgentServer(home=home, config=config, backend=backend, socket_path=socket_path,
+                         session_factory=session_factory, listen_sock=listen)
+
+    def on_ready(path: str) -> None:
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {path}")
+        if ready is not None:
+            ready(path)
+
+    asyncio.run(server.run(on_ready))
+    return 0
+
+
+def spawn_background(child_argv: list[str], home: Home, timeout: float = 120.0) -> tuple[int, str]:
+    """Start ``child_argv`` (which must accept ``--ready-fd N``) detached; return (pid, socket) once it is ready."""
+    home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    r, w = os.pipe()
+    try:
+        log_fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            proc = subprocess.Popen(
+                [*child_argv, "--ready-fd", str(w)],
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(w,),
+                start_new_session=True, close_fds=True,
+            )
+        finally:
+            os.close(log_fd)
+    finally:
+        os.close(w)
+    try:
+        data = b""
+        deadline = time.monotonic() + timeout
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                raise StartError(f"the agent did not become ready within {timeout:g} s (see {home.log})")
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(r)
+    line = data.decode("utf-8", "replace").strip()
+    if line.startswith("READY "):
+        return proc.pid, line[len("READY "):]
+    try:
+        rc = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        rc = None
+    if line.startswith("ERROR "):
+        raise StartError(line[len("ERROR "):])
+    raise StartError(f"the agent exited (status {rc}) before it was ready; see {home.log}")
+
+
+def write_ready(fd: int, line: str) -> None:
+    """Write one readiness line to the parent and close the pipe."""
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def main_child_stdio() -> None:
+    """Line-buffer stderr so agent.log is readable while the daemon runs."""
+    try:
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass

@@ -1,0 +1,429 @@
+"""One handler per request: policy → work → audit, and typed errors → stable wire codes.
+
+The server hands every decoded :class:`Request` to :meth:`Service.handle` together with who sent it. The
+handler checks policy (lock state, ecdh policy, owner-only requests), runs the work in a worker thread (backend
+and session-manager calls block: token round trips, the store's fsync), writes one audit line, and returns one
+:class:`Response`. Every exception becomes ``Error{code, message}``: typed errors carry a ``code`` attribute
+whose name is an ``Error.Code`` value; anything else is a bug, reported as INTERNAL without its text (which could
+hold anything) and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from agent.core import secp256k1
+from agent.core.errors import MalformedKey
+from agent.daemon.audit import AuditLog
+from agent.daemon.config import AgentConfig, Home
+from agent.daemon.lock import LockManager
+from agent.daemon.peercred import PeerCred
+from agent.pb.keyagent import agent_pb2 as pb
+from backends.base import Backend
+
+__all__ = [
+    "Service",
+    "ClientContext",
+    "SessionsLike",
+    "SessionFactory",
+    "BadRequest",
+    "Denied",
+    "NotReady",
+    "error_code",
+    "VERSION",
+]
+
+log = logging.getLogger("keyagent.service")
+
+VERSION = "0.1.0"
+
+#: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata.
+_ALLOWED_LOCKED = frozenset({"identity", "bundle", "status", "lock", "unlock", "release", "stop"})
+
+#: Typed error codes that are not (yet) Error.Code names, mapped to the nearest stable code.
+_CODE_ALIASES = {
+    "BACKEND_ERROR": "INTERNAL",
+    "KEY_EXISTS": "BAD_REQUEST",
+    "KEY_EXTRACTABLE": "TOKEN_ERROR",
+    "BAD_IDENTITY": "BAD_IDENTITY",
+}
+
+
+class BadRequest(ValueError):
+    """A request field is malformed or out of range."""
+
+    code = "BAD_REQUEST"
+
+
+class Denied(PermissionError):
+    """Policy forbids this request for this client."""
+
+    code = "DENIED"
+
+
+class NotReady(RuntimeError):
+    """The session state cannot be opened (yet): unlock first, or this build lacks a session manager."""
+
+    code = "NOT_READY"
+
+
+class SessionsLike(Protocol):
+    """What the service needs from agent/daemon/sessions.py's SessionManager."""
+
+    installation_id: str
+
+    def our_bundle(self) -> bytes: ...
+    def encrypt(self, peer_identity: bytes, payload: bytes, peer_bundle: bytes | None = None) -> Any: ...
+    def decrypt(self, sender_identity: bytes, message: bytes) -> Any: ...
+    def confirm(self, refs: Sequence[bytes]) -> None: ...
+    def add_peer_bundle(self, bundle_bytes: bytes) -> bytes: ...
+    def list_sessions(self) -> Sequence[Any]: ...
+    def rotate_signed_prekey(self) -> int: ...
+
+
+SessionFactory = Callable[[], SessionsLike]
+
+
+def default_session_factory(home: Home, backend: Backend) -> SessionFactory:
+    """Open the home's store with the identity key (needs the backend unlocked) and a SessionManager over it."""
+
+    def factory() -> SessionsLike:
+        try:
+            from agent.daemon.sessions import SessionManager
+            from agent.daemon.store import Store
+        except ImportError as exc:  # pragma: no cover - only in a partial checkout
+            raise NotReady(f"session manager unavailable: {exc}") from exc
+        store = Store(home.state, backend.identity())
+        try:
+            manager: SessionsLike = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom)
+        except BaseException:
+            store.close()
+            raise
+        return manager
+
+    return factory
+
+
+def error_code(exc: BaseException) -> int:
+    """The wire code of an exception: its ``code`` attribute if that names an Error.Code, else INTERNAL."""
+    name = getattr(type(exc), "code", None)
+    if isinstance(name, str):
+        name = _CODE_ALIASES.get(name, name)
+        if name in pb.Error.Code.keys():
+            return int(pb.Error.Code.Value(name))
+    if isinstance(exc, asyncio.TimeoutError):
+        return int(pb.Error.TIMEOUT)
+    return int(pb.Error.INTERNAL)
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """Who sent a request: kernel credentials, executable (advisory), connection number, owner or not."""
+
+    cred: PeerCred
+    exe: str
+    conn: int
+    owner: bool
+
+
+def _peer33(data: bytes, what: str) -> bytes:
+    if len(data) not in (33, 65):
+        raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key")
+    try:
+        return secp256k1.compress(data)
+    except (MalformedKey, ValueError) as exc:
+        raise BadRequest(f"{what} is not a valid secp256k1 public key") from exc
+
+
+@dataclass
+class _Outcome:
+    """What a handler returns: the response body and the audit fields it adds."""
+
+    response: pb.Response
+    key: str = ""
+    peer: str = ""
+    detail: str = ""
+
+
+class Service:
+    """Dispatches requests; one instance per daemon."""
+
+    def __init__(
+        self,
+        *,
+        home: Home,
+        config: AgentConfig,
+        backend: Backend,
+        lock: LockManager,
+        audit: AuditLog,
+        executor: Executor,
+        sessions: SessionFactory,
+        socket_path: str,
+        on_stop: Callable[[], None],
+        on_release: Callable[[], None],
+        connections: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.backend = backend
+        self.lock = lock
+        self.audit = audit
+        self.executor = executor
+        self._factory = sessions
+        self._sessions: SessionsLike | None = None
+        self._sessions_mu = threading.Lock()
+        self.socket_path = socket_path
+        self._on_stop = on_stop
+        self._on_release = on_release
+        self._connections = connections
+        self._started = time.monotonic()
+        self._handlers: dict[str, Callable[[pb.Request, ClientContext], _Outcome]] = {
+            "identity": self._identity,
+            "bundle": self._bundle,
+            "sign": self._sign,
+            "encrypt": self._encrypt,
+            "decrypt": self._decrypt,
+            "confirm": self._confirm,
+            "add_bundle": self._add_bundle,
+            "list_sessions": self._list_sessions,
+            "lock": self._lock,
+            "unlock": self._unlock,
+            "status": self._status,
+            "rotate": self._rotate,
+            "ecdh": self._ecdh,
+            "release": self._release,
+            "stop": self._stop,
+        }
+
+    # --- session manager lifecycle --------------------------------------------------------------------------
+    def sessions(self) -> SessionsLike:
+        """The session manager, opened on first use (the store needs the identity key, so the backend unlocked)."""
+        with self._sessions_mu:
+            if self._sessions is None:
+                self._sessions = self._factory()
+            return self._sessions
+
+    def sessions_if_open(self) -> SessionsLike | None:
+        with self._sessions_mu:
+            return self._sessions
+
+    def try_open_sessions(self) -> None:
+        """Open the session state now if possible (after start or unlock); failures surface on the next request."""
+        try:
+            self.sessions()
+        except Exception as exc:
+            log.info("session state not opened yet: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        with self._sessions_mu:
+            manager, self._sessions = self._sessions, None
+        close = getattr(manager, "close", None)
+        if callable(close):
+            close()
+
+    # --- dispatch ---------------------------------------------------------------------------------------------
+    async def handle(self, request: pb.Request, ctx: ClientContext) -> pb.Response:
+        """Answer one request (never raises); writes one audit line."""
+        kind = request.WhichOneof("request")
+        start = time.monotonic()
+        outcome: _Outcome | None = None
+        try:
+            if kind is None or kind not in self._handlers:
+                raise _Unsupported("unknown request type")
+            handler = self._handlers[kind]
+            loop = asyncio.get_running_loop()
+            outcome = await asyncio.wait_for(
+                loop.run_in_executor(self.executor, self._guarded, handler, kind, request, ctx),
+                timeout=self.config.request_timeout,
+            )
+            response = outcome.response
+            result = "ok"
+        except Exception as exc:
+            response = self._error(exc, kind)
+            result = pb.Error.Code.Name(response.error.code)
+        ms = round((time.monotonic() - start) * 1000, 3)
+        self.audit.record(
+            ctx.cred, ctx.exe, type=kind or "unknown", result=result, ms=ms, conn=ctx.conn,
+            key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
+            detail=outcome.detail if outcome else "",
+        )
+        return response
+
+    def _guarded(
+        self, handler: Callable[[pb.Request, ClientContext], _Outcome], kind: str, request: pb.Request,
+        ctx: ClientContext,
+    ) -> _Outcome:
+        if kind not in _ALLOWED_LOCKED:
+            self.lock.check()
+        return handler(request, ctx)
+
+    def _error(self, exc: BaseException, kind: str | None) -> pb.Response:
+        code = error_code(exc)
+        if isinstance(exc, asyncio.TimeoutError):
+            message = f"request took longer than {self.config.request_timeout:g} s"
+        elif code == pb.Error.INTERNAL:
+            log.error("request %s failed", kind, exc_info=exc)
+            message = f"internal error ({type(exc).__name__}); see the agent's log"
+        else:
+            message = str(exc) or type(exc).__name__
+        err = pb.Error(code=code, message=message)  # type: ignore[arg-type]
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, str):
+            err.reason = reason
+        reply = getattr(exc, "reply", None)
+        if isinstance(reply, bytes):
+            err.reply = reply
+        return pb.Response(error=err)
+
+    # --- handlers (run in a worker thread) -------------------------------------------------------------------
+    def _identity(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        pub = self.backend.identity().public_key()
+        out = pb.IdentityResponse(
+            identity_public_key=pub,
+            public_key="0x" + secp256k1.decompress(pub).hex(),
+            address="0x" + secp256k1.address(pub).hex(),
+        )
+        try:
+            from agent.core.identity.formats import zq3_encode
+
+            out.compressed_key = zq3_encode(pub)
+        except ImportError:  # pragma: no cover - partial checkout
+            pass
+        manager = self.sessions_if_open()
+        if manager is not None:
+            out.installation_id = manager.installation_id
+        return _Outcome(pb.Response(identity=out), key="identity")
+
+    def _bundle(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        return _Outcome(pb.Response(bundle=pb.BundleResponse(bundle=self.sessions().our_bundle())), key="identity")
+
+    def _sign(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        digest = req.sign.digest
+        if len(digest) != 32:
+            raise BadRequest("digest must be exactly 32 bytes")
+        sig = self.backend.identity().sign(digest)
+        return _Outcome(pb.Response(sign=pb.SignResponse(signature=sig)), key="identity")
+
+    def _encrypt(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        peer = _peer33(req.encrypt.peer_identity, "peer_identity")
+        bundle = req.encrypt.peer_bundle or None
+        res = self.sessions().encrypt(peer, req.encrypt.payload, bundle)
+        out = pb.EncryptResponse(message=res.message, forward_secrecy=res.forward_secrecy,
+                                 installations=list(res.installations))
+        return _Outcome(pb.Response(encrypt=out), key="identity", peer=peer.hex(),
+                        detail="" if res.forward_secrecy else "no-forward-secrecy")
+
+    def _decrypt(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        sender = _peer33(req.decrypt.sender_identity, "sender_identity")
+        if not req.decrypt.message:
+            raise BadRequest("message is empty")
+        res = self.sessions().decrypt(sender, req.decrypt.message)
+        out = pb.DecryptResponse(payload=res.payload, installation_id=res.installation_id,
+                                 confirm_ref=res.confirm_ref)
+        if res.reply:
+            out.reply = res.reply
+        return _Outcome(pb.Response(decrypt=out), key="identity", peer=sender.hex(),
+                        detail=f"installation={res.installation_id}")
+
+    def _confirm(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        refs = list(req.confirm.refs)
+        if len(refs) > 4096:
+            raise BadRequest("at most 4096 refs per confirm")
+        self.sessions().confirm(refs)
+        return _Outcome(pb.Response(confirm=pb.ConfirmResponse()), detail=f"refs={len(refs)}")
+
+    def _add_bundle(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        if not req.add_bundle.bundle:
+            raise BadRequest("bundle is empty")
+        identity = self.sessions().add_peer_bundle(req.add_bundle.bundle)
+        return _Outcome(pb.Response(add_bundle=pb.AddBundleResponse(identity=identity)), peer=identity.hex())
+
+    def _list_sessions(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        out = pb.ListSessionsResponse()
+        for info in self.sessions().list_sessions():
+            out.sessions.add(
+                peer_identity=info.identity, installation_id=info.installation_id, initiator=info.initiator,
+                confirmed=info.confirmed, expired=info.expired, created_ns=max(0, info.created_ns),
+                last_used_ns=max(0, info.last_used_ns), bundle_id=info.bundle_id,
+            )
+        return _Outcome(pb.Response(list_sessions=out))
+
+    def _lock(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        self.lock.lock(req.lock.password)
+        return _Outcome(pb.Response(lock=pb.LockResponse()), detail="password" if req.lock.password else "")
+
+    def _unlock(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        if not req.unlock.secret:
+            raise BadRequest("secret is empty")
+        self.lock.unlock(req.unlock.secret, force=req.unlock.force)
+        self.try_open_sessions()
+        return _Outcome(pb.Response(unlock=pb.UnlockResponse()))
+
+    def _status(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        st = self.backend.status()
+        manager = self.sessions_if_open()
+        out = pb.StatusResponse(
+            locked=self.lock.locked,
+            backend=st.kind,
+            token_present=st.present,
+            backend_unlocked=st.unlocked,
+            identity_public_key=st.identity_public_key,
+            installation_id=manager.installation_id if manager else "",
+            pid=os.getpid(),
+            version=VERSION,
+            home=str(self.home.path),
+            socket=self.socket_path,
+            unlock_failures=self.lock.failures,
+            uptime_seconds=int(time.monotonic() - self._started),
+            sessions_open=manager is not None,
+            connections=self._connections(),
+            unlock_ttl_remaining=int(self.lock.ttl_remaining()),
+            ecdh_allowed=self.config.allow_ecdh,
+            detail=st.detail,
+        )
+        return _Outcome(pb.Response(status=out))
+
+    def _rotate(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        manager = self.sessions()
+        version = manager.rotate_signed_prekey()
+        return _Outcome(pb.Response(rotate=pb.RotateResponse(bundle=manager.our_bundle())), key=f"spk:{version}")
+
+    def _ecdh(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        if not self.config.allow_ecdh:
+            raise Denied("raw ECDH with the identity key is disabled (set allow_ecdh in agent.json)")
+        peer = _peer33(req.ecdh.peer_public, "peer_public")
+        shared = self.backend.identity().dh(peer)
+        return _Outcome(pb.Response(ecdh=pb.EcdhResponse(shared_x=shared)), key="identity", peer=peer.hex())
+
+    def _release(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        self._on_release()
+        return _Outcome(pb.Response(release=pb.ReleaseResponse()))
+
+    def _stop(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+        if not ctx.owner:
+            raise Denied("only the agent's own user (or root) may stop it")
+        self._on_stop()
+        return _Outcome(pb.Response(stop=pb.StopResponse()))
+
+
+class _Unsupported(Exception):
+    code = "UNSUPPORTED"
+
+
+def _peer_hint(request: pb.Request, kind: str | None) -> str:
+    """The peer a failed request named (public keys only), for the audit line."""
+    try:
+        if kind == "encrypt":
+            return bytes(request.encrypt.peer_identity)[:65].hex()
+        if kind == "decrypt":
+            return bytes(request.decrypt.sender_identity)[:65].hex()
+    except Exception:  # pragma: no cover
+        return ""
+    return ""

@@ -1,0 +1,163 @@
+"""Where the agent's socket lives and how it is claimed without ever stealing a live one.
+
+Location: ``$XDG_RUNTIME_DIR/keyagent/`` when XDG_RUNTIME_DIR is set (a per-login tmpfs owned by the user),
+otherwise ``/tmp/keyagent-$UID/``. Inside, each home gets its own socket, ``agent-<hash>.sock`` where the hash is
+of the home's real path, so several agents (one per identity) run side by side and the path stays well under the
+108-byte ``sun_path`` limit. The directory must be a real directory owned by us with mode 0700 (gnupg's check:
+nobody else may create, rename or delete files in it); otherwise we refuse to start.
+
+Claiming (OpenSSH ``socket_is_stale`` / gnupg): an existing path is probed with ``connect()``; if something
+answers we refuse (:class:`AgentRunning`), if nothing does the stale file is removed and we bind. A lock file held
+with ``flock`` for the daemon's lifetime closes the race of two agents starting at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+__all__ = [
+    "SocketDirError",
+    "AgentRunning",
+    "runtime_dir",
+    "socket_path_for",
+    "ensure_private_dir",
+    "probe",
+    "claim_socket",
+    "ClaimedSocket",
+]
+
+
+class SocketDirError(RuntimeError):
+    """The socket directory is not ours or not private: fix its owner/mode (we never loosen or chown it)."""
+
+    code = "BAD_CONFIG"
+
+
+class AgentRunning(RuntimeError):
+    """A live agent already answers on this socket: use it (or stop it) instead of starting another."""
+
+    code = "BAD_CONFIG"
+
+
+def runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/keyagent`` if XDG_RUNTIME_DIR is an existing directory, else ``/tmp/keyagent-$UID``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "keyagent"
+    return Path("/tmp") / f"keyagent-{os.getuid()}"
+
+
+def socket_path_for(home: str | os.PathLike[str]) -> Path:
+    """The default socket of the agent serving ``home``."""
+    real = os.path.realpath(os.path.expanduser(os.fspath(home)))
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return runtime_dir() / f"agent-{digest}.sock"
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700, or check that the existing one is a directory we own with mode 0700."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError as exc:
+        raise SocketDirError(f"parent of socket directory {path} does not exist") from exc
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise SocketDirError(f"cannot stat socket directory {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketDirError(f"socket directory {path} is not a directory (symlink?)")
+    if st.st_uid != os.getuid():
+        raise SocketDirError(f"socket directory {path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise SocketDirError(
+            f"socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (chmod 700 it)"
+        )
+
+
+def probe(path: Path, timeout: float = 1.0) -> bool:
+    """True if something accepts a connection on ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(os.fspath(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class ClaimedSocket:
+    """A bound, listening socket at ``path`` plus the lock file proving it is ours."""
+
+    def __init__(self, path: Path, sock: socket.socket, lock_fd: int) -> None:
+        self.path = path
+        self.sock = sock
+        self._lock_fd = lock_fd
+        st = os.stat(path)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def still_ours(self) -> bool:
+        """False once our socket file was deleted or replaced (then the agent must exit: nobody can reach it)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self.identity
+
+    def release(self) -> None:
+        """Close the listener, remove the socket file if it is still ours, drop the lock."""
+        ours = self.still_ours()
+        try:
+            self.sock.close()
+        finally:
+            if ours:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+            os.close(self._lock_fd)
+
+
+def claim_socket(path: Path, backlog: int = 128) -> ClaimedSocket:
+    """Bind a fresh socket at ``path`` (umask 0177 → mode 0600) unless a live agent answers there."""
+    ensure_private_dir(path.parent)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise AgentRunning(f"another agent holds {lock_path}") from exc
+            raise
+        if os.path.lexists(path):
+            st = os.lstat(path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise SocketDirError(f"{path} exists and is not a socket; remove it by hand")
+            if probe(path):
+                raise AgentRunning(f"an agent is already listening on {path}")
+            os.unlink(path)  # stale: nothing answers and we hold the lock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(os.fspath(path))
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return ClaimedSocket(path, sock, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
