@@ -1,0 +1,264 @@
+"""Reading a recovery phrase from a person: standard input, pinentry, or the terminal with echo off.
+
+Never from argv or the environment (both are readable by other local processes through /proc, and end
+up in shell history and crash reports). The phrase is read straight into a ``bytearray`` with
+``os.readv`` (no ``io`` buffer keeps a copy) and intermediate buffers are zeroed; Python still cannot
+promise that the kernel's pipe buffer or a pinentry process's memory are wiped, and the caller has to
+zero the returned ``bytearray`` (``buf[:] = bytes(len(buf))``) once the key is derived.
+
+Modes: ``auto`` (default) uses pinentry when standard input is a terminal and a ``pinentry`` program is
+on PATH, the terminal with echo off when it is a terminal without pinentry, and otherwise reads the
+piped standard input to its end. Not part of the pure core: it touches file descriptors and processes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from typing import BinaryIO, Literal
+
+__all__ = ["MAX_PHRASE_BYTES", "PhraseInputError", "read_phrase"]
+
+MAX_PHRASE_BYTES = 1024  # 24 words of 8 letters are 215 bytes; more is a wrong file, not a phrase
+_MAX_ASSUAN_RESPONSE = 16 * 1024
+_PROMPT = "Recovery phrase (12-24 words, not shown): "
+_DESC = (
+    "Enter the Status recovery phrase (12 to 24 words) of the identity to import into keyagent. "
+    "It is used once to derive the chat key and then dropped."
+)
+
+Mode = Literal["auto", "stdin", "tty", "pinentry"]
+
+
+class PhraseInputError(ValueError):
+    """No usable phrase could be read (empty, oversize, cancelled, pinentry failed); never quotes input."""
+
+
+def _zero(buf: bytearray) -> None:
+    buf[:] = bytes(len(buf))
+
+
+def _fileno(stream: BinaryIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
+def _read_into(fd: int | None, stream: BinaryIO, view: memoryview) -> int:
+    if fd is not None:
+        return os.readv(fd, [view])
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:
+        raise PhraseInputError("phrase source cannot be read into a buffer")
+    got = readinto(view)
+    return int(got or 0)
+
+
+def _read_stream(stream: BinaryIO, *, stop_at_newline: bool) -> bytearray:
+    """Read to EOF (or the first newline) into a fixed buffer; the returned bytearray excludes the newline."""
+    fd = _fileno(stream)
+    buf = bytearray(MAX_PHRASE_BYTES + 1)
+    n = 0
+    try:
+        view = memoryview(buf)
+        try:
+            while n < len(buf):
+                got = _read_into(fd, stream, view[n : n + 1] if stop_at_newline else view[n:])
+                if got == 0:
+                    break
+                n += got
+                if stop_at_newline and buf[n - 1] == 0x0A:
+                    n -= 1
+                    break
+            if n > MAX_PHRASE_BYTES:
+                raise PhraseInputError(f"recovery phrase input is longer than {MAX_PHRASE_BYTES} bytes")
+            if not any(c not in b" \t\r\n" for c in view[:n]):
+                raise PhraseInputError("no recovery phrase was given")
+            return bytearray(view[:n])
+        finally:
+            view.release()
+    finally:
+        _zero(buf)
+
+
+def _read_tty(fd: int) -> bytearray:
+    """Prompt on the terminal and read one line with echo off (canonical mode keeps line editing)."""
+    import termios
+
+    old = termios.tcgetattr(fd)
+    new = termios.tcgetattr(fd)
+    new[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSAFLUSH, new)  # echo off first: the prompt then means "type now"
+    try:
+        try:
+            os.write(fd, _PROMPT.encode())
+        except OSError:
+            sys.stderr.write(_PROMPT)
+            sys.stderr.flush()
+        with open(fd, "rb", buffering=0, closefd=False) as raw:
+            return _read_stream(raw, stop_at_newline=True)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        try:
+            os.write(fd, b"\n")
+        except OSError:
+            pass
+
+
+def _hexval(c: int) -> int:
+    """Value of one ASCII hex digit, -1 if it is not one (no temporary bytes objects)."""
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    if 0x41 <= c <= 0x46 or 0x61 <= c <= 0x66:
+        return (c | 0x20) - 0x61 + 10
+    return -1
+
+
+def _assuan_escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+class _Pinentry:
+    """Just enough of the Assuan protocol to ask pinentry for one secret."""
+
+    def __init__(self, program: str, ttyname: str | None) -> None:
+        argv = [program] + (["--ttyname", ttyname] if ttyname else [])
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0
+            )
+        except OSError as exc:
+            raise PhraseInputError(f"cannot start pinentry ({program}): {exc.strerror}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.fd = self.proc.stdout.fileno()
+        self.buf = bytearray(_MAX_ASSUAN_RESPONSE)
+
+    def response(self) -> tuple[int, bool]:
+        """Read until a line starting OK or ERR ends the response; return (bytes in self.buf, ok)."""
+        n = 0
+        view = memoryview(self.buf)
+        try:
+            while True:
+                if n == len(self.buf):
+                    raise PhraseInputError("pinentry response is too long")
+                got = os.readv(self.fd, [view[n:]])
+                if got == 0:
+                    raise PhraseInputError("pinentry exited without an answer")
+                n += got
+                if self.buf[n - 1] != 0x0A:
+                    continue
+                last = self.buf.rfind(b"\n", 0, n - 1) + 1
+                if self.buf.startswith(b"OK", last):
+                    return n, True
+                if self.buf.startswith(b"ERR", last):
+                    return n, False
+        finally:
+            view.release()
+
+    def command(self, line: str) -> bool:
+        self.stdin.write(line.encode("utf-8") + b"\n")
+        n, ok = self.response()
+        _zero(self.buf)
+        return ok
+
+    def getpin(self) -> bytearray:
+        """Send GETPIN and percent-decode the ``D`` lines straight into a new bytearray."""
+        self.stdin.write(b"GETPIN\n")
+        n, ok = self.response()
+        try:
+            if not ok:
+                raise PhraseInputError("pinentry was cancelled or failed; no phrase was read")
+            out = bytearray()
+            pos = 0
+            while pos < n:
+                end = self.buf.find(b"\n", pos, n)
+                end = n if end < 0 else end
+                if self.buf.startswith(b"D ", pos, end):
+                    i = pos + 2
+                    while i < end:
+                        c = self.buf[i]
+                        if c == 0x25:  # %XX escape (Assuan escapes %, CR and LF)
+                            hi = _hexval(self.buf[i + 1]) if i + 1 < end else -1
+                            lo = _hexval(self.buf[i + 2]) if i + 2 < end else -1
+                            if hi < 0 or lo < 0:
+                                _zero(out)
+                                raise PhraseInputError("pinentry sent a malformed escape")
+                            out.append(hi * 16 + lo)
+                            i += 3
+                        else:
+                            out.append(c)
+                            i += 1
+                pos = end + 1
+            return out
+        finally:
+            _zero(self.buf)
+
+    def close(self) -> None:
+        try:
+            self.stdin.write(b"BYE\n")
+            self.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _read_pinentry(program: str, ttyname: str | None) -> bytearray:
+    pin = _Pinentry(program, ttyname)
+    try:
+        greeting, ok = pin.response()
+        _zero(pin.buf)
+        if not ok:
+            raise PhraseInputError("pinentry did not greet with OK")
+        term = os.environ.get("TERM")
+        if term:
+            pin.command(f"OPTION ttytype={term}")  # pinentry-curses needs it; an ERR here is harmless
+        pin.command("SETTITLE keyagent")
+        pin.command("SETDESC " + _assuan_escape(_DESC))
+        pin.command("SETPROMPT Phrase:")
+        phrase = pin.getpin()
+    except BrokenPipeError:
+        raise PhraseInputError("pinentry exited early") from None
+    finally:
+        pin.close()
+    if not any(c not in b" \t\r\n" for c in phrase):
+        _zero(phrase)
+        raise PhraseInputError("no recovery phrase was given")
+    return phrase
+
+
+def read_phrase(
+    stdin: BinaryIO | None = None, *, mode: Mode = "auto", pinentry_program: str | None = None
+) -> bytearray:
+    """Read a recovery phrase as raw UTF-8 bytes (the caller zeroes the result after use).
+
+    ``stdin`` defaults to the process's standard input. ``pinentry_program`` defaults to ``pinentry``
+    on PATH. Raises :class:`PhraseInputError` when nothing usable is read.
+    """
+    stream: BinaryIO = stdin if stdin is not None else sys.stdin.buffer
+    fd = _fileno(stream)
+    is_tty = fd is not None and os.isatty(fd)
+    program = pinentry_program or shutil.which("pinentry")
+    if mode == "auto":
+        mode = ("pinentry" if program else "tty") if is_tty else "stdin"
+    if mode == "stdin":
+        return _read_stream(stream, stop_at_newline=False)
+    if mode == "tty":
+        if fd is None or not is_tty:
+            raise PhraseInputError("standard input is not a terminal")
+        return _read_tty(fd)
+    if mode == "pinentry":
+        if not program:
+            raise PhraseInputError("no pinentry program found on PATH")
+        return _read_pinentry(program, os.ttyname(fd) if fd is not None and is_tty else None)
+    raise PhraseInputError(f"unknown phrase input mode {mode!r}")
