@@ -7,7 +7,8 @@ chat key) replay too:
 
 * ``identities.*``: seed, master xprv / public key / address, key UID, each ``derived`` path's private
   key, public key and EIP-55 address, and the chat key's ``0x04…``, compressed, ``zQ3…`` and share-link
-  forms, the contact-code chat id / content topic / symmetric key and the partitioned topic. The phrase is
+  forms, the contact-code chat id / content topic / symmetric key and the partitioned topic (the last two
+  through :mod:`agent.core.waku.topics`, the Waku layer's own derivations). The phrase is
   derived exactly as status-go does (a bad checksum warns, it does not stop the derivation).
 * ``upstream.*`` by shape: a ``mnemonic`` entry (optional ``extendedMasterKey`` and ``m/…`` path entries),
   ``public_key`` + ``key_uid``, a ``cases`` list of multiformat keys, share links with a
@@ -28,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from agent.conformance.registry import Case, register
 from agent.core import secp256k1
 from agent.core.hashing import keccak256
 from agent.core.identity import (
@@ -45,8 +47,9 @@ from agent.core.identity import (
     zq3_decode,
     zq3_encode,
 )
+from agent.core.waku import topics
 
-__all__ = ["NOT_CHECKED", "recognise", "node_cases", "replay_identity", "replay_identity_detail"]
+__all__ = ["NOT_CHECKED", "recognise", "node_cases", "status_identity", "replay_identity", "replay_identity_detail"]
 
 NOT_CHECKED = frozenset({"alias", "emoji_hash", "color_hash", "color_id", "seed_42"})
 
@@ -211,10 +214,6 @@ class _Replayer:
 
 def _partitioned(pub: bytes) -> dict[str, str]:
     """Partitioned 1:1 topic of the chat key, from the Waku layer's own helpers (not duplicated here)."""
-    try:
-        from agent.core.waku import topics
-    except ImportError:  # pragma: no cover - the Waku layer is part of the product; kept optional here
-        return {}
     return {
         "partitioned_chat_id": topics.partitioned_name(pub),
         "partitioned_content_topic": topics.partitioned_topic(pub),
@@ -272,6 +271,13 @@ def node_cases(node: object, where: str) -> list[tuple[str, Callable[[], list[st
         return [line.split(": ", 1)[1] for line in rep.failures]
 
     return [(where or "document", run)]
+
+
+@register
+def status_identity(node: object, where: str) -> list[Case] | None:
+    """Registry recogniser for ``keyagent vectors replay``: one case per identity / upstream vector / path table."""
+    cases = node_cases(node, where)
+    return None if cases is None else [Case(name, run) for name, run in cases]
 
 
 def replay_identity(doc: dict[str, Any]) -> tuple[int, list[str]]:

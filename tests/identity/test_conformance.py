@@ -191,3 +191,24 @@ def test_node_level_cases_report_tampering_and_empty_claims(vectors: dict[str, A
     cases = []
     _walk(only_alias, "", cases)
     assert cases[0][1]() == ["no field keyagent implements was compared"]
+
+
+def test_registry_replays_the_file_and_reports_tampering(vectors: dict[str, Any], tmp_path: Any) -> None:
+    import json
+
+    from agent.conformance import replay_data, replay_file
+    from tests.identity.conftest import VECTORS
+
+    clean = replay_file(VECTORS)
+    cases: list[tuple[str, Any]] = []
+    _walk(vectors, "", cases)
+    assert clean.ok and clean.passed == len(cases) and clean.failed == 0
+    doc = copy.deepcopy(vectors)
+    chat = doc["identities"]["abandon_about_empty"]["chat"]
+    chat["partitioned_content_topic"] = _flip(chat["partitioned_content_topic"])
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(doc))
+    res = replay_file(bad)
+    assert res.failed == 1 and res.passed == clean.passed - 1
+    assert len(res.failures) == 1 and "partitioned_content_topic" in res.failures[0]
+    assert replay_data({"a": {"b": [doc["upstream"]["multiformat"]]}}).passed == 1  # found at any depth
