@@ -20,7 +20,9 @@ import subprocess
 import sys
 from typing import BinaryIO, Literal
 
-__all__ = ["MAX_PHRASE_BYTES", "PhraseInputError", "read_phrase"]
+from agent.core.identity import DerivedIdentity, derive_identity
+
+__all__ = ["MAX_PHRASE_BYTES", "PhraseInputError", "read_phrase", "read_and_derive"]
 
 MAX_PHRASE_BYTES = 1024  # 24 words of 8 letters are 215 bytes; more is a wrong file, not a phrase
 _MAX_ASSUAN_RESPONSE = 16 * 1024
@@ -262,3 +264,19 @@ def read_phrase(
             raise PhraseInputError("no pinentry program found on PATH")
         return _read_pinentry(program, os.ttyname(fd) if fd is not None and is_tty else None)
     raise PhraseInputError(f"unknown phrase input mode {mode!r}")
+
+
+def read_and_derive(
+    stdin: BinaryIO | None = None, *, mode: Mode = "auto", pinentry_program: str | None = None
+) -> DerivedIdentity:
+    """Read the phrase, derive the Status identity (empty passphrase), zero the phrase buffer in all cases.
+
+    For ``keyagent init --from-phrase``: store ``result.chat_secret`` (token or key file), record
+    ``result.key_uid``, show ``result.problems`` as warnings, then call ``result.wipe()``. A bad checksum
+    also raises :class:`agent.core.identity.PhraseWarning` through :mod:`warnings`, as Status derives anyway.
+    """
+    phrase = read_phrase(stdin, mode=mode, pinentry_program=pinentry_program)
+    try:
+        return derive_identity(phrase)
+    finally:
+        _zero(phrase)

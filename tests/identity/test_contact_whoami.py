@@ -47,3 +47,14 @@ def test_whoami_fields_refuse_bad_inputs() -> None:
         whoami_fields(PUB, UID, "")
     with pytest.raises(MalformedKey):
         whoami_fields(PUB[:-1], UID, "a1b2")
+
+
+def test_whoami_text_lists_every_field_once() -> None:
+    from agent.core.identity import whoami_text
+
+    fields = whoami_fields(PUB, UID, "a1b2")
+    text = whoami_text(fields)
+    lines = text.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("Chat key:") and lines[0].endswith(fields["compressed_key"])
+    for value in fields.values():
+        assert sum(value in line for line in lines) >= 1

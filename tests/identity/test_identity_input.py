@@ -195,3 +195,25 @@ def test_pinentry_failures_are_typed(tmp_path: Path, behaviour: str, message: st
 def test_missing_pinentry_program() -> None:
     with pytest.raises(PhraseInputError, match="cannot start pinentry"):
         read_phrase(io.BytesIO(b""), mode="pinentry", pinentry_program="/nonexistent/pinentry")
+
+
+def test_read_and_derive_zeroes_the_phrase_even_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import identity_input
+
+    seen: list[bytearray] = []
+    real = identity_input.read_phrase
+
+    def spy(*a: object, **k: object) -> bytearray:
+        buf = real(*a, **k)  # type: ignore[arg-type]
+        seen.append(buf)
+        return buf
+
+    monkeypatch.setattr(identity_input, "read_phrase", spy)
+    ident = identity_input.read_and_derive(io.BytesIO(PHRASE.encode()))
+    assert ident.key_uid == KEY_UID and ident.problems == ()
+    assert seen[-1] == bytearray(len(seen[-1]))  # phrase buffer zeroed after derivation
+    from agent.core.identity import PhraseError
+
+    with pytest.raises(PhraseError):
+        identity_input.read_and_derive(io.BytesIO(b"\xff\xfe not utf-8"))
+    assert seen[-1] == bytearray(len(seen[-1]))

@@ -21,7 +21,7 @@ from .derive import (
     key_uid,
 )
 from .formats import legacy_key, parse_peer_identity, parse_share_link, share_link, zq3_decode, zq3_encode
-from .whoami import whoami_fields
+from .whoami import whoami_fields, whoami_text
 
 __all__ = [
     "CHAT_PATH",
@@ -50,6 +50,7 @@ __all__ = [
     "phrase_to_seed",
     "share_link",
     "whoami_fields",
+    "whoami_text",
     "zq3_decode",
     "zq3_encode",
 ]

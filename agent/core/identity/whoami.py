@@ -7,7 +7,7 @@ import re
 from ..errors import MalformedKey
 from .formats import legacy_key, share_link, zq3_encode
 
-__all__ = ["whoami_fields"]
+__all__ = ["whoami_fields", "whoami_text"]
 
 _KEY_UID_RE = re.compile(r"0x[0-9a-f]{64}", re.ASCII)
 
@@ -29,3 +29,18 @@ def whoami_fields(pub33: bytes, key_uid: str, installation_id: str) -> dict[str,
         "installation_id": installation_id,
         "share_link": share_link(pub33),
     }
+
+
+_LABELS = (
+    ("compressed_key", "Chat key"),
+    ("public_key", "Public key"),
+    ("share_link", "Share link"),
+    ("key_uid", "Key UID"),
+    ("installation_id", "Installation"),
+)
+
+
+def whoami_text(fields: dict[str, str]) -> str:
+    """The fields for a person, one per line, the form Status shows (zQ3…) first."""
+    width = max(len(label) for _, label in _LABELS)
+    return "\n".join(f"{label + ':':<{width + 1}} {fields[key]}" for key, label in _LABELS if key in fields)
