@@ -49,6 +49,7 @@ Concurrent sessions and interoperability
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -242,6 +243,7 @@ class SessionManager:
         self._spks: dict[int, OwnSpkRecord] = {}
         self._replies: dict[bytes, int] = store.load_peer_replies()
         self._dirty: set[bytes] = set()
+        self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
         self._bundle_cache: tuple[tuple[tuple[str, bytes, int, int], ...], int, pb.Bundle] | None = None
 
         ops: list[Op] = []
@@ -293,7 +295,7 @@ class SessionManager:
             _, pos = live.ratchet.sending_position()
             live.rec.state = live.ratchet.to_bytes()
             live.rec.send_hwm = pos + self._reserve
-            ops.append(PutSession(replace(live.rec)))
+            ops.append(PutSession(copy.copy(live.rec)))
         self._dirty.clear()
 
     def _run(self, work: Callable[[list[Op]], _T]) -> _T:
@@ -416,7 +418,22 @@ class SessionManager:
 
     def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
         b = decode_bundle(data)
-        return core_bundle.verify_bundle(b), b
+        return self._verify_cached(b), b
+
+    def _verify_cached(self, b: pb.Bundle) -> bytes:
+        """verify_bundle, remembered by the exact bytes: a sender attaches the same signed bundle to every
+        message until it changes, and recovering the signer is the costliest step of a decrypt."""
+        key = b.SerializeToString(deterministic=True)
+        with self._lock:
+            hit = self._verified.get(key)
+        if hit is not None:
+            return hit
+        identity = core_bundle.verify_bundle(b)  # raises on a bad bundle: nothing is cached then
+        with self._lock:
+            if len(self._verified) >= 512:
+                self._verified.clear()
+            self._verified[key] = identity
+        return identity
 
     def add_peer_bundle(self, bundle_bytes: bytes) -> bytes:
         """Verify and store a bundle (contact code, QR, file); return its identity. Our own → a new device."""
@@ -601,7 +618,7 @@ class SessionManager:
         msg = decode_protocol_message(message)
         bundles = []
         for b in msg.bundles:
-            if core_bundle.verify_bundle(b) != sender:
+            if self._verify_cached(b) != sender:
                 raise IdentityMismatch("a bundle in the message is not the sender's")
             bundles.append(b)
         sender_iid = msg.installation_id
