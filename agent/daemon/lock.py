@@ -45,6 +45,11 @@ def failure_delay(failures: int) -> float:
     return min(0.1 * failures, 10.0)
 
 
+def _is_wrong_secret(exc: Exception) -> bool:
+    return isinstance(exc, UnlockFailed) or getattr(type(exc), "code", "") in (
+        "PIN_INCORRECT", "PASSPHRASE_INCORRECT")
+
+
 def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
 
@@ -140,7 +145,9 @@ class LockManager:
                         raise UnlockFailed("wrong lock password")
                 else:
                     self._backend.unlock(secret, force=force)
-            except Exception:
+            except Exception as exc:
+                if not _is_wrong_secret(exc):
+                    raise  # token absent, config errors...: not a guess, no delay
                 with self._mu:
                     self._failures += 1
                     failures = self._failures

@@ -129,7 +129,8 @@ class AgentServer:
         self._stop = asyncio.Event()
         claimed: ClaimedSocket | None = None
         if self._listen_sock is None:
-            claimed = claim_socket(Path(self.socket_path))
+            claimed = claim_socket(Path(self.socket_path),
+                                   shared=bool(self.config.allow_uids or self.config.allow_gids))
             sock = claimed.sock
         else:
             sock = self._listen_sock

@@ -60,8 +60,12 @@ def socket_path_for(home: str | os.PathLike[str]) -> Path:
     return runtime_dir() / f"agent-{digest}.sock"
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` with mode 0700, or check that the existing one is a directory we own with mode 0700."""
+def ensure_private_dir(path: Path, *, shared: bool = False) -> None:
+    """Create ``path`` with mode 0700, or check that the existing one is a directory we own with mode 0700.
+
+    ``shared`` (custody setups with ``--allow-uid/--allow-gid``): others may traverse the directory (0711/0755)
+    so the admitted users can connect, but still nobody else may write to it (no group/other write bit).
+    """
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -76,7 +80,12 @@ def ensure_private_dir(path: Path) -> None:
         raise SocketDirError(f"socket directory {path} is not a directory (symlink?)")
     if st.st_uid != os.getuid():
         raise SocketDirError(f"socket directory {path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
-    if stat.S_IMODE(st.st_mode) & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if shared and not mode & 0o022:
+        return
+    if mode & 0o077:
+        if shared:
+            raise SocketDirError(f"socket directory {path} has mode {mode:04o}; others must not write to it")
         raise SocketDirError(
             f"socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (chmod 700 it)"
         )
@@ -127,9 +136,13 @@ class ClaimedSocket:
             os.close(self._lock_fd)
 
 
-def claim_socket(path: Path, backlog: int = 128) -> ClaimedSocket:
-    """Bind a fresh socket at ``path`` (umask 0177 → mode 0600) unless a live agent answers there."""
-    ensure_private_dir(path.parent)
+def claim_socket(path: Path, backlog: int = 128, *, shared: bool = False) -> ClaimedSocket:
+    """Bind a fresh socket at ``path`` (umask 0177 → mode 0600) unless a live agent answers there.
+
+    ``shared``: the socket is made 0666 after binding so admitted other users can connect; SO_PEERCRED, not
+    the file mode, then decides who is served (p11-kit server's model).
+    """
+    ensure_private_dir(path.parent, shared=shared)
     lock_path = path.with_name(path.name + ".lock")
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -155,6 +168,8 @@ def claim_socket(path: Path, backlog: int = 128) -> ClaimedSocket:
             raise
         finally:
             os.umask(old)
+        if shared:
+            os.chmod(path, 0o666)
         sock.listen(backlog)
         sock.setblocking(False)
         return ClaimedSocket(path, sock, lock_fd)
