@@ -213,7 +213,7 @@ def _replay(sc: dict[str, Any]) -> list[str]:
             d.eq(f"{where}.generated_keys", [k.get("pub") for k in ev["generated_keys"]], [k["pub"] for k in got])
             for k, g in zip(ev["generated_keys"], got):
                 d.eq(f"{where}.generated_keys.priv", k.get("priv"), g["priv"])
-        if ev.get("trace") is not None or trace:
+        if "trace" in ev:  # null means "no primitive calls"
             _cmp_trace(d, where, ev.get("trace") or [], trace, failed)
         if "state_after" in ev and party in parties:
             state = parties[party].debug_state()

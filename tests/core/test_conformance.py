@@ -1,0 +1,132 @@
+"""The vectors replay tool: every shipped vector passes, any flipped recorded byte fails, CLI contract."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.conformance import Case, replay_data, replay_file
+from agent.conformance.registry import recognisers
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+CORE_FILES = ["dr_primitives.json", "dr_conversation_examples.json", "x3dh_examples.json",
+              "status_go_conversation.json"]
+HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "vectors", "replay", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_all_shipped_vectors_replay_through_the_cli() -> None:
+    files = sorted(str(p) for p in VECTORS.glob("*.json"))
+    assert len(files) >= 4
+    out = cli(*files)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"(\d+) passed, 0 failed", last)
+    assert m and int(m.group(1)) > 100, last
+
+
+@pytest.mark.parametrize("name", CORE_FILES)
+def test_each_core_file_has_cases_and_passes(name: str) -> None:
+    r = replay_file(VECTORS / name)
+    assert r.passed > 0 and r.failed == 0, r.failures[:5]
+
+
+def _hex_paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _hex_paths(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _hex_paths(v, path + (i,))
+    elif isinstance(node, str) and HEX.match(node):
+        yield path
+
+
+def _checkable(data: Any, path: tuple[Any, ...]) -> bool:
+    """Recorded values whose change must be detectable.
+
+    Excluded, by design: provenance metadata (commit ids), opaque session ids the library never uses,
+    and the inputs of negative cases that are *already* wrong (a flipped byte inside a wrong MAC key or
+    an invalid point keeps them wrong; what those cases pin is the error).
+    """
+    if any(p in ("library", "status_go_commit", "session_ids", "commit") for p in path):
+        return False
+    node = data
+    for i, p in enumerate(path[:-1]):
+        node = node[p]
+        if isinstance(node, dict) and node.get("error") not in (None, ""):
+            # a failing receive: only its delivered input is already wrong; its state_after etc. count
+            return "delivered" in node and path[i + 1] != "delivered"
+    return True
+
+
+def _flip(value: str, rng: random.Random) -> str:
+    i = rng.randrange(len(value))
+    return value[:i] + rng.choice("0123456789abcdef".replace(value[i], "")) + value[i + 1:]
+
+
+@pytest.mark.parametrize("name,samples", [("dr_primitives.json", 60), ("dr_conversation_examples.json", 40),
+                                          ("x3dh_examples.json", 25), ("status_go_conversation.json", 25)])
+def test_one_flipped_hex_digit_anywhere_fails(name: str, samples: int) -> None:
+    data = json.loads((VECTORS / name).read_text())
+    paths = [p for p in _hex_paths(data) if _checkable(data, p)]
+    rng = random.Random(f"flip {name}")
+    for path in rng.sample(paths, min(samples, len(paths))):
+        doc = copy.deepcopy(data)
+        node = doc
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = _flip(node[path[-1]], rng)
+        r = replay_data(doc, name)
+        assert r.failed > 0, f"flip in {path} went unnoticed"
+
+
+def test_cli_reports_case_and_field_and_fails(tmp_path: Path) -> None:
+    data = json.loads((VECTORS / "x3dh_examples.json").read_text())
+    sk = data["status_go_unit_test_vector"]["initiator"]["shared_key"]
+    data["status_go_unit_test_vector"]["initiator"]["shared_key"] = ("0" if sk[0] != "0" else "1") + sk[1:]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    out = cli(str(bad), str(VECTORS / "dr_primitives.json"))
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert any("status_go_unit_test_vector" in ln and "initiator.shared_key" in ln for ln in lines), lines
+    assert re.fullmatch(r"\d+ passed, 1 failed", lines[-1]), lines[-1]
+
+
+def test_cli_fails_on_nothing_recognised_and_on_bad_json(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"hello": [1, 2, 3]}))
+    out = cli(str(empty))
+    assert out.returncode == 1 and out.stdout.strip().endswith("0 passed, 0 failed")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    out = cli(str(broken))
+    assert out.returncode == 1 and "0 passed, 1 failed" in out.stdout
+
+
+def test_conversation_found_at_top_level_and_nested() -> None:
+    data = json.loads((VECTORS / "dr_conversation_examples.json").read_text())
+    single = {"conversation": data["scenarios"][0]}
+    assert replay_data(single).passed == 1
+    assert replay_data(data["scenarios"][1]).passed == 1
+    assert replay_data({"some": {"deeper": [data["scenarios"][2]]}}).passed == 1
+
+
+def test_registry_discovers_core_recognisers() -> None:
+    names = {r.__name__ for r in recognisers()}
+    assert {"dr_primitive_cases", "dr_conversations", "x3dh_cases"} <= names
+    assert isinstance(Case("x", lambda: []), Case)
