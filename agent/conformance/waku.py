@@ -238,7 +238,11 @@ class _Replayer:
             return symmetric.open_symmetric(wire, sym_key)
 
         if expect.startswith("decrypts"):
-            env = attempt()
+            try:
+                env = attempt()
+            except ProtocolError as exc:
+                out.append(f"expected to decrypt, rejected with {type(exc).__name__}: {exc}")
+                return
             _eq(out, "plaintext_envelope", env, self._hex(n, "plaintext_envelope"))
             try:
                 opened = envelope.decode_envelope(env)
@@ -250,14 +254,8 @@ class _Replayer:
             elif opened.signed and signer is None:
                 out.append("decoded as signed, and no signer_pub to compare with")
             return
-        wanted: tuple[type[Exception], bool]
-        if expect in ("mac_mismatch", "gcm_tag_mismatch"):
-            wanted = (DecryptFailed, False)
-        elif expect == "invalid_ephemeral_key":
-            wanted = (BadEphemeralKey, True)
-        elif expect == "too_short":
-            wanted = (WireTooShort, True)
-        else:
+        wanted = _stage(expect)
+        if wanted is None:
             out.append(f"expect: unknown expectation {expect!r}")
             return
         cls, no_dh = wanted
@@ -316,6 +314,22 @@ class _Replayer:
         _eq(out, "topic", topics.topic_bytes(name), _opt_hex(s.get("topic")))
         if "content_topic" in s and s["content_topic"] != topics.partitioned_topic(pub):
             out.append(f"content_topic {topics.partitioned_topic(pub)} != {s['content_topic']}")
+
+
+def _stage(expect: str) -> tuple[type[Exception], bool] | None:
+    """The error a rejection stage names, and whether it must come before any ECDH.
+
+    The file's labels are ``mac_mismatch``, ``gcm_tag_mismatch``, ``invalid_ephemeral_key`` and ``too_short``;
+    close variants (``invalid_mac``, ``truncated``, ``bad_ephemeral_key``...) map to the same stages.
+    """
+    e = expect.lower()
+    if "mac" in e or "tag" in e or "auth" in e:
+        return DecryptFailed, False
+    if "ephemeral" in e or "curve" in e or "prefix" in e:
+        return BadEphemeralKey, True
+    if "short" in e or "truncat" in e:
+        return WireTooShort, True
+    return None
 
 
 class _CaseError(Exception):
