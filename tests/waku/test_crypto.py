@@ -230,3 +230,22 @@ def test_gcm_fuzz_is_decrypt_failed_or_too_short(data: bytes) -> None:
     except (WireTooShort, DecryptFailed):
         return
     raise AssertionError("random bytes authenticated under AES-GCM")
+
+
+def test_mac_is_compared_in_constant_time(doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tag check goes through hmac.compare_digest (no early-exit ==), for good and bad tags alike."""
+    import hmac as _hmac
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = _hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(_hmac, "compare_digest", spy)
+    me = MemoryKey(h(doc["keys"]["recipient_priv"]))
+    ecies.open_asymmetric(h(_vec(doc, "asym-signed-0")["wire"]), me)
+    with pytest.raises(DecryptFailed):
+        ecies.open_asymmetric(h(_neg(doc, "neg-asym-mac-bitflip")["wire"]), me)
+    assert len(calls) == 2 and all(len(a) == len(b) == 32 for a, b in calls)
