@@ -223,6 +223,25 @@ _CHECK_PLAINTEXT = b"keyagent store key check v1"
 _AD_PREFIX = b"keyagent/store/v1|"
 
 
+def _blob(v: object) -> bytes:
+    # SQLite columns are dynamically typed: a hand-edited row could hold anything; bytes(5) would be 5 zeros
+    if not isinstance(v, bytes):
+        raise StoreCorrupt(f"state row holds {type(v).__name__} where bytes belong")
+    return v
+
+
+def _text(v: object) -> str:
+    if not isinstance(v, str):
+        raise StoreCorrupt(f"state row holds {type(v).__name__} where text belongs")
+    return v
+
+
+def _int(v: object) -> int:
+    if not isinstance(v, int):
+        raise StoreCorrupt(f"state row holds {type(v).__name__} where an integer belongs")
+    return v
+
+
 def _derive_data_key(identity: KeyOps, point: bytes) -> bytes:
     shared = identity.dh(point)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"keyagent/store", info=b"data key v1").derive(shared)
@@ -296,8 +315,13 @@ class Store:
             self._conn.execute("INSERT INTO meta VALUES('wrap_point', ?), ('key_check', ?)", (point, check))
             self._conn.execute("COMMIT")
             return key
-        key = _derive_data_key(identity, bytes(rows["wrap_point"]))
-        check = bytes(rows.get("key_check", b""))
+        try:
+            key = _derive_data_key(identity, _blob(rows["wrap_point"]))
+        except (ValueError, StoreCorrupt):  # not a curve point: the meta row was tampered with
+            raise StoreKeyMismatch("this home's key wrapping is damaged") from None
+        check = rows.get("key_check", b"")
+        if not isinstance(check, bytes):
+            raise StoreKeyMismatch("this home's key check is damaged")
         try:
             if AESGCM(key).decrypt(check[:12], check[12:], b"key_check") != _CHECK_PLAINTEXT:
                 raise InvalidTag
@@ -328,7 +352,7 @@ class Store:
 
     def get_meta(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else _blob(row[0])
 
     def load_sessions(self) -> list[SessionRecord]:
         out = []
@@ -336,22 +360,22 @@ class Store:
             "SELECT sid, identity, installation_id, bundle_id, ephemeral, initiator, confirmed, expired,"
             " created_ns, last_used_ns, send_hwm, sk, state FROM sessions ORDER BY created_ns, sid"
         ):
-            sid = bytes(r[0])
+            sid = _blob(r[0])
             out.append(
                 SessionRecord(
                     sid=sid,
-                    identity=bytes(r[1]),
-                    installation_id=str(r[2]),
-                    bundle_id=bytes(r[3]),
-                    ephemeral=bytes(r[4]),
-                    initiator=bool(r[5]),
-                    confirmed=bool(r[6]),
-                    expired=bool(r[7]),
-                    created_ns=int(r[8]),
-                    last_used_ns=int(r[9]),
-                    send_hwm=int(r[10]),
-                    sk=self.unseal(bytes(r[11]), b"sessions", b"sk", sid),
-                    state=self.unseal(bytes(r[12]), b"sessions", b"state", sid),
+                    identity=_blob(r[1]),
+                    installation_id=_text(r[2]),
+                    bundle_id=_blob(r[3]),
+                    ephemeral=_blob(r[4]),
+                    initiator=bool(_int(r[5])),
+                    confirmed=bool(_int(r[6])),
+                    expired=bool(_int(r[7])),
+                    created_ns=_int(r[8]),
+                    last_used_ns=_int(r[9]),
+                    send_hwm=_int(r[10]),
+                    sk=self.unseal(_blob(r[11]), b"sessions", b"sk", sid),
+                    state=self.unseal(_blob(r[12]), b"sessions", b"state", sid),
                 )
             )
         return out
@@ -359,14 +383,14 @@ class Store:
     def load_installations(self) -> list[InstallationRecord]:
         return [
             InstallationRecord(
-                identity=bytes(r[0]),
-                installation_id=str(r[1]),
-                spk=None if r[2] is None else bytes(r[2]),
-                spk_version=int(r[3]),
-                protocol_version=int(r[4]),
-                timestamp_ns=int(r[5]),
-                enabled=bool(r[6]),
-                first_seen_ns=int(r[7]),
+                identity=_blob(r[0]),
+                installation_id=_text(r[1]),
+                spk=None if r[2] is None else _blob(r[2]),
+                spk_version=_int(r[3]),
+                protocol_version=_int(r[4]),
+                timestamp_ns=_int(r[5]),
+                enabled=bool(_int(r[6])),
+                first_seen_ns=_int(r[7]),
             )
             for r in self._conn.execute(
                 "SELECT identity, installation_id, spk, spk_version, protocol_version, timestamp_ns, enabled,"
@@ -376,14 +400,14 @@ class Store:
 
     def load_own_spks(self) -> list[OwnSpkRecord]:
         return [
-            OwnSpkRecord(int(r[0]), bytes(r[1]), int(r[2]), None if r[3] is None else int(r[3]), bool(r[4]))
+            OwnSpkRecord(_int(r[0]), _blob(r[1]), _int(r[2]), None if r[3] is None else _int(r[3]), bool(_int(r[4])))
             for r in self._conn.execute(
                 "SELECT version, public, created_ns, expired_ns, destroyed FROM own_spks ORDER BY version"
             )
         ]
 
     def load_peer_replies(self) -> dict[bytes, int]:
-        return {bytes(r[0]): int(r[1]) for r in self._conn.execute("SELECT identity, at_ns FROM peer_replies")}
+        return {_blob(r[0]): _int(r[1]) for r in self._conn.execute("SELECT identity, at_ns FROM peer_replies")}
 
     # --- group commit -----------------------------------------------------------------------------------------
 

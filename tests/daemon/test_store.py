@@ -276,3 +276,43 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     sids = {int.from_bytes(r.sid, "big") for r in s.load_sessions()}
     assert set(range(1, acked + 1)) <= sids  # everything the child reported as written is there
     s.close()
+
+
+@pytest.mark.parametrize(
+    "table,column,value",
+    [
+        ("sessions", "sid", 5),
+        ("sessions", "installation_id", b"bytes-not-text"),
+        ("sessions", "send_hwm", "ten"),
+        ("installations", "identity", "text"),
+        ("installations", "timestamp_ns", 1.5),
+        ("own_spks", "public", 7),
+    ],
+)
+def test_wrongly_typed_rows_are_reported_not_misread(tmp_path: Path, table: str, column: str, value: object) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1)), PutInstallation(inst("a")),
+             PutOwnSpk(OwnSpkRecord(1, b"\x02" + b"\x55" * 32, 10, None, False))])
+    s.close()
+    c = sqlite3.connect(db)
+    c.execute(f"UPDATE {table} SET {column}=?", (value,))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    loader = {"sessions": s2.load_sessions, "installations": s2.load_installations, "own_spks": s2.load_own_spks}
+    with pytest.raises(StoreCorrupt):
+        loader[table]()
+    s2.close()
+
+
+@pytest.mark.parametrize("value", [b"\x02" + b"\x00" * 32, b"short", 12])
+def test_damaged_key_wrapping_is_a_key_mismatch(tmp_path: Path, value: object) -> None:
+    db = tmp_path / "state.db"
+    Store(db, IK).close()
+    c = sqlite3.connect(db)
+    c.execute("UPDATE meta SET value=? WHERE key='wrap_point'", (value,))
+    c.commit()
+    c.close()
+    with pytest.raises(StoreKeyMismatch):
+        Store(db, IK)
