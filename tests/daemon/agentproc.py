@@ -189,7 +189,8 @@ def read_response(s: socket.socket) -> pb.Response | None:
         if not chunk:
             return None
         body += chunk
-    return pb.Response.FromString(body)
+    response: pb.Response = pb.Response.FromString(body)
+    return response
 
 
 def status_bytes() -> bytes:

@@ -204,10 +204,10 @@ _NOBODY_CLIENT = textwrap.dedent(
 )
 
 
-def _as_nobody(sock: str) -> str:
+def _as_nobody(sock: str, request: bytes | None = None) -> str:
     cp = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c",
-         _NOBODY_CLIENT, sock, status_bytes().hex()],
+         _NOBODY_CLIENT, sock, (request or status_bytes()).hex()],
         capture_output=True, text=True, timeout=30,
     )
     assert cp.returncode == 0, cp.stderr
@@ -251,6 +251,11 @@ def test_allow_uid_admits_that_uid(agents: AgentFactory) -> None:
         assert resp.WhichOneof("response") == "status" and resp.status.pid == a.pid
         line = [l for l in a.audit_lines() if l.get("uid") == 65534]
         assert line and line[-1]["result"] == "ok" and line[-1]["type"] == "status"
+        # an admitted other uid may use the agent but not stop it
+        stop = pb.Request(stop=pb.StopRequest()).SerializeToString()
+        resp = pb.Response.FromString(bytes.fromhex(_as_nobody(sock, stop))[4:])
+        assert resp.error.code == pb.Error.DENIED
+        assert a.alive()
     finally:
         import shutil
 
