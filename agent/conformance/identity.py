@@ -15,9 +15,10 @@ chat key) replay too:
   ``fragment_public_key``.
 * ``paths``: names we know must map to the same path.
 
-The three-word alias, emoji hash, colour hash and colour id are not implemented by keyagent (yet); those
-fields are listed in :data:`NOT_CHECKED` and ignored; a case that compares nothing else is reported as
-skipped, never counted as passed. Each case yields a pass or
+The chat key's three-word alias, emoji hash, colour hash and colour id are checked too, and upstream
+entries of that shape (``public_key`` with ``alias`` / ``emoji_hash`` / ``color_hash``, ``seed_42``).
+Fields listed in :data:`NOT_CHECKED` are ignored; a case that compares nothing is reported as skipped
+(or, through the registry, as a failure), never counted as passed. Each case yields a pass or
 failure lines ``"<case>: <field> ..."``; no exception escapes for bad data.
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 from agent.conformance.registry import Case, register
 from agent.core import secp256k1
 from agent.core.hashing import keccak256
+from agent.core.identity import names
 from agent.core.identity import (
     PATHS,
     ExtendedKey,
@@ -51,7 +53,7 @@ from agent.core.waku import topics
 
 __all__ = ["NOT_CHECKED", "recognise", "node_cases", "status_identity", "replay_identity", "replay_identity_detail"]
 
-NOT_CHECKED = frozenset({"alias", "emoji_hash", "color_hash", "color_id", "seed_42"})
+NOT_CHECKED: frozenset[str] = frozenset()  # every field of the shared schema is checked now
 
 
 def recognise(doc: object) -> bool:
@@ -173,10 +175,21 @@ class _Replayer:
         for field, got in expected.items():
             if field in c:
                 out.eq(f"chat.{field}", got, c[field])
+        self._names(pub, c, "chat.", out)
         for field in ("public_key_uncompressed", "public_key_compressed", "compressed_key_zQ3",
                       "share_url_with_chat_key"):
             if field in c:
                 out.eq(f"chat.{field} parsed", parse_peer_identity(c[field]).hex(), pub.hex())
+
+    def _names(self, pub: bytes, c: dict[str, Any], prefix: str, out: _Out) -> None:
+        if "alias" in c:
+            out.eq(f"{prefix}alias", names.alias(pub), c["alias"])
+        if "emoji_hash" in c:
+            out.eq(f"{prefix}emoji_hash", names.emoji_hash(pub), c["emoji_hash"])
+        if "color_hash" in c:
+            out.eq(f"{prefix}color_hash", names.color_hash(pub), c["color_hash"])
+        if "color_id" in c:
+            out.eq(f"{prefix}color_id", names.color_id(pub), c["color_id"])
 
     # -- upstream -----------------------------------------------------------------------------------
     def upstream(self, e: dict[str, Any], out: _Out) -> None:  # noqa: C901 - one branch per shape
@@ -209,7 +222,11 @@ class _Replayer:
                     out.eq(f"{field} key", parse_share_link(e[field]).hex(), pub.hex())
             if "user_url_with_chat_key" in e:
                 out.eq("user_url_with_chat_key built", share_link(pub), e["user_url_with_chat_key"])
-        # any other shape (alias, emoji/colour hash: NOT_CHECKED) compares nothing and is reported skipped
+        elif "public_key" in e and _NAME_FIELDS & set(e):
+            self._names(_hex(e["public_key"]), e, "", out)
+        if "seed_42" in e:
+            out.eq("seed_42", names.alias_from_seed(42), e["seed_42"])
+        # any other shape compares nothing and is reported skipped
 
 
 def _partitioned(pub: bytes) -> dict[str, str]:
@@ -220,6 +237,7 @@ def _partitioned(pub: bytes) -> dict[str, str]:
     }
 
 
+_NAME_FIELDS = frozenset({"alias", "emoji_hash", "color_hash", "color_id"})
 _PATH_TEXT = re.compile(r"m(/[0-9]+['hH]?)*", re.ASCII)
 
 
@@ -240,6 +258,8 @@ def _node_check(node: object) -> Callable[[_Replayer, _Out], None] | None:
     if isinstance(cases, list) and cases and all(isinstance(c, dict) and "zQ3" in c for c in cases):
         return lambda rep, out: rep.upstream(node, out)
     if "fragment_public_key" in node and any(k.startswith("user_url") for k in node):
+        return lambda rep, out: rep.upstream(node, out)
+    if isinstance(node.get("public_key"), str) and (_NAME_FIELDS | {"seed_42"}) & set(node):
         return lambda rep, out: rep.upstream(node, out)
     if node and set(node) & set(PATHS) and all(
         isinstance(v, str) and _PATH_TEXT.fullmatch(v) for v in node.values()

@@ -23,11 +23,8 @@ def test_shared_file_replays_clean(vectors: dict[str, Any]) -> None:
     assert recognise(vectors)
     passed, failures, skipped = replay_identity_detail(vectors)
     assert failures == []
-    checkable = len(vectors["identities"]) + 1 + sum(
-        1 for k in vectors["upstream"] if k not in ("alias", "emoji_and_color_hash")
-    )
-    assert passed == checkable
-    assert sorted(skipped) == ["upstream.alias", "upstream.emoji_and_color_hash"]
+    assert passed == len(vectors["identities"]) + 1 + len(vectors["upstream"])  # + the paths table
+    assert skipped == []
 
 
 def _identity_fields(v: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -45,9 +42,28 @@ def _identity_fields(v: dict[str, Any]) -> list[tuple[str, ...]]:
         "contact_code_chat_id",
         "contact_code_content_topic",
         "contact_code_symkey",
+        "partitioned_chat_id",
+        "partitioned_content_topic",
+        "alias",
+        "emoji_hash",
+        "color_hash",
+        "color_id",
     ):
         out.append(("chat", k))
     return out
+
+
+def _mutate(value: Any) -> Any:
+    """A different value of the same type: strings flipped, lists with an element changed, ints bumped."""
+    if isinstance(value, str):
+        return _flip(value)
+    if isinstance(value, int):
+        return (value + 1) % 11
+    if isinstance(value, list):
+        changed = copy.deepcopy(value)
+        changed[-1] = _mutate(changed[-1])
+        return changed
+    raise AssertionError(f"no mutation for {type(value).__name__}")
 
 
 def test_every_tampered_identity_field_is_reported(vectors: dict[str, Any]) -> None:
@@ -59,7 +75,7 @@ def test_every_tampered_identity_field_is_reported(vectors: dict[str, Any]) -> N
         node: Any = doc["identities"]["x"]
         for p in path[:-1]:
             node = node[p]
-        node[path[-1]] = _flip(node[path[-1]])
+        node[path[-1]] = _mutate(node[path[-1]])
         passed, failures = replay_identity(doc)
         assert passed == 0, path
         assert failures and all(f.startswith("identities.x: ") for f in failures), path
@@ -77,13 +93,17 @@ def test_tampered_upstream_entries_are_reported(vectors: dict[str, Any]) -> None
         ("multiformat", ("cases", 0, "multibase_hex")),
         ("share_urls", ("user_url_with_chat_key",)),
         ("share_urls", ("fragment_public_key",)),
+        ("alias", ("seed_42",)),
+        ("alias", ("alias",)),
+        ("emoji_and_color_hash", ("emoji_hash",)),
+        ("emoji_and_color_hash", ("color_hash",)),
     ]
     for entry, path in cases:
         doc = {"paths": vectors["paths"], "upstream": {entry: copy.deepcopy(up[entry])}}
         node: Any = doc["upstream"][entry]
         for p in path[:-1]:
             node = node[p]
-        node[path[-1]] = _flip(node[path[-1]])
+        node[path[-1]] = _mutate(node[path[-1]])
         passed, failures = replay_identity(doc)
         assert passed == 1, (entry, path)  # only the paths table passes
         assert failures and failures[0].startswith(f"upstream.{entry}: "), (entry, path, failures)
@@ -173,6 +193,8 @@ def test_node_level_cases_cover_the_shared_file(vectors: dict[str, Any]) -> None
             "upstream.nim_status_keyuid_of_imported_key",
             "upstream.multiformat",
             "upstream.share_urls",
+            "upstream.alias",
+            "upstream.emoji_and_color_hash",
         ]
         + [f"identities.{k}" for k in vectors["identities"]]
     )
@@ -190,6 +212,12 @@ def test_node_level_cases_report_tampering_and_empty_claims(vectors: dict[str, A
     only_alias = {"mnemonic": "abandon " * 11 + "about", "chat": {"alias": "Darkviolet Overcooked Bittern"}}
     cases = []
     _walk(only_alias, "", cases)
+    assert cases[0][1]() == []
+    only_alias["chat"]["alias"] = "Darkviolet Overcooked Bittert"
+    assert cases[0][1]() != []
+    unknown = {"mnemonic": "abandon " * 11 + "about", "chat": {"nickname": "x"}}
+    cases = []
+    _walk(unknown, "", cases)
     assert cases[0][1]() == ["no field keyagent implements was compared"]
 
 

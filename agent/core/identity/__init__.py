@@ -1,6 +1,7 @@
 """Status identities: recovery phrase → chat key, key UID, the written forms of a key, contact codes.
 
-Pure (no disk except the BIP39 word list shipped inside the ``mnemonic`` package, no randomness).
+Pure (no disk except read-only package data: the BIP39 word list inside the ``mnemonic`` package and
+status-go's MPL-2.0 alias/emoji lists in :mod:`.statusdata`; no randomness).
 Derivation is hashlib + hmac + coincurve rather than bip-utils: see :mod:`.bip32` and :mod:`.bip39`
 for why, and for what Python can and cannot zero.
 """
@@ -21,9 +22,14 @@ from .derive import (
     key_uid,
 )
 from .formats import legacy_key, parse_peer_identity, parse_share_link, share_link, zq3_decode, zq3_encode
+from .names import alias, color_hash, color_id, emoji_hash
 from .whoami import whoami_fields, whoami_text
 
 __all__ = [
+    "alias",
+    "color_hash",
+    "color_id",
+    "emoji_hash",
     "CHAT_PATH",
     "ENCRYPTION_PATH",
     "PATHS",
