@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from agent.pb.status import protocol_message_pb2 as pb
 
-from .errors import MalformedMessage
+from .errors import MalformedKey, MalformedMessage
 
 __all__ = [
     "pb",
@@ -34,6 +34,7 @@ __all__ = [
     "dh_header",
     "encrypted_message",
     "protocol_message",
+    "check_entry_keys",
 ]
 
 # Map key of a DH-fallback message (status-go ``noInstallationID``).
@@ -133,3 +134,24 @@ def protocol_message(
     for key, value in (encrypted or {}).items():
         msg.encrypted_message[key].CopyFrom(value)
     return msg
+
+
+def _key33(value: bytes, what: str) -> None:
+    if len(value) != 33 or value[0] not in (2, 3):
+        raise MalformedKey(f"{what} must be a 33-byte compressed secp256k1 key, got {len(value)} bytes")
+
+
+def check_entry_keys(entry: pb.EncryptedMessageProtocol) -> None:
+    """Raise MalformedKey unless every key in the present X3DH/DR/DH headers is 33 bytes compressed.
+
+    Cheap length/prefix checks only (status-go's DecompressPubkey does the curve check later, and so do
+    our DH functions); callers use it to drop junk before touching sessions.
+    """
+    if entry.HasField("X3DH_header"):
+        _key33(bytes(entry.X3DH_header.key), "X3DH_header.key")
+        _key33(bytes(entry.X3DH_header.id), "X3DH_header.id")
+    if entry.HasField("DR_header"):
+        _key33(bytes(entry.DR_header.key), "DR_header.key")
+        _key33(bytes(entry.DR_header.id), "DR_header.id")
+    if entry.HasField("DH_header"):
+        _key33(bytes(entry.DH_header.key), "DH_header.key")

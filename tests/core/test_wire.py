@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core import wire
-from agent.core.errors import MalformedMessage
+from agent.core.errors import MalformedKey, MalformedMessage
 
 # Full ProtocolMessages from status-go's own code (reference/status-go-facts.md §8.2).
 A1 = bytes.fromhex(
@@ -132,3 +132,20 @@ def test_fuzz_spliced_real_message_only_typed_errors(pos: int, junk: bytes, cut:
         wire.decode_protocol_message(data)
     except MalformedMessage:
         pass
+
+
+def test_entry_key_checks() -> None:
+    entry = wire.decode_protocol_message(A1).encrypted_message["bob-device-1"]
+    wire.check_entry_keys(entry)
+    for field in ("X3DH_header", "DR_header"):
+        for attr in ("key", "id"):
+            bad = wire.pb.EncryptedMessageProtocol()
+            bad.CopyFrom(entry)
+            setattr(getattr(bad, field), attr, getattr(getattr(entry, field), attr)[:32])
+            with pytest.raises(MalformedKey):
+                wire.check_entry_keys(bad)
+    dh_entry = wire.decode_protocol_message(DH_MSG).encrypted_message["none"]
+    wire.check_entry_keys(dh_entry)
+    dh_entry.DH_header.key = b"\x04" + dh_entry.DH_header.key[1:]
+    with pytest.raises(MalformedKey):
+        wire.check_entry_keys(dh_entry)
