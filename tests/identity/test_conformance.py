@@ -209,7 +209,7 @@ def test_node_level_cases_report_tampering_and_empty_claims(vectors: dict[str, A
     assert [n for n, _ in cases] == ["wrapper[0]"]
     lines = cases[0][1]()
     assert len(lines) == 1 and lines[0].startswith("key_uid ")
-    only_alias = {"mnemonic": "abandon " * 11 + "about", "chat": {"alias": "Darkviolet Overcooked Bittern"}}
+    only_alias: dict[str, Any] = {"mnemonic": "abandon " * 11 + "about", "chat": {"alias": "Darkviolet Overcooked Bittern"}}
     cases = []
     _walk(only_alias, "", cases)
     assert cases[0][1]() == []
