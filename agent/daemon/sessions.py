@@ -65,6 +65,7 @@ from agent.core.ratchet import STATUS_GO, Header, Profile, Ratchet
 from agent.core import secp256k1
 from agent.core.wire import (
     NO_INSTALLATION,
+    check_entry_keys,
     decode_bundle,
     decode_protocol_message,
     dh_header,
@@ -630,6 +631,8 @@ class SessionManager:
             entry = msg.encrypted_message[NO_INSTALLATION]
         else:
             entry = None
+        if entry is not None:
+            check_entry_keys(entry)  # junk header keys are refused before any session is touched
 
         def work(ops: list[Op]) -> DecryptResult | NoSession:
             def no_session(text: str, reason: str) -> NoSession:

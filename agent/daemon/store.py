@@ -260,6 +260,8 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self._rng = rng
+        # create the file 0600 first: SQLite gives the -wal and -shm files the database file's permissions
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -269,10 +271,6 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
-        try:
-            os.chmod(self.path, 0o600)
-        except OSError:
-            pass
         self._cond = threading.Condition()
         self._queue: list[tuple[int, list[_Row]]] = []
         self._submitted = 0

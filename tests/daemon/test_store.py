@@ -114,11 +114,15 @@ def test_secrets_are_not_on_disk_in_clear(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     s = Store(db, IK)
     s.write([PutSession(session(1))])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["state.db", "state.db-shm", "state.db-wal"]
+    for f in tmp_path.iterdir():  # the database and its -wal/-shm companions, whatever the umask
+        assert os.stat(f).st_mode & 0o077 == 0, f
+    raw_open = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert SECRET_STATE not in raw_open and SECRET_SK not in raw_open
     s.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert SECRET_STATE not in raw and SECRET_SK not in raw
     assert OTHER.public_key() in raw  # sanity: the file does hold the row
-    assert os.stat(db).st_mode & 0o077 == 0
 
 
 def test_wrong_identity_cannot_open(tmp_path: Path) -> None:
