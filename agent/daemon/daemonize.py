@@ -50,17 +50,24 @@ class StartError(RuntimeError):
 
 
 def open_home_backend(home: Home, config: AgentConfig) -> Backend:
-    """The home's backend: ``backends.open_backend`` when the backends package provides it, else the key file."""
-    factory: Any = getattr(importlib.import_module("backends"), "open_backend", None)
-    if factory is not None:
-        backend: Backend = factory(home.path)
+    """The home's backend, as ``keyagent init`` configured it (``HOME/config.json``, read by backends.home).
+
+    A home without config.json but with a bare software key file (``key_file`` in agent.json, default
+    ``key.json``) is opened directly; that layout predates ``keyagent init`` and stays readable.
+    """
+    if (home.path / "config.json").exists():
+        mod: Any = importlib.import_module("backends.home")
+        backend: Backend = mod.open_backend(mod.load_config(str(home.path)), home=str(home.path))
         return backend
-    from backends.software import SoftwareBackend  # fallback for homes holding only a software key file
+    from backends.software import SoftwareBackend
 
     key_file = config.extra.get("key_file", "key.json")
     if not isinstance(key_file, str):
         raise StartError("key_file in agent.json must be a string")
-    return SoftwareBackend(str(home.path / key_file))
+    path = home.path / key_file
+    if not path.exists():
+        raise StartError(f"{home.path} holds no identity: run keyagent init --home {home.path}")
+    return SoftwareBackend(str(path))
 
 
 def take_start_secret(pin_file: str | None = None, passphrase_file: str | None = None) -> str | None:

@@ -1,0 +1,384 @@
+"""In-process tests of the daemon's parts: config parsing, socket directory rules, the lock, bundle JSON, frame
+reading under arbitrary bytes, error-code mapping and the eval lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.cli.cmd_agent import _InputError, bundle_from_json, bundle_to_json
+from agent.core import errors as core_errors
+from agent.core.bundle import sign_bundle
+from agent.core.wire import encode_bundle
+from agent.daemon.config import AgentConfig, ConfigError, Home, load_config
+from agent.daemon.daemonize import shell_lines
+from agent.daemon.lock import AgentLocked, LockManager, UnlockFailed, failure_delay
+from agent.daemon.server import FrameError, encode_frame, read_frame
+from agent.daemon.service import error_code
+from agent.daemon.socketdir import AgentRunning, SocketDirError, claim_socket, ensure_private_dir
+from agent.pb.keyagent import agent_pb2 as pb
+from backends import errors as backend_errors
+from backends.base import BackendStatus
+from backends.memory import MemoryKey
+from tests.daemon.agentproc import short_tmpdir
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    d = short_tmpdir("ka-u-")
+    try:
+        yield d
+    finally:
+        subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_without_a_file(tmp: Path) -> None:
+    cfg = load_config(Home.at(tmp))
+    assert cfg == AgentConfig() and cfg.max_frame == 256 * 1024 and not cfg.allow_ecdh
+
+
+def test_config_reads_known_keys_and_keeps_unknown_ones(tmp: Path) -> None:
+    (tmp / "agent.json").write_text(json.dumps({"max_frame": 1024, "allow_ecdh": True, "allow_uids": [1000],
+                                                "unlock_ttl": 5, "future_option": {"x": 1}}))
+    cfg = load_config(Home.at(tmp))
+    assert (cfg.max_frame, cfg.allow_ecdh, cfg.allow_uids, cfg.unlock_ttl) == (1024, True, (1000,), 5.0)
+    assert cfg.extra == {"future_option": {"x": 1}}
+
+
+@pytest.mark.parametrize("text", [
+    "not json", "[1, 2]", '{"max_frame": "big"}', '{"max_frame": true}', '{"max_frame": 1}',
+    '{"max_frame": 1e99}', '{"allow_ecdh": 1}', '{"allow_uids": ["root"]}', '{"allow_uids": 5}',
+    '{"allow_gids": [-1]}', '{"request_timeout": 0}', '{"unlock_ttl": -1}', '{"workers": 0}',
+    '{"max_connections": 100000}', "\xff",
+])
+def test_config_rejects_malformed_values(tmp: Path, text: str) -> None:
+    (tmp / "agent.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ConfigError):
+        load_config(Home.at(tmp))
+
+
+def test_config_overrides_are_validated() -> None:
+    assert AgentConfig().with_overrides(max_frame=4096, unlock_ttl=None).max_frame == 4096
+    with pytest.raises(ConfigError):
+        AgentConfig().with_overrides(max_frame=0)
+
+
+# --- socket directory ---------------------------------------------------------------------------------------------
+
+
+def test_private_dir_is_created_0700(tmp: Path) -> None:
+    d = tmp / "sockets"
+    ensure_private_dir(d)
+    assert os.stat(d).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o711, 0o770, 0o777])
+def test_private_dir_with_loose_mode_is_refused_and_left_unchanged(tmp: Path, mode: int) -> None:
+    d = tmp / "sockets"
+    d.mkdir()
+    os.chmod(d, mode)
+    with pytest.raises(SocketDirError):
+        ensure_private_dir(d)
+    assert os.stat(d).st_mode & 0o777 == mode
+
+
+def test_private_dir_symlink_and_file_are_refused(tmp: Path) -> None:
+    real = tmp / "real"
+    real.mkdir(mode=0o700)
+    (tmp / "link").symlink_to(real)
+    with pytest.raises(SocketDirError):
+        ensure_private_dir(tmp / "link")
+    (tmp / "file").write_text("")
+    with pytest.raises(SocketDirError):
+        ensure_private_dir(tmp / "file")
+
+
+def test_private_dir_owned_by_another_uid_is_refused(tmp: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to chown")
+    d = tmp / "theirs"
+    d.mkdir(mode=0o700)
+    os.chown(d, 65534, 65534)
+    with pytest.raises(SocketDirError, match="owned by uid 65534"):
+        ensure_private_dir(d)
+
+
+def test_shared_dir_may_be_traversable_but_never_writable_by_others(tmp: Path) -> None:
+    d = tmp / "shared"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    ensure_private_dir(d, shared=True)
+    os.chmod(d, 0o775)
+    with pytest.raises(SocketDirError):
+        ensure_private_dir(d, shared=True)
+
+
+def test_claim_refuses_a_live_socket_and_replaces_a_stale_one(tmp: Path) -> None:
+    d = tmp / "s"
+    path = d / "agent.sock"
+    first = claim_socket(path)
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        with pytest.raises(AgentRunning):  # the lock file is held
+            claim_socket(path)
+    finally:
+        first.release()
+    assert not path.exists()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    second = claim_socket(path)
+    try:
+        assert second.still_ours()
+        os.unlink(path)
+        assert not second.still_ours()
+        imposter = socket.socket(socket.AF_UNIX)
+        imposter.bind(str(path))  # someone else's socket now sits at the path
+    finally:
+        second.release()
+    assert path.exists(), "release must not delete a socket that is no longer ours"
+    imposter.close()
+
+
+def test_claim_without_lock_file_still_probes_a_live_listener(tmp: Path) -> None:
+    d = tmp / "s"
+    d.mkdir(mode=0o700)
+    path = d / "agent.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen(1)
+    try:
+        with pytest.raises(AgentRunning):
+            claim_socket(path)
+        assert path.exists()
+    finally:
+        live.close()
+
+
+# --- lock ---------------------------------------------------------------------------------------------------------
+
+
+class FakeBackend:
+    """Just the lock surface of a Backend; ``secret`` opens it, PassphraseIncorrect otherwise."""
+
+    kind = "software"
+
+    def __init__(self, secret: str = "s3cret") -> None:
+        self.secret = secret
+        self.unlocked = True
+        self.absent = False
+
+    def lock(self) -> None:
+        self.unlocked = False
+
+    def unlock(self, secret: str, *, force: bool = False) -> None:
+        if self.absent:
+            raise backend_errors.TokenAbsent("gone")
+        if secret != self.secret:
+            raise backend_errors.PassphraseIncorrect("wrong passphrase")
+        self.unlocked = True
+
+    def status(self) -> BackendStatus:
+        return BackendStatus("software", True, self.unlocked, b"\x02" * 33, "fake")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _manager(ttl: float = 0.0) -> tuple[LockManager, FakeBackend, list[float], FakeClock]:
+    backend = FakeBackend()
+    sleeps: list[float] = []
+    clock = FakeClock()
+    lm = LockManager(backend, ttl=ttl, clock=clock, sleep=sleeps.append)  # type: ignore[arg-type]
+    return lm, backend, sleeps, clock
+
+
+def test_failed_unlocks_wait_longer_each_time_and_success_resets() -> None:
+    lm, backend, sleeps, _ = _manager()
+    lm.lock()
+    assert lm.locked and not backend.unlocked
+    for _ in range(3):
+        with pytest.raises(backend_errors.PassphraseIncorrect):
+            lm.unlock("guess")
+    assert sleeps == [failure_delay(1), failure_delay(2), failure_delay(3)] and sleeps == sorted(sleeps)
+    assert sleeps[0] > 0 and lm.locked and lm.failures == 3
+    lm.unlock("s3cret")
+    assert not lm.locked and lm.failures == 0 and backend.unlocked
+    assert failure_delay(10_000) == 10.0
+
+
+def test_non_guess_failures_do_not_count_or_delay() -> None:
+    lm, backend, sleeps, _ = _manager()
+    lm.lock()
+    backend.absent = True
+    with pytest.raises(backend_errors.TokenAbsent):
+        lm.unlock("s3cret")
+    assert sleeps == [] and lm.failures == 0 and lm.locked
+
+
+def test_password_lock_gates_without_touching_the_backend() -> None:
+    lm, backend, sleeps, _ = _manager()
+    lm.lock("pw")
+    assert lm.locked and backend.unlocked
+    with pytest.raises(AgentLocked):
+        lm.check()
+    with pytest.raises(UnlockFailed):
+        lm.unlock("s3cret")  # the backend secret is not the lock password
+    assert len(sleeps) == 1 and lm.locked
+    lm.unlock("pw")
+    lm.check()
+    assert not lm.locked
+
+
+def test_ttl_locks_after_expiry_and_restarts_on_unlock() -> None:
+    lm, backend, _, clock = _manager(ttl=60)
+    lm.check()
+    assert lm.ttl_remaining() == 60
+    clock.now += 59.9
+    assert not lm.tick() and not lm.locked
+    clock.now += 0.2
+    assert lm.locked and not backend.unlocked
+    with pytest.raises(AgentLocked):
+        lm.check()
+    lm.unlock("s3cret")
+    assert lm.ttl_remaining() == 60 and not lm.locked
+
+
+# --- bundle JSON --------------------------------------------------------------------------------------------------
+
+
+def _bundle_bytes() -> bytes:
+    ik, spk = MemoryKey.generate(), MemoryKey.generate()
+    return encode_bundle(sign_bundle(ik, {"inst-1": (spk.public_key(), 3, 1)}, 1_700_000_000_000_000_000))
+
+
+def test_bundle_json_round_trips_byte_for_byte() -> None:
+    raw = _bundle_bytes()
+    doc = bundle_to_json(raw)
+    assert set(doc) == {"identity", "signed_pre_keys", "timestamp", "signature"}
+    assert doc["signed_pre_keys"]["inst-1"]["version"] == 3
+    assert bundle_from_json(json.loads(json.dumps(doc))) == raw
+    doc["identity"] = "0x" + doc["identity"]  # 0x prefixes are accepted
+    assert bundle_from_json(doc) == raw
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d.update(identity=5),
+    lambda d: d.update(identity="xyz"),
+    lambda d: d.update(extra=1),
+    lambda d: d.update(timestamp="1"),
+    lambda d: d.update(timestamp=True),
+    lambda d: d.update(timestamp=1 << 63),
+    lambda d: d.update(signed_pre_keys=[]),
+    lambda d: d["signed_pre_keys"].update({"x": 1}),
+    lambda d: d["signed_pre_keys"]["inst-1"].update(version=-1),
+    lambda d: d["signed_pre_keys"]["inst-1"].update(version=1 << 32),
+    lambda d: d["signed_pre_keys"]["inst-1"].update(colour="red"),
+])
+def test_bundle_json_rejects_malformed_documents(mutate: object) -> None:
+    doc = bundle_to_json(_bundle_bytes())
+    mutate(doc)  # type: ignore[operator]
+    with pytest.raises(_InputError):
+        bundle_from_json(doc)
+
+
+def test_bundle_json_rejects_non_objects() -> None:
+    docs: list[object] = [[], "x", 1, None]
+    for doc in docs:
+        with pytest.raises(_InputError):
+            bundle_from_json(doc)
+
+
+# --- frames -------------------------------------------------------------------------------------------------------
+
+
+async def _frames_from(data: bytes, max_frame: int) -> list[bytes]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    out: list[bytes] = []
+    while True:
+        frame = await read_frame(reader, max_frame=max_frame, frame_timeout=1.0, idle_timeout=0)
+        if frame is None:
+            return out
+        out.append(frame)
+
+
+def test_frames_are_split_by_length() -> None:
+    data = encode_frame(b"abc") + encode_frame(b"\x00" * 10)
+    assert asyncio.run(_frames_from(data, 64)) == [b"abc", b"\x00" * 10]
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00\x00\x00", b"\x00\x00\x00\x41" + b"a" * 65, b"\x00\x00", b"\x00\x00\x00\x05ab",
+                                  b"\xff\xff\xff\xff"])
+def test_bad_frames_raise(data: bytes) -> None:
+    with pytest.raises(FrameError):
+        asyncio.run(_frames_from(data, 64))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_frames_or_frame_error(data: bytes) -> None:
+    try:
+        frames = asyncio.run(_frames_from(data, 64))
+    except FrameError:
+        return
+    assert sum(len(f) + 4 for f in frames) == len(data)
+    for f in frames:
+        assert 1 <= len(f) <= 64
+        try:  # whatever parses as a Request is dispatched by type; the rest closes the connection
+            pb.Request.FromString(f).WhichOneof("request")
+        except Exception as exc:
+            assert type(exc).__name__ == "DecodeError"
+
+
+# --- errors and shells --------------------------------------------------------------------------------------------
+
+
+def test_every_typed_error_maps_to_a_stable_code() -> None:
+    classes = [getattr(backend_errors, n) for n in backend_errors.__all__] + \
+              [getattr(core_errors, n) for n in core_errors.__all__]
+    for cls in classes:
+        code = error_code(cls("x"))
+        if cls.code == "BACKEND_ERROR":
+            assert code == pb.Error.INTERNAL
+        else:
+            assert code != pb.Error.INTERNAL, cls
+    assert error_code(backend_errors.PinRequired("x")) == pb.Error.PIN_REQUIRED
+    assert error_code(core_errors.UnknownSession("x")) == pb.Error.NO_SESSION
+    assert error_code(core_errors.DecryptFailed("x")) == pb.Error.DECRYPT_FAILED
+    assert error_code(KeyError("x")) == pb.Error.INTERNAL
+
+
+def test_error_code_numbers_never_change() -> None:
+    # clients in other languages compiled these numbers in; renumbering breaks them silently
+    assert [pb.Error.Code.Value(n) for n in ("INTERNAL", "BAD_REQUEST", "UNSUPPORTED", "DENIED", "LOCKED",
+                                             "PIN_REQUIRED", "TOKEN_ABSENT", "NO_SESSION", "DECRYPT_FAILED")] == \
+        [0, 1, 2, 3, 4, 5, 7, 13, 14]
+
+
+def test_shell_lines_quote_the_path() -> None:
+    path = "/tmp/dir with space/agent.sock"
+    out = subprocess.run(["sh", "-c", shell_lines(path, 42, "sh") + 'printf "%s|%s" "$KEYAGENT_SOCK" "$KEYAGENT_PID"'],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.endswith(f"{path}|42")
+    assert f"setenv KEYAGENT_SOCK {shlex.quote(path)};" in shell_lines(path, 42, "csh")
+    assert f"set -x KEYAGENT_SOCK {shlex.quote(path)};" in shell_lines(path, 42, "fish")
