@@ -201,9 +201,14 @@ def _replay(sc: dict[str, Any]) -> list[str]:
         elif op in ("delete_mk", "delete", "confirm"):
             r = parties[party]
             src = ev.get("header") or ev
-            if "dh" not in src and ev.get("message") in messages:
+            if not any(k in src for k in ("dh", "key")) and ev.get("message") in messages:
                 src = messages[ev["message"]]["header"]
-            r.delete_message_key(hx(src["dh"]), int(src["n"]))
+            dh = src.get("dh", src.get("key"))
+            n = src.get("n", src.get("msg_num", src.get("nr")))
+            if dh is None or n is None:
+                d.fail(where, "delete_mk without dh and n")
+                continue
+            r.delete_message_key(hx(dh), int(n))
         else:
             d.fail(where, f"unknown op {op!r}")
             continue

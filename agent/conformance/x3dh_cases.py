@@ -77,13 +77,17 @@ def _bundle(c: dict[str, Any]) -> list[str]:
         if len(sig) == 65:
             d.eq("signature.v in {0,1}", True, sig[64] in (0, 1))
             d.eq("signature low S", True, secp256k1.is_low_s(sig))
+    should_fail = c.get("valid") is False or c.get("error") not in (None, "")
     try:
         identity = bnd.verify_bundle(b)
+        if should_fail:
+            d.fail("valid", f"bundle recorded as invalid ({c.get('error')!r}) but it verifies")
         for k, v in c.items():
             if k.startswith("extract_identity") or k == "recovered_identity":
                 d.eq(k, v, identity)
     except ProtocolError as exc:
-        d.fail("signature", f"bundle does not verify: {type(exc).__name__}: {exc}")
+        if not should_fail:
+            d.fail("signature", f"bundle does not verify: {type(exc).__name__}: {exc}")
     for k in ("identity_priv", "signer_priv"):
         if k in c:  # with the signer's key, RFC 6979 makes the whole bundle reproducible
             signer = MemoryKey(hx(c[k]))
