@@ -58,3 +58,12 @@ def test_whoami_text_lists_every_field_once() -> None:
     assert len(lines) == 5 and lines[0].startswith("Chat key:") and lines[0].endswith(fields["compressed_key"])
     for value in fields.values():
         assert sum(value in line for line in lines) >= 1
+
+
+def test_whoami_text_with_visual_fields() -> None:
+    from agent.core.identity import visual_fields, whoami_text
+
+    fields: dict[str, object] = {**whoami_fields(PUB, UID, "a1b2"), **visual_fields(PUB)}
+    lines = whoami_text(fields).splitlines()
+    assert lines[0] == "Name:         Darkviolet Overcooked Bittern"  # the shared vector's alias
+    assert lines[1].startswith("Emoji hash:") and len(lines) == 7

@@ -170,6 +170,9 @@ def test_bip32_bad_inputs_and_wiping() -> None:
     m = master_key(bytes(range(16)))
     before = (bytes(m.secret), bytes(m.chain_code))
     child = derive_path(m, "m/1'/2")
+    for key in (m, child):
+        assert bytes(key.secret).hex() not in repr(key) and bytes(key.chain_code).hex() not in repr(key)
+        assert str(list(key.secret)) not in repr(key) and "bytearray" not in repr(key)
     assert (bytes(m.secret), bytes(m.chain_code)) == before  # master left untouched
     assert child.depth == 2
     with pytest.raises(ValueError):

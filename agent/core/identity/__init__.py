@@ -22,7 +22,7 @@ from .derive import (
     key_uid,
 )
 from .formats import legacy_key, parse_peer_identity, parse_share_link, share_link, zq3_decode, zq3_encode
-from .names import alias, color_hash, color_id, emoji_hash
+from .names import alias, color_hash, color_id, emoji_hash, visual_fields
 from .whoami import whoami_fields, whoami_text
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "parse_share_link",
     "phrase_to_seed",
     "share_link",
+    "visual_fields",
     "whoami_fields",
     "whoami_text",
     "zq3_decode",

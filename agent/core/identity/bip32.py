@@ -44,6 +44,9 @@ class ExtendedKey:
     chain_code: bytearray
     depth: int = 0
 
+    def __repr__(self) -> str:  # the generated repr would print the secret and chain code
+        return f"ExtendedKey(depth={self.depth})"
+
     def public_key(self, compressed: bool = True) -> bytes:
         """SEC1 public key of :attr:`secret` (33 bytes compressed, else 65)."""
         return coincurve.PrivateKey(bytes(self.secret)).public_key.format(compressed=compressed)

@@ -24,6 +24,7 @@ __all__ = [
     "emoji_hash",
     "color_hash",
     "color_id",
+    "visual_fields",
 ]
 
 _POLY = 0xB8  # taps at bits 3, 4, 5 and 7
@@ -124,3 +125,14 @@ def color_hash(pub: bytes) -> list[list[int]]:
 def color_id(pub: bytes) -> int:
     """``identity.ToColorID``: the 65-byte uncompressed key read as one integer, mod 11."""
     return int.from_bytes(secp256k1.decompress(pub), "big") % _COLOR_ID_MOD
+
+
+def visual_fields(pub: bytes) -> dict[str, object]:
+    """The face-to-face checks for display (pairing, contact import): alias, emoji hash as one string,
+    colour hash and colour id."""
+    return {
+        "alias": alias(pub),
+        "emoji_hash": " ".join(emoji_hash(pub)),
+        "color_hash": color_hash(pub),
+        "color_id": color_id(pub),
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from ..errors import MalformedKey
 from .formats import legacy_key, share_link, zq3_encode
@@ -32,6 +33,8 @@ def whoami_fields(pub33: bytes, key_uid: str, installation_id: str) -> dict[str,
 
 
 _LABELS = (
+    ("alias", "Name"),
+    ("emoji_hash", "Emoji hash"),
     ("compressed_key", "Chat key"),
     ("public_key", "Public key"),
     ("share_link", "Share link"),
@@ -40,7 +43,8 @@ _LABELS = (
 )
 
 
-def whoami_text(fields: dict[str, str]) -> str:
-    """The fields for a person, one per line, the form Status shows (zQ3…) first."""
+def whoami_text(fields: Mapping[str, object]) -> str:
+    """The fields for a person, one per line: the name and emoji hash (when given, e.g. merged from
+    :func:`agent.core.identity.names.visual_fields`) and the zQ3… key first, as Status shows them."""
     width = max(len(label) for _, label in _LABELS)
     return "\n".join(f"{label + ':':<{width + 1}} {fields[key]}" for key, label in _LABELS if key in fields)
