@@ -1,0 +1,184 @@
+"""Benchmark: encrypt+decrypt of 1 KiB through two real agents' sockets vs the in-process core, and start-up time.
+
+    .venv/bin/python tests/bench/bench_socket.py [--n 600] [--size 1024]
+
+Rows (messages per second; ratio against ``core`` measured in the same run):
+* ``core``: Ratchet.encrypt then Ratchet.decrypt in this process, nothing persisted (the ceiling).
+* ``manager``: SessionManager.encrypt -> decrypt -> confirm in this process, durable (store + fsync), 1 thread.
+* ``socket x1``: one client: agent A encrypts (socket round trip), agent B decrypts and confirms (two round trips);
+  both agents are real daemons with durable state (software backend).
+* ``socket x8``: eight clients doing the same concurrently (eight apps sharing A's identity, to one peer).
+* ``sign core`` / ``sign xN``: the socket's own overhead: an identity-key signature in process vs through the
+  socket (1 and 8 clients), no durable state involved.
+Targets (issue 7): socket x1 >= 25 % and socket x8 >= 50 % of core.
+
+Start-to-ready: wall time of ``keyagent start`` until it printed the eval lines (the socket accepts by then),
+with the passphrase given (includes the key file's KDF and opening the store) and without (starts locked).
+Not a test: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from agent.client import AgentClient  # noqa: E402
+from agent.core.ratchet import STATUS_GO, Ratchet  # noqa: E402
+from agent.daemon.sessions import SessionManager  # noqa: E402
+from agent.daemon.store import Store  # noqa: E402
+from backends.memory import MemoryKey  # noqa: E402
+from tests.daemon.agentproc import AgentFactory, AgentProc  # noqa: E402
+from tests.sessions.harness import MemoryBackend  # noqa: E402
+
+
+def core_rate(n: int, payload: bytes) -> float:
+    bob_spk = MemoryKey.generate()
+    sk = os.urandom(32)
+    alice = Ratchet.initiator(STATUS_GO, sk, bob_spk.public_key())
+    bob = Ratchet.responder(STATUS_GO, sk, bob_spk.public_key(), None)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        h, ct = alice.encrypt(payload)
+        bob.decrypt(h, ct, spk=bob_spk)
+        bob.delete_message_key(h.dh, h.n)
+    return n / (time.perf_counter() - t0)
+
+
+def manager_rate(n: int, payload: bytes, tmp: Path) -> float:
+    def make(name: str) -> SessionManager:
+        key = MemoryKey.generate()
+        (tmp / name).mkdir()
+        return SessionManager(MemoryBackend(key), Store(tmp / name / "state.db", key), clock=time.time_ns,
+                              rng=os.urandom)
+
+    alice, bob = make("alice"), make("bob")
+    res = alice.encrypt(bob.identity, b"hello", bob.our_bundle())
+    bob.confirm([bob.decrypt(alice.identity, res.message).confirm_ref])
+    t0 = time.perf_counter()
+    for _ in range(n):
+        res = alice.encrypt(bob.identity, payload)
+        bob.confirm([bob.decrypt(alice.identity, res.message).confirm_ref])
+    return n / (time.perf_counter() - t0)
+
+
+def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc) -> float:
+    with AgentClient(a.sock) as ca, AgentClient(b.sock) as cb:
+        a_id, b_id = ca.identity().identity_public_key, cb.identity().identity_public_key
+        first = ca.encrypt(b_id, b"hello", cb.bundle())
+        cb.confirm([cb.decrypt(a_id, first.message).confirm_ref])
+    per = n // clients
+    barrier = threading.Barrier(clients + 1)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with AgentClient(a.sock) as ca, AgentClient(b.sock) as cb:
+                barrier.wait()
+                for _ in range(per):
+                    m = ca.encrypt(b_id, payload).message
+                    cb.confirm([cb.decrypt(a_id, m).confirm_ref])
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return per * clients / elapsed
+
+
+def sign_inprocess_rate(n: int) -> float:
+    key = MemoryKey.generate()
+    digest = os.urandom(32)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        key.sign(digest)
+    return n / (time.perf_counter() - t0)
+
+
+def sign_socket_rate(n: int, clients: int, a: AgentProc) -> float:
+    per = n // clients
+    barrier = threading.Barrier(clients + 1)
+    digest = os.urandom(32)
+
+    def work() -> None:
+        with AgentClient(a.sock) as c:
+            barrier.wait()
+            for _ in range(per):
+                c.sign(digest)
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return per * clients / (time.perf_counter() - t0)
+
+
+def start_times(factory: AgentFactory, rounds: int) -> tuple[float, float]:
+    with_secret, locked = [], []
+    for _ in range(rounds):
+        for bucket, passphrase in ((with_secret, "correct horse battery staple"), (locked, None)):
+            agent = factory.new()
+            t0 = time.perf_counter()
+            agent.start(passphrase=passphrase)
+            bucket.append(time.perf_counter() - t0)
+            with AgentClient(agent.sock) as c:
+                c.status()
+            agent.kill()
+    return statistics.median(with_secret), statistics.median(locked)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--start-rounds", type=int, default=3)
+    args = ap.parse_args()
+    payload = os.urandom(args.size)
+    factory = AgentFactory()
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            core = core_rate(args.n, payload)
+            mgr = manager_rate(args.n, payload, Path(d))
+        a, b = factory.new(), factory.new()
+        a.start()
+        b.start()
+        print(f"payload {args.size} B, n={args.n}")
+        print(f"{'row':<12} {'msg/s':>10} {'ratio':>7}")
+        print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}")
+        print(f"{'manager':<12} {mgr:>10.0f} {mgr / core:>7.2f}")
+        for clients in (1, 8):
+            rate = socket_rate(args.n, clients, payload, a, b)
+            print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}")
+        sign_core = sign_inprocess_rate(args.n * 4)
+        print(f"{'sign core':<12} {sign_core:>10.0f} {1.0:>7.2f}   (socket overhead alone: IK sign, no state)")
+        for clients in (1, 8):
+            rate = sign_socket_rate(args.n * 4, clients, a)
+            print(f"{'sign x' + str(clients):<12} {rate:>10.0f} {rate / sign_core:>7.2f}")
+        ready_unlocked, ready_locked = start_times(factory, args.start_rounds)
+        print(f"start-to-ready (keyagent start, median of {args.start_rounds}): "
+              f"{ready_unlocked * 1000:.0f} ms with passphrase, {ready_locked * 1000:.0f} ms locked")
+    finally:
+        factory.close()
+
+
+if __name__ == "__main__":
+    main()
