@@ -633,6 +633,15 @@ class SessionManager:
             entry = None
         if entry is not None:
             check_entry_keys(entry)  # junk header keys are refused before any session is touched
+        # Token work that depends only on the message is done before taking the state lock, so a slow token
+        # (a smart card DH takes tens of ms) does not stall every other request: the passive X3DH of a new
+        # incoming session (3 DHs with IK and SPK) and the DH-fallback decryption (1 DH with IK).
+        x3dh_sk: bytes | None = None
+        dh_plain: bytes | None = None
+        if entry is not None and entry.HasField("DR_header") and entry.HasField("X3DH_header"):
+            x3dh_sk = self._precompute_x3dh(sender, sender_iid, entry.X3DH_header)
+        elif entry is not None and entry.HasField("DH_header"):
+            dh_plain = fallback.decrypt(self._ik, bytes(entry.DH_header.key), bytes(entry.payload))
 
         def work(ops: list[Op]) -> DecryptResult | NoSession:
             def no_session(text: str, reason: str) -> NoSession:
@@ -649,19 +658,21 @@ class SessionManager:
                     return no_session("a device of ours that is not paired with this one", "not_paired")
                 return no_session("the message has no entry for this installation", "not_for_this_device")
             if entry.HasField("DR_header"):
-                got = self._decrypt_dr(sender, sender_iid, entry)
+                got = self._decrypt_dr(sender, sender_iid, entry, x3dh_sk)
                 if isinstance(got, str):
                     return no_session(f"no session for this message ({got})", got)
                 for b in bundles:
                     self._merge_bundle(sender, b, ops)
                 return got
-            if entry.HasField("DH_header"):
-                pt = fallback.decrypt(self._ik, bytes(entry.DH_header.key), bytes(entry.payload))
+            if dh_plain is not None:
+                pt = dh_plain
                 for b in bundles:
                     self._merge_bundle(sender, b, ops)
                 # the sender had no bundle of ours: answer with it (an empty payload is itself such an answer)
                 reply = self._reply(sender, ops) if pt else None
                 return DecryptResult(pt, sender_iid, b"", reply, False, False)
+            if entry.HasField("HR_header"):
+                raise MalformedMessage("hash-ratchet (group) messages are not handled by 1:1 sessions")
             raise MalformedMessage("no key specified")
 
         result = self._run(work)
@@ -669,7 +680,25 @@ class SessionManager:
             raise result
         return result
 
-    def _decrypt_dr(self, sender: bytes, sender_iid: str, entry: pb.EncryptedMessageProtocol) -> DecryptResult | str:
+    def _precompute_x3dh(self, sender: bytes, sender_iid: str, header: pb.X3DHHeader) -> bytes | None:
+        """The responder's SK for an X3DH header that would start a new session (None: not needed/possible)."""
+        ek, spk_pub = bytes(header.key), bytes(header.id)
+        with self._lock:
+            if _session_id(sender, sender_iid, spk_pub, ek) in self._sessions:
+                return None
+            rec = self._spk_by_public(spk_pub)
+            if rec is None or rec.destroyed:
+                return None
+            version = rec.version
+        try:
+            spk = self._backend.signed_prekey(version)
+        except KeyNotFound:
+            return None
+        return x3dh.respond(self._ik, spk, sender, ek)
+
+    def _decrypt_dr(
+        self, sender: bytes, sender_iid: str, entry: pb.EncryptedMessageProtocol, x3dh_sk: bytes | None
+    ) -> DecryptResult | str:
         dr = entry.DR_header
         bundle_id = bytes(dr.id)
         header = Header(bytes(dr.key), int(dr.n), int(dr.pn))
@@ -681,10 +710,12 @@ class SessionManager:
             if sid in self._sessions:
                 candidates = [self._sessions[sid]]
             else:
-                spk = self._spk_key(spk_pub)
-                if spk is None:
-                    return "unknown_prekey"
-                sk = x3dh.respond(self._ik, spk, sender, ek)
+                sk = x3dh_sk
+                if sk is None:  # not precomputed (the session existed then) or our SPK is gone
+                    spk = self._spk_key(spk_pub)
+                    if spk is None:
+                        return "unknown_prekey"
+                    sk = x3dh.respond(self._ik, spk, sender, ek)
                 now = self._clock()
                 rec = SessionRecord(sid, sender, sender_iid, spk_pub, ek, False, False, False, now, now, 0, sk, b"")
                 fresh = _Live(rec, Ratchet.responder(self._profile, sk, spk_pub, None, keygen=self._keygen))

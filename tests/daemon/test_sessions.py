@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
@@ -177,3 +179,51 @@ def test_decrypt_state_is_durable_before_return(world: World) -> None:
     assert len(b.mgr.list_sessions()) == 1
     assert ok(b.recv(a, m)).payload == b"x"  # kept key survived the crash: a redelivery still decrypts
     assert ok(a.recv(b, b.send(a, b"reply").message)).payload == b"reply"
+
+
+class _GatedKey:
+    """An identity key whose DH can be held at a gate, like a slow smart card."""
+
+    def __init__(self, inner: MemoryKey) -> None:
+        self.inner = inner
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def public_key(self) -> bytes:
+        return self.inner.public_key()
+
+    def sign(self, digest: bytes) -> bytes:
+        return self.inner.sign(digest)
+
+    def dh(self, peer: bytes) -> bytes:
+        if self.armed:
+            self.entered.set()
+            self.gate.wait(30)
+        return self.inner.dh(peer)
+
+
+def test_token_work_of_a_decrypt_does_not_block_other_requests(world: World) -> None:
+    gated = _GatedKey(BOB)
+    b = world.device("b", BOB)
+    b.backend._ik = gated  # type: ignore[assignment]
+    b.mgr._ik = gated
+    a, c = world.device("a", ALICE), world.device("c", CAROL)
+    a.mgr.add_peer_bundle(b.mgr.our_bundle())
+    ok(b.recv(a, a.send(b, b"hi").message))  # a session that needs no token to use
+    dh_msg = c.send(b, b"no bundle: DH fallback").message
+    gated.armed = True
+    results: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: results.update(dh=b.recv(c, dh_msg)))
+    slow.start()
+    assert gated.entered.wait(30)  # the DH-fallback decrypt is now inside the (slow) token
+    fast = threading.Thread(target=lambda: results.update(enc=b.send(a, b"meanwhile")))
+    fast.start()
+    fast.join(30)
+    finished_while_token_busy = not fast.is_alive()
+    gated.gate.set()
+    slow.join()
+    fast.join()
+    assert finished_while_token_busy
+    assert ok(results["dh"]).payload == b"no bundle: DH fallback"
+    assert ok(a.recv(b, results["enc"].message)).payload == b"meanwhile"  # type: ignore[attr-defined]
