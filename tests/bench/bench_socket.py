@@ -133,7 +133,8 @@ def sign_socket_rate(n: int, clients: int, a: AgentProc) -> float:
 
 
 def start_times(factory: AgentFactory, rounds: int) -> tuple[float, float]:
-    with_secret, locked = [], []
+    with_secret: list[float] = []
+    locked: list[float] = []
     for _ in range(rounds):
         for bucket, passphrase in ((with_secret, "correct horse battery staple"), (locked, None)):
             agent = factory.new()
