@@ -18,8 +18,9 @@ Why a message key is never used twice, across kill -9 and power loss
        the mark, so none is reused; the peer absorbs the gap with its skipped-key handling (MaxSkip 1000 >
        ``send_reserve``). A clean ``close()`` writes exact positions, so only crashes leave gaps.
     4. Two requests never interleave on one ratchet: every state transition runs under one lock (the
-       Python work is GIL-bound anyway); only the wait for durability happens outside it, which is what
-       lets concurrent requests share one fsync (the store's group commit).
+       Python work is GIL-bound anyway), which is stricter than per-session locking. Outside it happen only
+       the wait for durability, which is what lets concurrent requests share one fsync (the store's group
+       commit), and token work that depends on the message alone (passive X3DH, DH-fallback decryption).
     5. The store applies batches in submission order and reports durability monotonically, so "batch n is
        durable" implies every earlier state transition is too. Each call waits for the store's latest
        submitted batch at the time its result was computed (``_finish``), so it also never returns a result
