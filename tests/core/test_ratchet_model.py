@@ -126,7 +126,7 @@ def test_optimised_ratchet_equals_naive_model(base: Profile, max_skip: int, max_
                 real[receiver].delete_message_key(h.dh, h.n)
                 model[receiver].keys.pop((h.dh, h.n), None)
             else:
-                outcome = []
+                outcome: list[bytes | None] = []
                 for impl in (real[receiver], model[receiver]):
                     try:
                         outcome.append(impl.decrypt(h, c))
