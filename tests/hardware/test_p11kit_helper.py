@@ -144,6 +144,14 @@ def test_start_replaces_a_stale_socket(tmp_path: Path, softhsm_env: dict[str, st
         assert f"token label        : {LABEL}" in _tool(srv.client_module, srv.client_env(), "--list-slots").stdout
 
 
+def test_unplugged_block(server: P11KitServer) -> None:
+    with server.unplugged():
+        assert not server.running
+        assert _tool(server.client_module, server.client_env(), "--list-slots", check=False).returncode != 0
+    assert server.running and server.starts == 2
+    assert f"token label        : {LABEL}" in _tool(server.client_module, server.client_env(), "--list-slots").stdout
+
+
 def test_sigkill_unplug_then_replug(server: P11KitServer) -> None:
     server.stop(signal.SIGKILL)  # a yanked cable: no graceful shutdown at all
     assert _tool(server.client_module, server.client_env(), "--list-slots", check=False).returncode != 0

@@ -10,6 +10,7 @@ Usage::
         env = srv.client_env()         # os.environ + P11_KIT_SERVER_ADDRESS (give it to clients)
         srv.stop()                     # unplug: the server *and* every per-connection child are gone
         srv.start()                    # replug: same socket path, a fresh server
+        with srv.unplugged(): ...      # the same, around a block (clients keep sending inside it)
 
 Quirks handled here (measured with p11-kit 0.24 on Debian):
 
@@ -31,7 +32,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from types import TracebackType
+from typing import Iterator
 
 __all__ = [
     "P11KIT_CLIENT_MODULE",
@@ -205,6 +208,15 @@ class P11KitServer:
         """Replug after an unplug (or a fresh start if it was not running)."""
         self.stop()
         self.start()
+
+    @contextmanager
+    def unplugged(self, sig: int = signal.SIGTERM) -> Iterator["P11KitServer"]:
+        """``with srv.unplugged(): ...`` — the token is gone inside the block and plugged back in after it."""
+        self.stop(sig)
+        try:
+            yield self
+        finally:
+            self.start()
 
     def log(self) -> str:
         """What the server printed (stdout and stderr), for failure messages."""
