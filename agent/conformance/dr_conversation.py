@@ -144,6 +144,9 @@ def _replay(sc: dict[str, Any]) -> list[str]:
             return d.problems
         elif op == "send":
             r = parties[party]
+            if ev.get("message") not in messages:
+                d.fail(f"{where}.message", f"unknown message id {ev.get('message')!r}")
+                continue
             m = messages[ev["message"]]
             sent.add(ev["message"])
             d.eq(f"{where}.sender", m.get("sender", party), party)
@@ -170,6 +173,8 @@ def _replay(sc: dict[str, Any]) -> list[str]:
             dl = ev["delivered"]
             h = dl["header"]
             header = Header(hx(h["dh"]), int(h["n"]), int(h["pn"]))
+            if "message" in ev and ev["message"] not in messages:
+                d.fail(f"{where}.message", f"unknown message id {ev['message']!r}")
             if ev.get("tamper") is None and ev.get("message") in messages:
                 m = messages[ev["message"]]
                 d.eq(f"{where}.delivered.header", m["header"], h)
@@ -218,6 +223,13 @@ def _replay(sc: dict[str, Any]) -> list[str]:
             d.eq(f"{where}.generated_keys", [k.get("pub") for k in ev["generated_keys"]], [k["pub"] for k in got])
             for k, g in zip(ev["generated_keys"], got):
                 d.eq(f"{where}.generated_keys.priv", k.get("priv"), g["priv"])
+                for f in ("seq", "event"):
+                    if f in k:
+                        d.eq(f"{where}.generated_keys.{f}", g.get(f), k[f])
+        if party in keys:
+            for g in keys[party].handed[handed_before:]:
+                if "event" in g:  # the key was recorded as generated in exactly this event
+                    d.eq(f"{where}: generated_keys.{party}[seq {g.get('seq')}].event", idx, g["event"])
         if "trace" in ev:  # null means "no primitive calls"
             _cmp_trace(d, where, ev.get("trace") or [], trace, failed)
         if "state_after" in ev and party in parties:

@@ -201,6 +201,14 @@ def _secp_gen(c: dict[str, Any]) -> list[str]:
     return d.problems
 
 
+def _numbered(fn: Any, c: dict[str, Any], index: int) -> list[str]:
+    """Run a case check, plus its ``case`` number when recorded (cases are numbered by position)."""
+    problems: list[str] = fn(c)
+    if "case" in c and c["case"] != index:
+        problems.append(f"case: expected {index}, got {c['case']!r}")
+    return problems
+
+
 _SHAPES: list[tuple[tuple[str, ...], tuple[str, ...], Any]] = [
     (("rk", "dh_out"), (), _kdf_rk),
     (("mk", "plaintext", "ciphertext"), (), _aead),
@@ -227,5 +235,5 @@ def dr_primitive_cases(node: Any, where: str) -> list[Case] | None:
         return [Case(f"{where} (chain of {len(node)})", lambda: _kdf_ck_chain(node))]
     for keys, excluded, fn in _SHAPES:
         if all(has(x, *keys) and not any(e in x for e in excluded) for x in node):
-            return [Case(f"{where}[{i}]", functools.partial(fn, x)) for i, x in enumerate(node)]
+            return [Case(f"{where}[{i}]", functools.partial(_numbered, fn, x, i)) for i, x in enumerate(node)]
     return None
