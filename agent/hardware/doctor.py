@@ -24,6 +24,7 @@ import enum
 import importlib
 import json
 import os
+import socket
 import sqlite3
 import stat
 import time
@@ -246,6 +247,10 @@ def _check_config(ctx: DoctorContext) -> CheckResult:
     if mode & 0o077:
         return CheckResult(Status.WARN, f"{path}: {detail}; mode {mode:04o} lets others read it",
                            f"chmod 600 {path}")
+    home_mode = stat.S_IMODE(home.stat().st_mode)
+    if home_mode & 0o077:
+        return CheckResult(Status.WARN, f"{home}: {detail}; the home has mode {home_mode:04o}",
+                           f"chmod 700 {home} (it holds the session store and audit log)")
     return CheckResult(Status.OK, f"{home}: {detail}")
 
 
@@ -452,7 +457,23 @@ def _check_socket_dir(ctx: DoctorContext) -> CheckResult:
     if smode & 0o077 or sst.st_uid != os.getuid():
         return CheckResult(Status.FAIL, f"socket {sock} has mode {smode:04o}, owner uid {sst.st_uid}",
                            "stop the agent, remove the socket and start it again (it creates it 0600)")
-    return CheckResult(Status.OK, f"{directory} is yours, mode 0700; socket {sock.name} mode {smode:04o}")
+    if not _answers(sock):
+        return CheckResult(Status.WARN, f"{sock} is a stale socket: no agent answers on it",
+                           "keyagent start (it replaces a socket nobody listens on)")
+    return CheckResult(Status.OK, f"{directory} is yours, mode 0700; agent answers on {sock.name} "
+                       f"(mode {smode:04o})")
+
+
+def _answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 @check("store", order=70, title="session store readable")

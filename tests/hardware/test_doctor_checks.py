@@ -137,6 +137,10 @@ def test_config_check(home: Path, tmp_path: Path) -> None:
     assert res.status is Status.WARN and res.fix == f"chmod 600 {home / 'config.json'}"
     write_config(home, SOFTWARE)
     assert one(ctx_for(home, tmp_path), "config").status is Status.OK
+    home.chmod(0o755)
+    res = one(ctx_for(home, tmp_path), "config")
+    assert res.status is Status.WARN and res.fix and res.fix.startswith(f"chmod 700 {home}")
+    home.chmod(0o700)
 
 
 def test_token_checks_skip_without_pkcs11(home: Path, tmp_path: Path) -> None:
@@ -203,7 +207,10 @@ def test_socket_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert one(ctx, "socket-dir").status is Status.FAIL
         (sockdir / "agent.sock").chmod(0o600)
         res = one(ctx, "socket-dir")
-        assert res.status is Status.OK and "0600" in res.summary
+        assert res.status is Status.WARN and "stale" in res.summary  # bound, but nobody listens
+        s.listen(1)
+        res = one(ctx, "socket-dir")
+        assert res.status is Status.OK and "0600" in res.summary and "answers" in res.summary
     finally:
         s.close()
     monkeypatch.setattr(os, "getuid", lambda: 54321)  # the directory now belongs to "someone else"
