@@ -173,6 +173,8 @@ def _dh(c: dict[str, Any]) -> list[str]:
         for k, v in c.items():
             if "expected" in k and isinstance(v, str):
                 d.eq(k, v, out)
+                if "matches" in c:
+                    d.eq("matches", c["matches"], v == c["out"])
         if out is not None and out[:1] == b"\x00":
             d.eq("out length (left-padded)", 32, len(out))
     name = str(c.get("name", ""))
