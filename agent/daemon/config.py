@@ -26,6 +26,7 @@ __all__ = [
     "Home",
     "DEFAULT_MAX_FRAME",
     "load_config",
+    "CONFIRMABLE_OPS",
     "default_home",
 ]
 
@@ -90,6 +91,12 @@ class AgentConfig:
     allow_ecdh: bool = False  # raw ECDH with IK is a decryption oracle: off unless the owner turns it on
     unlock_ttl: float = 0.0  # seconds after an unlock before the agent locks itself; 0 = never
     socket_check_interval: float = 1.0  # seconds between checks that our socket file still exists
+    # Optional per-operation confirmation hook: before each request type in ``confirm_ops`` the agent runs
+    # ``confirm_command`` (argv list, no shell) with KEYAGENT_CONFIRM_* variables describing the request and the
+    # client; exit status 0 allows it, anything else (or ``confirm_timeout`` elapsing) refuses with DENIED.
+    confirm_command: tuple[str, ...] = ()
+    confirm_ops: tuple[str, ...] = ()
+    confirm_timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown keys are kept for forward compatibility
 
     def with_overrides(self, **changes: Any) -> "AgentConfig":
@@ -98,7 +105,10 @@ class AgentConfig:
 
 
 _INTS = {"max_frame", "max_connections", "workers"}
-_FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval"}
+_FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval",
+           "confirm_timeout"}
+_STR_LISTS = {"confirm_command", "confirm_ops"}
+CONFIRMABLE_OPS = frozenset({"sign", "encrypt", "decrypt", "ecdh", "rotate", "add_bundle"})
 _ID_LISTS = {"allow_uids", "allow_gids"}
 _BOOLS = {"allow_ecdh"}
 
@@ -116,6 +126,14 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
     for name in ("idle_timeout", "unlock_ttl"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    if not cfg.confirm_timeout > 0:
+        raise ConfigError("confirm_timeout must be positive")
+    unknown = set(cfg.confirm_ops) - CONFIRMABLE_OPS
+    if unknown:
+        raise ConfigError(f"confirm_ops: cannot confirm {', '.join(sorted(unknown))}; "
+                          f"choose from {', '.join(sorted(CONFIRMABLE_OPS))}")
+    if cfg.confirm_ops and not cfg.confirm_command:
+        raise ConfigError("confirm_ops needs a confirm_command")
     for ids in (cfg.allow_uids, cfg.allow_gids):
         if any(i < 0 for i in ids):
             raise ConfigError("uids and gids must not be negative")
@@ -156,6 +174,10 @@ def load_config(home: Home) -> AgentConfig:
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             values[key] = value
+        elif key in _STR_LISTS:
+            if not isinstance(value, list) or not all(isinstance(i, str) and i for i in value):
+                raise ConfigError(f"{key} must be a list of non-empty strings")
+            values[key] = tuple(value)
         elif key in _ID_LISTS:
             if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
                 raise ConfigError(f"{key} must be a list of integers")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import Executor
@@ -241,7 +242,8 @@ class Service:
             loop = asyncio.get_running_loop()
             outcome = await asyncio.wait_for(
                 loop.run_in_executor(self.executor, self._guarded, handler, kind, request, ctx),
-                timeout=self.config.request_timeout,
+                timeout=self.config.request_timeout
+                + (self.config.confirm_timeout if kind in self.config.confirm_ops else 0.0),
             )
             response = outcome.response
             result = "ok"
@@ -262,7 +264,28 @@ class Service:
     ) -> _Outcome:
         if kind not in _ALLOWED_LOCKED:
             self.lock.check()
+        if kind in self.config.confirm_ops:
+            self._confirm_with_user(kind, request, ctx)
         return handler(request, ctx)
+
+    def _confirm_with_user(self, kind: str, request: pb.Request, ctx: ClientContext) -> None:
+        """Run the confirmation hook (Secretive/ssh-add -c style); only public facts go into its environment."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYAGENT_")}
+        env.update(
+            KEYAGENT_CONFIRM_OP=kind, KEYAGENT_CONFIRM_PEER=_peer_hint(request, kind),
+            KEYAGENT_CONFIRM_UID=str(ctx.cred.uid), KEYAGENT_CONFIRM_PID=str(ctx.cred.pid),
+            KEYAGENT_CONFIRM_EXE=ctx.exe, KEYAGENT_HOME=str(self.home.path),
+        )
+        try:
+            rc = subprocess.run(list(self.config.confirm_command), env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                timeout=self.config.confirm_timeout).returncode
+        except subprocess.TimeoutExpired as exc:
+            raise Denied(f"{kind} was not confirmed within {self.config.confirm_timeout:g} s") from exc
+        except OSError as exc:
+            raise Denied(f"the confirmation command could not run: {exc.strerror}") from exc
+        if rc != 0:
+            raise Denied(f"{kind} was refused by the confirmation hook")
 
     def _error(self, exc: BaseException, kind: str | None) -> pb.Response:
         code = error_code(exc)
@@ -424,6 +447,8 @@ def _peer_hint(request: pb.Request, kind: str | None) -> str:
             return bytes(request.encrypt.peer_identity)[:65].hex()
         if kind == "decrypt":
             return bytes(request.decrypt.sender_identity)[:65].hex()
+        if kind == "ecdh":
+            return bytes(request.ecdh.peer_public)[:65].hex()
     except Exception:  # pragma: no cover
         return ""
     return ""

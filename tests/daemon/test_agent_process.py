@@ -7,6 +7,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Iterator
@@ -279,3 +280,47 @@ def test_many_clients_at_once_are_all_served(agent: AgentProc) -> None:
 def test_client_reports_unavailable_for_a_missing_socket(agents: AgentFactory) -> None:
     with pytest.raises(AgentUnavailable):
         AgentClient(str(agents.root / "nothing.sock")).connect()
+
+
+_KEYAGENT_PY = [sys.executable]
+
+_ACTIVATE = (
+    "import os, sys\n"
+    "os.dup2(int(sys.argv[1]), 3)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.environ['LISTEN_FDS'] = '1'\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'agent', *sys.argv[2:]])\n"
+)
+
+
+def test_socket_activation_and_sd_notify_readiness(agents: AgentFactory) -> None:
+    """What systemd does for keyagent.socket + Type=notify: pass a bound socket as fd 3, wait for READY=1."""
+    a = agents.new()
+    path = str(a.run / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(a.run / "notify"))
+    notify.settimeout(60)
+    env = {**a.env, "KEYAGENT_PASSPHRASE": PASSPHRASE, "NOTIFY_SOCKET": str(a.run / "notify")}
+    proc = subprocess.Popen(
+        [*_KEYAGENT_PY, "-c", _ACTIVATE, str(listener.fileno()), "--home", str(a.home), "start", "-D",
+         "--socket", path],
+        env=env, pass_fds=(listener.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        listener.close()  # only the agent holds it now
+        message = notify.recv(4096).decode()
+        assert "READY=1" in message and f"MAINPID={proc.pid}" in message
+        with AgentClient(path) as c:
+            st = c.status()
+            assert st.pid == proc.pid and st.socket == path
+            c.stop()
+        assert proc.wait(timeout=30) == 0
+        assert os.path.exists(path), "a socket systemd owns must not be removed by the agent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()

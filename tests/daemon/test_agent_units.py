@@ -62,7 +62,9 @@ def test_config_reads_known_keys_and_keeps_unknown_ones(tmp: Path) -> None:
     "not json", "[1, 2]", '{"max_frame": "big"}', '{"max_frame": true}', '{"max_frame": 1}',
     '{"max_frame": 1e99}', '{"allow_ecdh": 1}', '{"allow_uids": ["root"]}', '{"allow_uids": 5}',
     '{"allow_gids": [-1]}', '{"request_timeout": 0}', '{"unlock_ttl": -1}', '{"workers": 0}',
-    '{"max_connections": 100000}', "\xff",
+    '{"max_connections": 100000}', "\xff", '{"confirm_ops": ["sign"]}', 
+    '{"confirm_ops": ["status"], "confirm_command": ["true"]}', '{"confirm_command": "true"}', '{"confirm_command": [""]}',
+    '{"confirm_timeout": 0}',
 ])
 def test_config_rejects_malformed_values(tmp: Path, text: str) -> None:
     (tmp / "agent.json").write_bytes(text.encode("latin-1"))

@@ -4,6 +4,7 @@ and two agents holding a conversation through the CLI and the Python client acro
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import struct
@@ -307,7 +308,7 @@ def test_audit_has_one_line_per_request_and_no_secret(agents: AgentFactory) -> N
     assert enc["peer"] == b_id.hex() and enc["key"] == "identity"
     for l in lines:
         assert {"time", "type", "result", "uid", "pid", "exe"} <= set(l)
-        assert l["uid"] == __import__("os").getuid()
+        assert l["uid"] == os.getuid()
     text = (a.home / "audit.log").read_text() + (b.home / "audit.log").read_text()
     for secret in (PASSPHRASE, "wrong-", marker.hex(), marker.decode(), digest.hex(), sig.hex(),
                    msg.message.hex()[:64]):
@@ -437,6 +438,23 @@ def test_cli_bundle_file_accepts_protobuf_bytes_and_rejects_garbage(agents: Agen
     assert cp.returncode == 1 and cp.stderr.startswith(b"keyagent: BAD_SIGNATURE")
     cp = alice.cli("encrypt", "--to", "not-an-identity", input=b"x")
     assert cp.returncode == 2 and len(cp.stderr.splitlines()) == 1
+
+
+def test_confirmation_hook_gates_configured_operations(agents: AgentFactory) -> None:
+    flag = agents.root / "allow"
+    log = agents.root / "confirm.log"
+    hook = f'echo "$KEYAGENT_CONFIRM_OP $KEYAGENT_CONFIRM_PID $KEYAGENT_CONFIRM_UID" >> {log}; test -e {flag}'
+    a = agents.new(config={"confirm_command": ["sh", "-c", hook], "confirm_ops": ["sign"]})
+    a.start()
+    with a.client() as c:
+        with pytest.raises(AgentError) as ei:
+            c.sign(b"\x05" * 32)
+        assert ei.value.code == "DENIED" and "refused" in ei.value.message
+        flag.write_text("")
+        assert len(c.sign(b"\x05" * 32)) == 65
+        c.identity()  # not in confirm_ops: no hook run
+    assert log.read_text().splitlines() == [f"sign {os.getpid()} {os.getuid()}"] * 2
+    assert [l["result"] for l in a.audit_lines() if l["type"] == "sign"] == ["DENIED", "ok"]
 
 
 def test_rotate_changes_the_signed_prekey(agents: AgentFactory) -> None:
