@@ -465,3 +465,51 @@ def test_rotate_changes_the_signed_prekey(agents: AgentFactory) -> None:
     (old,) = before["signed_pre_keys"].values()
     (new,) = after["signed_pre_keys"].values()
     assert new["version"] == old["version"] + 1 and new["signed_pre_key"] != old["signed_pre_key"]
+
+
+def test_connection_limit_closes_extra_connections_only(agents: AgentFactory) -> None:
+    a = agents.new(config={"max_connections": 2})
+    a.start()
+    first, second = raw_connect(a.sock), raw_connect(a.sock)
+    try:
+        for s in (first, second):  # both are registered once they have been answered
+            send_request(s, status_bytes())
+            assert read_response(s) is not None
+        third = raw_connect(a.sock)
+        _assert_closed_without_answer(third)
+        third.close()
+        assert [l["result"] for l in a.audit_lines() if l["type"] == "connect"] == ["BUSY"]
+        send_request(first, status_bytes())  # the admitted ones are unaffected
+        r = read_response(first)
+        assert r is not None and r.status.connections == 2
+    finally:
+        first.close()
+        second.close()
+    for _ in range(100):  # a freed slot is reusable (the agent notices the close asynchronously)
+        s = raw_connect(a.sock)
+        send_request(s, status_bytes())
+        r = read_response(s)
+        s.close()
+        if r is not None:
+            break
+    assert r is not None and r.WhichOneof("response") == "status"
+
+
+def test_kill_9_and_restart_never_reuse_a_message_key(agents: AgentFactory) -> None:
+    alice, bob = agents.new(), agents.new()
+    alice.start()
+    bob.start()
+    with alice.client() as ca, bob.client() as cb:
+        a_id, b_id = ca.identity().identity_public_key, cb.identity().identity_public_key
+        sent = [ca.encrypt(b_id, b"before 0", cb.bundle()).message]
+        sent += [ca.encrypt(b_id, f"before {i}".encode()).message for i in range(1, 5)]
+    os.kill(alice.pid, 9)  # no clean shutdown: whatever the agent handed out must stay valid
+    assert alice.wait_exit()
+    alice.start()
+    with alice.client() as ca:
+        sent += [ca.encrypt(b_id, f"after {i}".encode()).message for i in range(5)]
+    positions = [p for m in sent for p in _dr_positions(m)]
+    assert len(positions) == len(set(positions))
+    with bob.client() as cb:
+        got = [cb.decrypt(a_id, m).payload for m in sent]
+    assert got == [f"before {i}".encode() for i in range(5)] + [f"after {i}".encode() for i in range(5)]
