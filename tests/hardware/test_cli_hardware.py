@@ -294,3 +294,41 @@ def test_install_udev_into_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert f"installed {tmp_path / udev.RULES_FILENAME}" in out and "udevadm control --reload" in out
     assert 'GROUP="wheel"' in (tmp_path / udev.RULES_FILENAME).read_text()
+
+
+# ----- doctor next to a running agent --------------------------------------------------------------------------------
+
+def test_doctor_with_a_running_agent(tmp_path: Path) -> None:
+    from backends.software import SoftwareBackend
+
+    home, run = tmp_path / "home", tmp_path / "run"
+    home.mkdir(mode=0o700)
+    run.mkdir(mode=0o700)
+    SoftwareBackend.create(str(home / "key.json"), passphrase="correct horse", scrypt_n=1 << 10).close()
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    pw.chmod(0o600)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(run), KEYAGENT_HOME=str(home))
+    env.pop("KEYAGENT_SOCK", None)
+    repo = str(Path(__file__).resolve().parents[2])
+
+    def keyagent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=repo)
+
+    started = keyagent("start", "--passphrase-file", str(pw))
+    assert started.returncode == 0, started.stderr
+    try:
+        res = keyagent("doctor", "--json")
+        doc = json.loads(res.stdout)
+        status = {r["check"]: (r["status"], r["summary"]) for r in doc["results"]}
+        assert res.returncode == 0, res.stdout
+        assert status["config"][0] == "OK" and "key.json" in status["config"][1]
+        assert status["identity"][0] == "OK"
+        assert status["socket-dir"][0] == "OK" and "agent answers" in status["socket-dir"][1]
+        assert status["module"][0] == status["token"][0] == "SKIP"
+    finally:
+        stopped = keyagent("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    after = {r["check"]: r["status"] for r in json.loads(keyagent("doctor", "--json").stdout)["results"]}
+    assert after["socket-dir"] == "OK"  # the agent removed its socket on the way out
