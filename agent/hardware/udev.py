@@ -225,6 +225,9 @@ def install_rules(group: str = DEFAULT_GROUP, dest_dir: str = SYSTEM_RULES_DIR) 
         raise UdevInstallError(f"cannot write {dest}: {exc.strerror} (root required)") from None
     except FileNotFoundError:
         raise UdevInstallError(f"directory {dest_dir} does not exist") from None
+    finally:
+        if tmp.exists():  # only left behind when the rename failed: never leave a half-written file around
+            tmp.unlink()
     return dest
 
 
