@@ -30,6 +30,7 @@ __all__ = [
     "decrypt",
     "MAC_LEN",
     "IV_LEN",
+    "hmac_sha256",
 ]
 
 KDF_RK_INFO = b"rsZUpEuXUqqwXBvSy3EcievAh4cMj6QL"
@@ -42,6 +43,11 @@ _CK_MSG = b"\x10"
 _MK_T1_IN = MK_INFO + b"\x01"
 _digest = hmac.digest
 _compare = hmac.compare_digest
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """One-shot HMAC-SHA256 (OpenSSL through the stdlib); the ratchet's chain steps inline this."""
+    return _digest(key, msg, "sha256")
 
 
 def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:

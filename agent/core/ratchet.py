@@ -302,7 +302,7 @@ class Ratchet:
             s.cks, mk = self._kdf_ck(s.cks)
         else:
             ck = s.cks
-            s.cks, mk = drcrypto._digest(ck, b"\x0f", "sha256"), drcrypto._digest(ck, b"\x10", "sha256")
+            s.cks, mk = drcrypto.hmac_sha256(ck, b"\x0f"), drcrypto.hmac_sha256(ck, b"\x10")
         s.ns += 1
         full_ad = ad + header.encode()
         ct = drcrypto.encrypt(mk, plaintext, full_ad)
@@ -323,7 +323,7 @@ class Ratchet:
             raise InvalidState("sending chain exhausted (n is a uint32)")
         ck = s.cks
         for _ in range(count):
-            ck = drcrypto._digest(ck, b"\x0f", "sha256")
+            ck = drcrypto.hmac_sha256(ck, b"\x0f")
         s.cks = ck
         s.ns += count
 
@@ -383,7 +383,7 @@ class Ratchet:
             s.ckr, mk = self._kdf_ck(s.ckr)
         else:
             ck = s.ckr
-            s.ckr, mk = drcrypto._digest(ck, b"\x0f", "sha256"), drcrypto._digest(ck, b"\x10", "sha256")
+            s.ckr, mk = drcrypto.hmac_sha256(ck, b"\x0f"), drcrypto.hmac_sha256(ck, b"\x10")
         s.nr += 1
         try:
             plaintext = self._decrypt_with(mk, ciphertext, full_ad)
@@ -405,8 +405,8 @@ class Ratchet:
             if tracer:
                 ck, mk = self._kdf_ck(ck)
             else:
-                mk = drcrypto._digest(ck, b"\x10", "sha256")
-                ck = drcrypto._digest(ck, b"\x0f", "sha256")
+                mk = drcrypto.hmac_sha256(ck, b"\x10")
+                ck = drcrypto.hmac_sha256(ck, b"\x0f")
             staged.append((key, nr, mk, seq))
             nr += 1
             seq += 1
