@@ -62,15 +62,13 @@ async def read_frame(
     except asyncio.IncompleteReadError:
         return None  # closed between frames: the normal way to hang up
 
-    async def rest() -> bytes:
-        head = first + await reader.readexactly(3)
-        (length,) = _LEN.unpack(head)
-        if length == 0 or length > max_frame:
-            raise FrameError(f"frame length {length} outside 1..{max_frame}")
-        return await reader.readexactly(length)
-
     try:
-        return await asyncio.wait_for(rest(), frame_timeout)
+        async with asyncio.timeout(frame_timeout):  # no extra task per frame (wait_for would make one)
+            head = first + await reader.readexactly(3)
+            (length,) = _LEN.unpack(head)
+            if length == 0 or length > max_frame:
+                raise FrameError(f"frame length {length} outside 1..{max_frame}")
+            return await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise FrameError("truncated frame") from exc
 
@@ -275,7 +273,9 @@ class AgentServer:
     async def _send(self, writer: asyncio.StreamWriter, response: pb.Response) -> bool:
         try:
             writer.write(encode_frame(response.SerializeToString()))
-            await asyncio.wait_for(writer.drain(), self.config.frame_timeout * 3)
+            if writer.transport.get_write_buffer_size():  # a slow reader: wait, bounded, for room
+                async with asyncio.timeout(self.config.frame_timeout * 3):
+                    await writer.drain()
             return True
         except (ConnectionError, asyncio.TimeoutError):
             return False

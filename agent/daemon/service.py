@@ -240,11 +240,11 @@ class Service:
                 raise _Unsupported("unknown request type")
             handler = self._handlers[kind]
             loop = asyncio.get_running_loop()
-            outcome = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, self._guarded, handler, kind, request, ctx),
-                timeout=self.config.request_timeout
-                + (self.config.confirm_timeout if kind in self.config.confirm_ops else 0.0),
-            )
+            limit = self.config.request_timeout
+            if kind in self.config.confirm_ops:
+                limit += self.config.confirm_timeout
+            async with asyncio.timeout(limit):
+                outcome = await loop.run_in_executor(self.executor, self._guarded, handler, kind, request, ctx)
             response = outcome.response
             result = "ok"
         except Exception as exc:
