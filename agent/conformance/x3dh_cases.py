@@ -101,11 +101,28 @@ def _is_bundle(x: Any) -> bool:
     return has(x, "identity", "signed_pre_keys", "signature")
 
 
+def _bundles_within(node: Any, where: str) -> list[Case]:
+    if _is_bundle(node):
+        return [Case(where, functools.partial(_bundle, node))]
+    out: list[Case] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _bundles_within(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _bundles_within(v, f"{where}[{i}]")
+    return out
+
+
 @register
 def x3dh_cases(node: Any, where: str) -> list[Case] | None:
     """An object with the four X3DH keys is one case; a list of signed bundles is one case per bundle."""
     if has(node, *_ROLES):
-        return [Case(where or "x3dh", lambda: _x3dh(node))]
+        cases = [Case(where or "x3dh", lambda: _x3dh(node))]
+        for k, v in node.items():  # bundles kept inside an X3DH case are cases too
+            if k not in _ROLES:
+                cases += _bundles_within(v, f"{where}.{k}" if where else k)
+        return cases
     if isinstance(node, list) and node and all(_is_bundle(x) for x in node):
         return [Case(f"{where}[{i}]", functools.partial(_bundle, x)) for i, x in enumerate(node)]
     if _is_bundle(node):

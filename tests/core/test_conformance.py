@@ -145,3 +145,13 @@ def test_registry_discovers_core_recognisers() -> None:
     names = {r.__name__ for r in recognisers()}
     assert {"dr_primitive_cases", "dr_conversations", "x3dh_cases"} <= names
     assert isinstance(Case("x", lambda: []), Case)
+
+
+def test_bundle_nested_in_an_x3dh_case_is_checked() -> None:
+    data = json.loads((VECTORS / "x3dh_examples.json").read_text())
+    case = data["status_go_unit_test_vector"]
+    case["bundle"] = copy.deepcopy(data["bundles"][0])
+    assert replay_data({"x": case}).passed == 2
+    case["bundle"]["timestamp"] += 1
+    r = replay_data({"x": case})
+    assert r.passed == 1 and r.failed == 1 and any("x.bundle" in f for f in r.failures)
