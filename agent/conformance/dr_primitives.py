@@ -225,7 +225,13 @@ _SHAPES: list[tuple[tuple[str, ...], tuple[str, ...], Any]] = [
 
 @register
 def dr_primitive_cases(node: Any, where: str) -> list[Case] | None:
-    """Lists of primitive cases (each item one case); KDF_CK chains also check their continuity."""
+    """Lists of primitive cases (each item one case; KDF_CK chains also check their continuity), or one
+    primitive case on its own."""
+    if isinstance(node, dict):
+        for keys, excluded, fn in _SHAPES:
+            if has(node, *keys) and not any(e in node for e in excluded):
+                return [Case(where or "case", functools.partial(fn, node))]
+        return None
     if not (isinstance(node, list) and node and all(isinstance(x, dict) for x in node)):
         return None
     # AEAD decrypt negatives: mk + ciphertext + error, checked against the list's successful reference

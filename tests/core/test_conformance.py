@@ -155,3 +155,12 @@ def test_bundle_nested_in_an_x3dh_case_is_checked() -> None:
     case["bundle"]["timestamp"] += 1
     r = replay_data({"x": case})
     assert r.passed == 1 and r.failed == 1 and any("x.bundle" in f for f in r.failures)
+
+
+def test_single_primitive_cases_are_recognised_by_shape() -> None:
+    data = json.loads((VECTORS / "dr_primitives.json").read_text())
+    doc = {"one": data["kdf_rk"][1], "two": {"x": data["aead"][3]}}
+    assert replay_data(doc).passed == 2
+    doc["one"]["chain_key"] = doc["one"]["new_root_key"]
+    r = replay_data(doc)
+    assert r.failed == 1 and any("one: chain_key" in f for f in r.failures)
