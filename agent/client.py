@@ -102,6 +102,7 @@ class AgentClient:
         self._timeout = timeout
         self._max_frame = max_frame
         self._sock: socket.socket | None = None
+        self._buf = bytearray()
         self._mu = threading.Lock()
 
     # --- connection -------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class AgentClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buf.clear()
 
     def __enter__(self) -> "AgentClient":
         return self.connect()
@@ -128,14 +130,22 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
+    def _recv_frame(self, sock: socket.socket) -> bytes:
+        """One response frame; usually a single recv (header and body arrive together)."""
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (length,) = _LEN.unpack_from(buf)
+                if length == 0 or length > self._max_frame:
+                    raise AgentUnavailable(f"the agent sent a frame of {length} bytes")
+                if len(buf) >= 4 + length:
+                    data = bytes(buf[4:4 + length])
+                    del buf[:4 + length]
+                    return data
+            chunk = sock.recv(1 << 16)
             if not chunk:
                 raise AgentUnavailable("the agent closed the connection")
             buf += chunk
-        return bytes(buf)
 
     def call(self, request: pb.Request) -> pb.Response:
         """Send one request, return the response (errors are returned, not raised)."""
@@ -145,10 +155,7 @@ class AgentClient:
             assert sock is not None
             try:
                 sock.sendall(_LEN.pack(len(payload)) + payload)
-                (length,) = _LEN.unpack(self._recv_exact(sock, 4))
-                if length == 0 or length > self._max_frame:
-                    raise AgentUnavailable(f"the agent sent a frame of {length} bytes")
-                data = self._recv_exact(sock, length)
+                data = self._recv_frame(sock)
             except OSError as exc:
                 self.close()
                 if isinstance(exc, AgentUnavailable):
