@@ -10,7 +10,7 @@ import shlex
 import socket
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +31,9 @@ from backends import errors as backend_errors
 from backends.base import BackendStatus
 from backends.memory import MemoryKey
 from tests.daemon.agentproc import short_tmpdir
+
+if TYPE_CHECKING:
+    from agent.daemon.service import ClientContext, Service
 
 
 @pytest.fixture
@@ -384,3 +387,75 @@ def test_shell_lines_quote_the_path() -> None:
     assert out.endswith(f"{path}|42")
     assert f"setenv KEYAGENT_SOCK {shlex.quote(path)};" in shell_lines(path, 42, "csh")
     assert f"set -x KEYAGENT_SOCK {shlex.quote(path)};" in shell_lines(path, 42, "fish")
+
+
+# --- service in process -----------------------------------------------------------------------------------------
+
+
+def _service(tmp: Path, factory: object, **cfg: object) -> "Service":
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.daemon.audit import AuditLog
+    from agent.daemon.service import Service
+
+    backend = FakeBackend()
+    return Service(
+        home=Home.at(tmp), config=AgentConfig().with_overrides(**cfg), backend=backend,  # type: ignore[arg-type]
+        lock=LockManager(backend), audit=AuditLog(tmp / "audit.log"),  # type: ignore[arg-type]
+        executor=ThreadPoolExecutor(2), sessions=factory, socket_path="x",  # type: ignore[arg-type]
+        on_stop=lambda: None, on_release=lambda: None,
+    )
+
+
+def _ctx() -> "ClientContext":
+    from agent.daemon.peercred import PeerCred
+    from agent.daemon.service import ClientContext
+
+    return ClientContext(PeerCred(os.getpid(), os.getuid(), os.getgid()), "/bin/test", 1, True)
+
+
+def test_a_request_over_its_time_limit_gets_timeout(tmp: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def slow_factory() -> object:
+        release.wait(10)
+        raise RuntimeError("never opened")
+
+    svc = _service(tmp, slow_factory, request_timeout=0.2)
+    try:
+        resp = asyncio.run(svc.handle(pb.Request(bundle=pb.BundleRequest()), _ctx()))
+    finally:
+        release.set()
+    assert resp.error.code == pb.Error.TIMEOUT and "0.2 s" in resp.error.message
+    (line,) = [json.loads(l) for l in (tmp / "audit.log").read_text().splitlines()]
+    assert line["type"] == "bundle" and line["result"] == "TIMEOUT"
+
+
+def test_unexpected_exceptions_are_internal_without_their_text(tmp: Path) -> None:
+    def broken_factory() -> object:
+        raise KeyError("secret-looking detail")
+
+    svc = _service(tmp, broken_factory)
+    resp = asyncio.run(svc.handle(pb.Request(bundle=pb.BundleRequest()), _ctx()))
+    assert resp.error.code == pb.Error.INTERNAL
+    assert "secret-looking" not in resp.error.message and "KeyError" in resp.error.message
+
+
+def test_no_session_errors_carry_reason_and_reply(tmp: Path) -> None:
+    class NoSessionManager:
+        installation_id = "me"
+
+        def decrypt(self, sender: bytes, message: bytes) -> object:
+            exc = core_errors.UnknownSession("no session for this message")
+            exc.reason = "unknown_prekey"  # type: ignore[attr-defined]
+            exc.reply = b"our bundle"  # type: ignore[attr-defined]
+            raise exc
+
+    svc = _service(tmp, NoSessionManager)
+    peer = MemoryKey.generate().public_key()
+    req = pb.Request(decrypt=pb.DecryptRequest(sender_identity=peer, message=b"\x01"))
+    resp = asyncio.run(svc.handle(req, _ctx()))
+    assert resp.error.code == pb.Error.NO_SESSION
+    assert (resp.error.reason, resp.error.reply) == ("unknown_prekey", b"our bundle")
