@@ -10,6 +10,7 @@ from agent.core import bundle as bnd
 from agent.core import secp256k1, x3dh
 from agent.core.errors import ProtocolError
 from agent.core.hashing import keccak256
+from agent.core import wire
 from agent.core.wire import pb
 from backends.memory import MemoryKey
 
@@ -88,6 +89,9 @@ def _bundle(c: dict[str, Any]) -> list[str]:
     except ProtocolError as exc:
         if not should_fail:
             d.fail("signature", f"bundle does not verify: {type(exc).__name__}: {exc}")
+    for k in ("protobuf", "bundle_protobuf"):
+        if k in c:  # deterministic marshal, map keys sorted
+            d.eq(k, c[k], wire.encode_bundle(b))
     for k in ("identity_priv", "signer_priv"):
         if k in c:  # with the signer's key, RFC 6979 makes the whole bundle reproducible
             signer = MemoryKey(hx(c[k]))

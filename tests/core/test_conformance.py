@@ -19,7 +19,7 @@ from agent.conformance.registry import recognisers
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 CORE_FILES = ["dr_primitives.json", "dr_conversation_examples.json", "x3dh_examples.json",
-              "status_go_conversation.json"]
+              "status_go_conversation.json", "status_go_wire.json"]
 HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 
 
@@ -94,7 +94,8 @@ def _flip(value: Any, rng: random.Random) -> Any:
 
 
 @pytest.mark.parametrize("name,samples", [("dr_primitives.json", 80), ("dr_conversation_examples.json", 60),
-                                          ("x3dh_examples.json", 30), ("status_go_conversation.json", 40)])
+                                          ("x3dh_examples.json", 30), ("status_go_conversation.json", 40),
+                                          ("status_go_wire.json", 40)])
 def test_one_flipped_recorded_value_anywhere_fails(name: str, samples: int) -> None:
     data = json.loads((VECTORS / name).read_text())
     paths = [p for p in [*_hex_paths(data), *_int_paths(data)] if _checkable(data, p)]
