@@ -475,6 +475,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         return p
 
     p = add("start", "start the agent (prints shell lines to eval)", _cmd_start)
+    p.description = "Start the agent for --home (eval \"$(keyagent start)\"), or run it in the foreground (-D)."
+    p.epilog = (
+        "Socket: $XDG_RUNTIME_DIR/keyagent/agent-<hash of home>.sock, or /tmp/keyagent-$UID/ when "
+        "XDG_RUNTIME_DIR is unset; the directory must be yours with mode 0700. A live agent on the socket is "
+        "never replaced; a stale socket file is. The PIN/passphrase for unlocking at start comes from "
+        "--pin-file/--passphrase-file or KEYAGENT_PIN/KEYAGENT_PASSPHRASE; without one the agent starts locked "
+        "(keyagent unlock). Policy lives in HOME/agent.json (max_frame, max_connections, request_timeout, "
+        "frame_timeout, idle_timeout, allow_uids, allow_gids, allow_ecdh, unlock_ttl, confirm_command, "
+        "confirm_ops)."
+    )
     p.add_argument("-D", "--foreground", action="store_true", help="stay in the foreground (systemd)")
     shells = p.add_mutually_exclusive_group()
     shells.add_argument("-s", "--sh", action="store_true", help="Bourne shell lines (default unless $SHELL is csh)")
