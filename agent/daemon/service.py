@@ -251,11 +251,14 @@ class Service:
             response = self._error(exc, kind)
             result = pb.Error.Code.Name(response.error.code)
         ms = round((time.monotonic() - start) * 1000, 3)
-        self.audit.record(
-            ctx.cred, ctx.exe, type=kind or "unknown", result=result, ms=ms, conn=ctx.conn,
-            key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
-            detail=outcome.detail if outcome else "",
-        )
+        try:
+            self.audit.record(
+                ctx.cred, ctx.exe, type=kind or "unknown", result=result, ms=ms, conn=ctx.conn,
+                key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
+                detail=outcome.detail if outcome else "",
+            )
+        except OSError as exc:  # a full disk must not take the agent down; the failure itself is logged
+            log.error("cannot write the audit log: %s", exc.strerror)
         return response
 
     def _guarded(
