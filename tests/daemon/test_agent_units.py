@@ -459,3 +459,24 @@ def test_no_session_errors_carry_reason_and_reply(tmp: Path) -> None:
     resp = asyncio.run(svc.handle(req, _ctx()))
     assert resp.error.code == pb.Error.NO_SESSION
     assert (resp.error.reason, resp.error.reply) == ("unknown_prekey", b"our bundle")
+
+
+def test_systemd_units_verify_and_use_our_options(tmp: Path) -> None:
+    import shutil
+
+    from agent.cli import build_parser
+
+    unit_dir = Path(__file__).resolve().parents[2] / "agent" / "daemon" / "systemd"
+    service = (unit_dir / "keyagent.service").read_text()
+    exec_start = next(l for l in service.splitlines() if l.startswith("ExecStart="))
+    argv = shlex.split(exec_start.split("keyagent", 1)[1].replace("%t", "/run/user/1000"))
+    args = build_parser().parse_args(argv)  # the unit's options exist in our CLI
+    assert args.foreground and args.socket == "/run/user/1000/keyagent/agent.sock"
+    socket_unit = (unit_dir / "keyagent.socket").read_text()
+    assert "ListenStream=%t/keyagent/agent.sock" in socket_unit and "UMask=0177" in service
+    if shutil.which("systemd-analyze") is None:
+        return
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp))
+    cp = subprocess.run(["systemd-analyze", "verify", str(unit_dir / "keyagent.service"),
+                         str(unit_dir / "keyagent.socket")], capture_output=True, text=True, env=env)
+    assert cp.returncode == 0 and cp.stderr.strip() == "", cp.stderr
