@@ -139,18 +139,30 @@ def run_foreground(
     session_factory: SessionFactory | None = None,
 ) -> int:
     """Run the agent in this process until it stops; 0 on a clean stop."""
-    from agent.daemon.server import AgentServer  # keeps `keyagent start` (the parent) light
+    from pathlib import Path
 
-    backend = open_home_backend(home, config)
-    try:
-        if secret is not None:
-            backend.unlock(secret)
-    except BaseException:
-        backend.close()
-        raise
+    from agent.daemon.server import AgentServer  # keeps `keyagent start` (the parent) light
+    from agent.daemon.socketdir import claim_socket
+
     listen = activation_socket()
+    # Claim the socket before touching the backend: a second agent for this home must fail before it logs in
+    # to the token (or runs the key file's KDF), not after.
+    claimed = None if listen is not None else claim_socket(Path(socket_path),
+                                                           shared=AgentServer.shared_socket(config))
+    try:
+        backend = open_home_backend(home, config)
+        try:
+            if secret is not None:
+                backend.unlock(secret)
+        except BaseException:
+            backend.close()
+            raise
+    except BaseException:
+        if claimed is not None:
+            claimed.release()
+        raise
     server = AgentServer(home=home, config=config, backend=backend, socket_path=socket_path,
-                         session_factory=session_factory, listen_sock=listen)
+                         session_factory=session_factory, listen_sock=listen, claimed=claimed)
 
     def on_ready(path: str) -> None:
         sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {path}")

@@ -85,12 +85,14 @@ class AgentServer:
         socket_path: str,
         session_factory: SessionFactory | None = None,
         listen_sock: socket.socket | None = None,
+        claimed: ClaimedSocket | None = None,
     ) -> None:
         self.home = home
         self.config = config
         self.backend = backend
         self.socket_path = socket_path
         self._listen_sock = listen_sock  # systemd socket activation: already bound by systemd
+        self._claimed = claimed  # claimed by the caller before it opened the backend (fail fast if taken)
         self._factory = session_factory or default_session_factory(home, backend)
         self.policy = PeerPolicy(os.getuid(), frozenset(config.allow_uids), frozenset(config.allow_gids))
         self.lock = LockManager(backend, ttl=config.unlock_ttl)
@@ -102,6 +104,11 @@ class AgentServer:
         self._busy: set[asyncio.Task[None]] = set()  # connections between reading a request and replying
 
     # --- callbacks the service and signals use ----------------------------------------------------------------
+    @staticmethod
+    def shared_socket(config: AgentConfig) -> bool:
+        """Other uids/gids are admitted: the socket must be reachable by them (SO_PEERCRED still decides)."""
+        return bool(config.allow_uids or config.allow_gids)
+
     def request_stop(self, reason: str = "stop requested") -> None:
         self._exit_reason = reason
         if self._stop is not None:
@@ -125,14 +132,14 @@ class AgentServer:
         """Serve until stopped; returns why it stopped. ``ready(socket_path)`` is called once accepting."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        claimed: ClaimedSocket | None = None
-        if self._listen_sock is None:
-            claimed = claim_socket(Path(self.socket_path),
-                                   shared=bool(self.config.allow_uids or self.config.allow_gids))
-            sock = claimed.sock
-        else:
+        claimed = self._claimed
+        if self._listen_sock is not None:
             sock = self._listen_sock
             sock.setblocking(False)
+        else:
+            if claimed is None:
+                claimed = claim_socket(Path(self.socket_path), shared=self.shared_socket(self.config))
+            sock = claimed.sock
         executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="keyagent-req")
         audit = AuditLog(self.home.audit)
         self.service = Service(
@@ -191,7 +198,7 @@ class AgentServer:
                 self.request_stop("socket deleted")
                 return
             try:
-                if self.lock.tick():
+                if await asyncio.get_running_loop().run_in_executor(None, self.lock.tick):
                     log.info("unlock TTL expired; agent locked")
             except Exception:
                 log.exception("auto-lock failed")
