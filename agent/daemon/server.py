@@ -40,6 +40,8 @@ __all__ = ["AgentServer", "read_frame", "encode_frame", "FrameError"]
 log = logging.getLogger("keyagent.server")
 
 _LEN = struct.Struct(">I")
+#: Seconds between idle upkeep runs (SPK rotation is due every 24 h; requests also trigger it).
+_UPKEEP_INTERVAL = 600.0
 
 
 class FrameError(Exception):
@@ -190,15 +192,20 @@ class AgentServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _watch(self, claimed: ClaimedSocket | None) -> None:
-        """Exit when our socket file disappears; auto-lock when the unlock TTL expires."""
+        """Exit when our socket file disappears; auto-lock when the unlock TTL expires; periodic upkeep."""
+        loop = asyncio.get_running_loop()
+        next_upkeep = loop.time() + _UPKEEP_INTERVAL
         while True:
             await asyncio.sleep(self.config.socket_check_interval)
+            if loop.time() >= next_upkeep:
+                next_upkeep = loop.time() + _UPKEEP_INTERVAL
+                await loop.run_in_executor(None, self.service.maintain)
             if claimed is not None and not claimed.still_ours():
                 log.warning("socket %s was deleted or replaced; exiting", self.socket_path)
                 self.request_stop("socket deleted")
                 return
             try:
-                if await asyncio.get_running_loop().run_in_executor(None, self.lock.tick):
+                if await loop.run_in_executor(None, self.lock.tick):
                     log.info("unlock TTL expired; agent locked")
             except Exception:
                 log.exception("auto-lock failed")

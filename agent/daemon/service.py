@@ -222,6 +222,17 @@ class Service:
         except Exception as exc:
             log.info("session state not opened yet: %s", type(exc).__name__)
 
+    def maintain(self) -> None:
+        """Periodic upkeep while idle (signed-prekey rotation, destroying expired ones); skipped while locked."""
+        manager = self.sessions_if_open()
+        upkeep = getattr(manager, "maintain", None)
+        if manager is None or not callable(upkeep) or self.lock.locked:
+            return
+        try:
+            upkeep()
+        except Exception as exc:  # e.g. the token is absent right now: the next request or tick retries
+            log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)
+
     def close(self) -> None:
         with self._sessions_mu:
             manager, self._sessions = self._sessions, None

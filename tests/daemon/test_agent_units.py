@@ -480,3 +480,22 @@ def test_systemd_units_verify_and_use_our_options(tmp: Path) -> None:
     cp = subprocess.run(["systemd-analyze", "verify", str(unit_dir / "keyagent.service"),
                          str(unit_dir / "keyagent.socket")], capture_output=True, text=True, env=env)
     assert cp.returncode == 0 and cp.stderr.strip() == "", cp.stderr
+
+
+def test_idle_upkeep_runs_only_while_unlocked(tmp: Path) -> None:
+    calls: list[str] = []
+
+    class Manager:
+        installation_id = "me"
+
+        def maintain(self) -> None:
+            calls.append("maintain")
+
+    svc = _service(tmp, Manager)
+    svc.maintain()  # not open yet: nothing to maintain
+    assert calls == []
+    svc.sessions()
+    svc.maintain()
+    svc.lock.lock()
+    svc.maintain()
+    assert calls == ["maintain"]
