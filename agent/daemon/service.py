@@ -180,6 +180,7 @@ class Service:
         self._factory = sessions
         self._sessions: SessionsLike | None = None
         self._sessions_mu = threading.Lock()
+        self._open_mu = threading.Lock()
         self.socket_path = socket_path
         self._on_stop = on_stop
         self._on_release = on_release
@@ -206,10 +207,14 @@ class Service:
     # --- session manager lifecycle --------------------------------------------------------------------------
     def sessions(self) -> SessionsLike:
         """The session manager, opened on first use (the store needs the identity key, so the backend unlocked)."""
-        with self._sessions_mu:
-            if self._sessions is None:
-                self._sessions = self._factory()
-            return self._sessions
+        with self._open_mu:  # one opener at a time; readers of the reference (status) never wait for it
+            with self._sessions_mu:
+                manager = self._sessions
+            if manager is None:
+                manager = self._factory()
+                with self._sessions_mu:
+                    self._sessions = manager
+            return manager
 
     def sessions_if_open(self) -> SessionsLike | None:
         with self._sessions_mu:
