@@ -36,13 +36,13 @@ __all__ = [
 class SocketDirError(RuntimeError):
     """The socket directory is not ours or not private: fix its owner/mode (we never loosen or chown it)."""
 
-    code = "BAD_CONFIG"
+    code = "UNSAFE_SOCKET_DIR"  # start-up only (printed by keyagent start), never a wire code
 
 
 class AgentRunning(RuntimeError):
     """A live agent already answers on this socket: use it (or stop it) instead of starting another."""
 
-    code = "BAD_CONFIG"
+    code = "AGENT_RUNNING"  # start-up only, never a wire code
 
 
 def runtime_dir() -> Path:
