@@ -7,8 +7,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WakuMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAKU_MODE_UNSPECIFIED: _ClassVar[WakuMode]
+    WAKU_ASYMMETRIC: _ClassVar[WakuMode]
+    WAKU_SYMMETRIC: _ClassVar[WakuMode]
+WAKU_MODE_UNSPECIFIED: WakuMode
+WAKU_ASYMMETRIC: WakuMode
+WAKU_SYMMETRIC: WakuMode
+
 class Request(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +33,10 @@ class Request(_message.Message):
     ECDH_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    WAKU_SEAL_FIELD_NUMBER: _ClassVar[int]
+    WAKU_OPEN_FIELD_NUMBER: _ClassVar[int]
+    WAKU_NEGOTIATED_FIELD_NUMBER: _ClassVar[int]
+    WAKU_CONTACT_CODE_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityRequest
     bundle: BundleRequest
     sign: SignRequest
@@ -39,10 +52,14 @@ class Request(_message.Message):
     ecdh: EcdhRequest
     release: ReleaseRequest
     stop: StopRequest
-    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ...) -> None: ...
+    waku_seal: WakuSealRequest
+    waku_open: WakuOpenRequest
+    waku_negotiated: WakuNegotiatedRequest
+    waku_contact_code: WakuContactCodeRequest
+    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealRequest, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenRequest, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedRequest, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "error")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "error")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +75,10 @@ class Response(_message.Message):
     ECDH_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    WAKU_SEAL_FIELD_NUMBER: _ClassVar[int]
+    WAKU_OPEN_FIELD_NUMBER: _ClassVar[int]
+    WAKU_NEGOTIATED_FIELD_NUMBER: _ClassVar[int]
+    WAKU_CONTACT_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityResponse
     bundle: BundleResponse
@@ -74,8 +95,12 @@ class Response(_message.Message):
     ecdh: EcdhResponse
     release: ReleaseResponse
     stop: StopResponse
+    waku_seal: WakuSealResponse
+    waku_open: WakuOpenResponse
+    waku_negotiated: WakuNegotiatedResponse
+    waku_contact_code: WakuContactCodeResponse
     error: Error
-    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealResponse, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenResponse, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedResponse, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "reason", "reply")
@@ -148,18 +173,28 @@ class IdentityRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IdentityResponse(_message.Message):
-    __slots__ = ("identity_public_key", "public_key", "compressed_key", "installation_id", "address")
+    __slots__ = ("identity_public_key", "public_key", "compressed_key", "installation_id", "address", "key_uid", "key_uid_origin", "share_link", "contact_code_topic", "contact_code_key")
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_KEY_FIELD_NUMBER: _ClassVar[int]
     INSTALLATION_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KEY_UID_FIELD_NUMBER: _ClassVar[int]
+    KEY_UID_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SHARE_LINK_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_CODE_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_CODE_KEY_FIELD_NUMBER: _ClassVar[int]
     identity_public_key: bytes
     public_key: str
     compressed_key: str
     installation_id: str
     address: str
-    def __init__(self, identity_public_key: _Optional[bytes] = ..., public_key: _Optional[str] = ..., compressed_key: _Optional[str] = ..., installation_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    key_uid: str
+    key_uid_origin: str
+    share_link: str
+    contact_code_topic: str
+    contact_code_key: bytes
+    def __init__(self, identity_public_key: _Optional[bytes] = ..., public_key: _Optional[str] = ..., compressed_key: _Optional[str] = ..., installation_id: _Optional[str] = ..., address: _Optional[str] = ..., key_uid: _Optional[str] = ..., key_uid_origin: _Optional[str] = ..., share_link: _Optional[str] = ..., contact_code_topic: _Optional[str] = ..., contact_code_key: _Optional[bytes] = ...) -> None: ...
 
 class BundleRequest(_message.Message):
     __slots__ = ()
@@ -376,3 +411,73 @@ class StopRequest(_message.Message):
 class StopResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WakuSealRequest(_message.Message):
+    __slots__ = ("payload", "to", "sym_key", "sign")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    SYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGN_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    to: bytes
+    sym_key: bytes
+    sign: bool
+    def __init__(self, payload: _Optional[bytes] = ..., to: _Optional[bytes] = ..., sym_key: _Optional[bytes] = ..., sign: _Optional[bool] = ...) -> None: ...
+
+class WakuSealResponse(_message.Message):
+    __slots__ = ("wire", "mode")
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    wire: bytes
+    mode: WakuMode
+    def __init__(self, wire: _Optional[bytes] = ..., mode: _Optional[_Union[WakuMode, str]] = ...) -> None: ...
+
+class WakuOpenRequest(_message.Message):
+    __slots__ = ("wire", "sym_key")
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    SYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    wire: bytes
+    sym_key: bytes
+    def __init__(self, wire: _Optional[bytes] = ..., sym_key: _Optional[bytes] = ...) -> None: ...
+
+class WakuOpenResponse(_message.Message):
+    __slots__ = ("payload", "signer_public_key", "mode")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    signer_public_key: bytes
+    mode: WakuMode
+    def __init__(self, payload: _Optional[bytes] = ..., signer_public_key: _Optional[bytes] = ..., mode: _Optional[_Union[WakuMode, str]] = ...) -> None: ...
+
+class WakuNegotiatedRequest(_message.Message):
+    __slots__ = ("peer_identity",)
+    PEER_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    peer_identity: bytes
+    def __init__(self, peer_identity: _Optional[bytes] = ...) -> None: ...
+
+class WakuNegotiatedResponse(_message.Message):
+    __slots__ = ("sym_key", "content_topic", "topic")
+    SYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    sym_key: bytes
+    content_topic: str
+    topic: bytes
+    def __init__(self, sym_key: _Optional[bytes] = ..., content_topic: _Optional[str] = ..., topic: _Optional[bytes] = ...) -> None: ...
+
+class WakuContactCodeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WakuContactCodeResponse(_message.Message):
+    __slots__ = ("content_topic", "sym_key", "topic", "partitioned_topic")
+    CONTENT_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONED_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    content_topic: str
+    sym_key: bytes
+    topic: bytes
+    partitioned_topic: str
+    def __init__(self, content_topic: _Optional[str] = ..., sym_key: _Optional[bytes] = ..., topic: _Optional[bytes] = ..., partitioned_topic: _Optional[str] = ...) -> None: ...
