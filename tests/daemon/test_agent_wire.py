@@ -126,9 +126,9 @@ def test_undecodable_frame_gets_bad_request_then_close(shared: AgentProc) -> Non
     _assert_closed_without_answer(s)
 
 
-@pytest.mark.parametrize("raw", [b"\xca\x01\x00", b"\xf0\x01\x01", b"\x98\x06\x07"])
+@pytest.mark.parametrize("raw", [b"\xc2\x3e\x00", b"\xf0\x01\x01", b"\x98\x06\x07"])
 def test_unknown_request_type_is_unsupported(shared: AgentProc, raw: bytes) -> None:
-    # field 25 (reserved for waku), field 30 and field 99: unknown oneof members parse as unknown fields
+    # fields 1000 (bytes), 30 and 99 (varints): numbers no Request member uses parse as unknown fields
     s = raw_connect(shared.sock)
     send_request(s, raw)
     r = read_response(s)
