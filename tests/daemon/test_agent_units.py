@@ -366,7 +366,9 @@ def test_every_typed_error_maps_to_a_stable_code() -> None:
         if cls.code == "BACKEND_ERROR":
             assert code == pb.Error.INTERNAL
         else:
-            assert code != pb.Error.INTERNAL, cls
+            assert code != pb.Error.INTERNAL, (
+                f"{cls.__name__}.code = {cls.code!r} is not an Error.Code: add it to proto/keyagent/agent.proto "
+                "(or alias it in agent/daemon/service.py _CODE_ALIASES)")
     assert error_code(backend_errors.PinRequired("x")) == pb.Error.PIN_REQUIRED
     assert error_code(core_errors.UnknownSession("x")) == pb.Error.NO_SESSION
     assert error_code(core_errors.DecryptFailed("x")) == pb.Error.DECRYPT_FAILED
