@@ -20,7 +20,9 @@ Why a message key is never used twice, across kill -9 and power loss
     4. Two requests never interleave on one ratchet: every state transition runs under one lock (the
        Python work is GIL-bound anyway), which is stricter than per-session locking. Outside it happen only
        the wait for durability, which is what lets concurrent requests share one fsync (the store's group
-       commit), and token work that depends on the message alone (passive X3DH, DH-fallback decryption).
+       commit), and token work whose inputs are known before the transition: the passive X3DH of a new
+       incoming session with the SPK DH of its first ratchet step, the active X3DH of a new outgoing one,
+       and DH-fallback decryption.
     5. The store applies batches in submission order and reports durability monotonically, so "batch n is
        durable" implies every earlier state transition is too. Each call waits for the store's latest
        submitted batch at the time its result was computed (``_finish``), so it also never returns a result
@@ -201,6 +203,25 @@ class _Live:
     def __init__(self, rec: SessionRecord, ratchet: Ratchet) -> None:
         self.rec = rec
         self.ratchet = ratchet
+
+
+class _PrecomputedDH:
+    """Our SPK with one DH result known in advance, so the ratchet's first step does not wait on the token
+    under the state lock; any other DH goes to the token as usual."""
+
+    __slots__ = ("_key", "_peer", "_value")
+
+    def __init__(self, key: KeyOps, peer: bytes, value: bytes) -> None:
+        self._key, self._peer, self._value = key, peer, value
+
+    def public_key(self) -> bytes:
+        return self._key.public_key()
+
+    def sign(self, digest: bytes) -> bytes:
+        return self._key.sign(digest)
+
+    def dh(self, peer_public: bytes) -> bytes:
+        return self._value if peer_public == self._peer else self._key.dh(peer_public)
 
 
 def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
@@ -498,7 +519,9 @@ class SessionManager:
 
     # ------------------------------------------------------------------ sending
 
-    def _sending_session(self, inst: InstallationRecord) -> _Live | None:
+    def _sending_session(
+        self, inst: InstallationRecord, planned: dict[tuple[bytes, str, bytes], bytes]
+    ) -> _Live | None:
         """The live session for this installation (tie-break by shared key), or a new X3DH one."""
         lives = self._peer_sessions(inst.identity, inst.installation_id)
         chosen, losers = choose_session([live.rec for live in lives])
@@ -509,8 +532,12 @@ class SessionManager:
             return self._sessions[chosen.sid]
         if inst.spk is None:
             return None
-        eph = self._secret()
-        sk = x3dh.initiate(self._ik, inst.identity, inst.spk, eph)
+        pre = planned.pop((inst.identity, inst.installation_id, inst.spk), None)
+        if pre is not None:
+            eph, sk = pre[:32], pre[32:]
+        else:
+            eph = self._secret()
+            sk = x3dh.initiate(self._ik, inst.identity, inst.spk, eph)
         ratchet = Ratchet.initiator(self._profile, sk, inst.spk, keygen=self._keygen)
         ek = public_from_secret(eph)
         now = self._clock()
@@ -544,6 +571,41 @@ class SessionManager:
         x3 = x3dh_header(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None
         return encrypted_message(ct, x3dh=x3, dr=dr_header(header.dh, header.n, header.pn, rec.bundle_id))
 
+    def _targets(
+        self, peer: bytes, installations: dict[tuple[bytes, str], InstallationRecord]
+    ) -> list[InstallationRecord]:
+        """Up to 3 of the peer's enabled installations, then up to 2 of our other enabled ones (newest first)."""
+        to_self = peer == self.identity
+        targets = select_enabled(installations.values(), peer, exclude=self.installation_id if to_self else None,
+                                 limit=MAX_INSTALLATIONS - 1 if to_self else MAX_INSTALLATIONS)
+        if not to_self:
+            targets += select_enabled(installations.values(), self.identity, exclude=self.installation_id,
+                                      limit=MAX_INSTALLATIONS - 1)
+        return targets
+
+    def _plan_initiations(self, peer: bytes, verified: pb.Bundle | None) -> dict[tuple[bytes, str, bytes], bytes]:
+        """Run the initiator X3DH (one DH with IK: a token round trip) for targets that will need a new
+        session, before taking the state lock; maps (identity, installation, SPK) -> ephemeral secret ‖ SK.
+        A wrong guess (state changed meanwhile) only wastes that DH: the locked phase recomputes."""
+        with self._lock:
+            view = dict(self._installations)
+            if verified is not None:
+                up = apply_bundle(view, peer, verified, our_identity=self.identity,
+                                  our_installation_id=self.installation_id, now_ns=0)
+                for rec in up.records:
+                    view[(rec.identity, rec.installation_id)] = rec
+            need = []
+            for inst in self._targets(peer, view):
+                lives = [live.rec for live in self._peer_sessions(inst.identity, inst.installation_id)
+                         if not live.rec.expired]
+                if inst.spk is not None and not any(not r.initiator or r.bundle_id == inst.spk for r in lives):
+                    need.append((inst.identity, inst.installation_id, inst.spk))
+        out: dict[tuple[bytes, str, bytes], bytes] = {}
+        for identity, iid, spk in need:
+            eph = self._secret()
+            out[(identity, iid, spk)] = eph + x3dh.initiate(self._ik, identity, spk, eph)
+        return out
+
     def encrypt(self, peer_identity: bytes, payload: bytes, peer_bundle: bytes | None = None) -> EncryptResult:
         """Encrypt ``payload`` for every enabled installation of the peer (≤3) and of ourselves (≤2 others).
 
@@ -559,19 +621,16 @@ class SessionManager:
             if ident != peer:
                 raise IdentityMismatch("the bundle is not the peer's")
 
+        planned = self._plan_initiations(peer, verified)
+
         def work(ops: list[Op]) -> EncryptResult:
             ours = self._bundle()  # token signature first: a locked token fails before any change
             if verified is not None:
                 self._merge_bundle(peer, verified, ops)
-            to_self = peer == self.identity
-            targets = select_enabled(self._installations.values(), peer,
-                                     exclude=self.installation_id if to_self else None,
-                                     limit=MAX_INSTALLATIONS - 1 if to_self else MAX_INSTALLATIONS)
-            own = [] if to_self else self._own_devices(MAX_INSTALLATIONS - 1)
             entries: dict[str, pb.EncryptedMessageProtocol] = {}
             peer_ids: list[str] = []
-            for inst in targets + own:
-                live = self._sending_session(inst)
+            for inst in self._targets(peer, self._installations):
+                live = self._sending_session(inst, planned)
                 if live is None:
                     continue  # an installation without a prekey is skipped
                 entries[inst.installation_id] = self._encrypt_on(live, bytes(payload))
@@ -637,10 +696,10 @@ class SessionManager:
         # Token work that depends only on the message is done before taking the state lock, so a slow token
         # (a smart card DH takes tens of ms) does not stall every other request: the passive X3DH of a new
         # incoming session (3 DHs with IK and SPK) and the DH-fallback decryption (1 DH with IK).
-        x3dh_sk: bytes | None = None
+        x3dh_pre: tuple[bytes, KeyOps] | None = None
         dh_plain: bytes | None = None
         if entry is not None and entry.HasField("DR_header") and entry.HasField("X3DH_header"):
-            x3dh_sk = self._precompute_x3dh(sender, sender_iid, entry.X3DH_header)
+            x3dh_pre = self._precompute_x3dh(sender, sender_iid, entry.X3DH_header, bytes(entry.DR_header.key))
         elif entry is not None and entry.HasField("DH_header"):
             dh_plain = fallback.decrypt(self._ik, bytes(entry.DH_header.key), bytes(entry.payload))
 
@@ -659,7 +718,7 @@ class SessionManager:
                     return no_session("a device of ours that is not paired with this one", "not_paired")
                 return no_session("the message has no entry for this installation", "not_for_this_device")
             if entry.HasField("DR_header"):
-                got = self._decrypt_dr(sender, sender_iid, entry, x3dh_sk)
+                got = self._decrypt_dr(sender, sender_iid, entry, x3dh_pre)
                 if isinstance(got, str):
                     return no_session(f"no session for this message ({got})", got)
                 for b in bundles:
@@ -681,8 +740,12 @@ class SessionManager:
             raise result
         return result
 
-    def _precompute_x3dh(self, sender: bytes, sender_iid: str, header: pb.X3DHHeader) -> bytes | None:
-        """The responder's SK for an X3DH header that would start a new session (None: not needed/possible)."""
+    def _precompute_x3dh(
+        self, sender: bytes, sender_iid: str, header: pb.X3DHHeader, ratchet_key: bytes
+    ) -> tuple[bytes, KeyOps] | None:
+        """For an X3DH header that would start a new session: the responder's SK, and our SPK with its DH to
+        the sender's first ratchet key already done (the new session's first DH ratchet step needs exactly
+        that). None when the session exists or our SPK is gone."""
         ek, spk_pub = bytes(header.key), bytes(header.id)
         with self._lock:
             if _session_id(sender, sender_iid, spk_pub, ek) in self._sessions:
@@ -695,15 +758,18 @@ class SessionManager:
             spk = self._backend.signed_prekey(version)
         except KeyNotFound:
             return None
-        return x3dh.respond(self._ik, spk, sender, ek)
+        sk = x3dh.respond(self._ik, spk, sender, ek)
+        return sk, _PrecomputedDH(spk, ratchet_key, spk.dh(ratchet_key))
 
     def _decrypt_dr(
-        self, sender: bytes, sender_iid: str, entry: pb.EncryptedMessageProtocol, x3dh_sk: bytes | None
+        self, sender: bytes, sender_iid: str, entry: pb.EncryptedMessageProtocol,
+        x3dh_pre: tuple[bytes, KeyOps] | None,
     ) -> DecryptResult | str:
         dr = entry.DR_header
         bundle_id = bytes(dr.id)
         header = Header(bytes(dr.key), int(dr.n), int(dr.pn))
         fresh: _Live | None = None
+        fresh_spk: KeyOps | None = None
         if entry.HasField("X3DH_header"):
             ek = require_compressed(bytes(entry.X3DH_header.key), "X3DH ephemeral key")
             spk_pub = bytes(entry.X3DH_header.id)
@@ -711,12 +777,13 @@ class SessionManager:
             if sid in self._sessions:
                 candidates = [self._sessions[sid]]
             else:
-                sk = x3dh_sk
-                if sk is None:  # not precomputed (the session existed then) or our SPK is gone
+                if x3dh_pre is not None:
+                    sk, fresh_spk = x3dh_pre
+                else:  # not precomputed (the session existed then) or our SPK is gone
                     spk = self._spk_key(spk_pub)
                     if spk is None:
                         return "unknown_prekey"
-                    sk = x3dh.respond(self._ik, spk, sender, ek)
+                    sk, fresh_spk = x3dh.respond(self._ik, spk, sender, ek), spk
                 now = self._clock()
                 rec = SessionRecord(sid, sender, sender_iid, spk_pub, ek, False, False, False, now, now, 0, sk, b"")
                 fresh = _Live(rec, Ratchet.responder(self._profile, sk, spk_pub, None, keygen=self._keygen))
@@ -730,7 +797,9 @@ class SessionManager:
         for live in candidates:
             # the token SPK is only needed while the responder's ratchet key is still its SPK
             needs_spk = not live.rec.initiator and live.ratchet.sending_position()[0] == live.rec.bundle_id
-            spk_key = self._spk_key(live.rec.bundle_id) if needs_spk else None
+            spk_key = None
+            if needs_spk:
+                spk_key = fresh_spk if live is fresh else self._spk_key(live.rec.bundle_id)
             try:
                 pt = live.ratchet.decrypt(header, bytes(entry.payload), spk=spk_key)
             except ProtocolError as e:  # DecryptFailed, MessageKeyGone, TooManySkipped, InvalidState...

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
 from agent.core.wire import NO_INSTALLATION, decode_bundle, decode_protocol_message, encode
-from agent.daemon.sessions import DecryptResult, DeviceError, NoSession
+from agent.core.keyops import KeyOps
+from agent.daemon.sessions import DecryptResult, DeviceError, NoSession, SessionManager
 from agent.daemon.store import Store
 from backends.memory import MemoryKey
 from tests.sessions.harness import World, entries, world  # noqa: F401  (fixture)
@@ -184,11 +186,13 @@ def test_decrypt_state_is_durable_before_return(world: World) -> None:
 class _GatedKey:
     """An identity key whose DH can be held at a gate, like a slow smart card."""
 
-    def __init__(self, inner: MemoryKey) -> None:
+    def __init__(self, inner: KeyOps, twin: "_GatedKey | None" = None) -> None:
         self.inner = inner
         self.armed = False
-        self.entered = threading.Event()
-        self.gate = threading.Event()
+        self.entered: threading.Event = twin.entered if twin else threading.Event()
+        self.gate: threading.Event = twin.gate if twin else threading.Event()
+        self.lock_held: list[bool] = twin.lock_held if twin else []  # per DH: was the state lock held?
+        self.owner: SessionManager | None = None
 
     def public_key(self) -> bytes:
         return self.inner.public_key()
@@ -198,32 +202,51 @@ class _GatedKey:
 
     def dh(self, peer: bytes) -> bytes:
         if self.armed:
+            assert self.owner is not None
+            self.lock_held.append(self.owner._lock._is_owned())  # type: ignore[attr-defined]
             self.entered.set()
             self.gate.wait(30)
         return self.inner.dh(peer)
 
 
-def test_token_work_of_a_decrypt_does_not_block_other_requests(world: World) -> None:
+@pytest.mark.parametrize("slow", ["dh_fallback_decrypt", "incoming_x3dh", "outgoing_x3dh"])
+def test_token_work_does_not_block_other_requests(world: World, slow: str) -> None:
     gated = _GatedKey(BOB)
     b = world.device("b", BOB)
     b.backend._ik = gated  # type: ignore[assignment]
     b.mgr._ik = gated
+    spk = _GatedKey(b.backend.spks[1], twin=gated)  # the SPK is gated and watched too
+    b.backend.spks[1] = spk  # type: ignore[assignment]
+    gated.owner = spk.owner = b.mgr
     a, c = world.device("a", ALICE), world.device("c", CAROL)
     a.mgr.add_peer_bundle(b.mgr.our_bundle())
     ok(b.recv(a, a.send(b, b"hi").message))  # a session that needs no token to use
-    dh_msg = c.send(b, b"no bundle: DH fallback").message
-    gated.armed = True
+    op: Callable[[], object]
+    if slow == "dh_fallback_decrypt":
+        msg = c.send(b, b"slow one").message  # no bundle: DH with Bob's IK to decrypt
+        op = lambda: b.recv(c, msg)  # noqa: E731
+    elif slow == "incoming_x3dh":
+        msg = c.send(b, b"slow one", b.mgr.our_bundle()).message  # passive X3DH: DH with Bob's IK
+        op = lambda: b.recv(c, msg)  # noqa: E731
+    else:
+        bundle = c.mgr.our_bundle()  # active X3DH: DH with Bob's IK
+        op = lambda: b.send(c, b"slow one", bundle)  # noqa: E731
+    gated.armed = spk.armed = True
     results: dict[str, object] = {}
-    slow = threading.Thread(target=lambda: results.update(dh=b.recv(c, dh_msg)))
-    slow.start()
-    assert gated.entered.wait(30)  # the DH-fallback decrypt is now inside the (slow) token
+    slow_t = threading.Thread(target=lambda: results.update(slow=op()))
+    slow_t.start()
+    assert gated.entered.wait(30)  # the slow request is now inside the (slow) token
     fast = threading.Thread(target=lambda: results.update(enc=b.send(a, b"meanwhile")))
     fast.start()
     fast.join(30)
     finished_while_token_busy = not fast.is_alive()
     gated.gate.set()
-    slow.join()
+    slow_t.join()
     fast.join()
     assert finished_while_token_busy
-    assert ok(results["dh"]).payload == b"no bundle: DH fallback"
+    assert gated.lock_held and not any(gated.lock_held)  # no token DH of the slow request ran under the lock
     assert ok(a.recv(b, results["enc"].message)).payload == b"meanwhile"  # type: ignore[attr-defined]
+    if slow == "outgoing_x3dh":
+        assert ok(c.recv(b, results["slow"].message)).payload == b"slow one"  # type: ignore[attr-defined]
+    else:
+        assert ok(results["slow"]).payload == b"slow one"
