@@ -1,0 +1,1 @@
+"""Proof under fire: crash safety, fuzzing, load and hostile clients against real agents (issue 8)."""

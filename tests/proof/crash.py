@@ -1,0 +1,319 @@
+"""Crash harness: a real agent under load from several clients, SIGKILLed at random points, restarted, again.
+
+    .venv/bin/python -m tests.proof.crash --trials 50 [--clients 6] [--seed N] [--min-run 0.05] [--max-run 0.8]
+
+Each trial restarts the agent (``keyagent start``), lets ``--clients`` client threads hammer it with a mix of
+encrypt / decrypt / confirm / sign / bundle requests, and SIGKILLs it after a random delay, mid-request. A peer
+(:class:`tests.proof.common.Peer`, an in-process SessionManager that is never killed) decrypts every ciphertext
+the clients were handed and keeps replying, so the agent's receiving side and DH ratchet steps are exercised
+too. The promises checked, over every trial (a violation is reported with the trial number and seed):
+
+1. no (session, chain, n) is ever handed out twice with different content (DR header of every ciphertext);
+2. every ciphertext a client was handed decrypts at the peer, to the payload the client sent;
+3. every plaintext a client was handed was committed: after the restart the same message decrypts again to the
+   same payload (its kept key is on disk) unless the client confirmed it, and a confirm the agent answered is
+   on disk too (the duplicate then no longer decrypts);
+4. after every kill the store passes ``PRAGMA integrity_check`` and its own invariants (``check_store``).
+Finally the conversation goes on in both directions after the last restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.client import AgentClient, AgentError, AgentUnavailable
+from agent.core import secp256k1
+from agent.daemon.sessions import DecryptResult
+from backends.software import SoftwareBackend
+from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
+from tests.proof.common import Peer, PositionLedger, check_store
+
+__all__ = ["CrashResult", "run_crash_trials", "main"]
+
+
+@dataclass
+class CrashResult:
+    trials: int = 0
+    handed_ciphertexts: int = 0
+    peer_decrypted: int = 0
+    handed_plaintexts: int = 0
+    rechecked_plaintexts: int = 0
+    rechecked_confirms: int = 0
+    signatures: int = 0
+    requests_cut_by_kill: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.trials} trials: {self.handed_ciphertexts} ciphertexts handed out, {self.peer_decrypted} "
+                f"decrypted at the peer; {self.handed_plaintexts} plaintexts handed out, "
+                f"{self.rechecked_plaintexts} re-read and {self.rechecked_confirms} confirms re-checked after "
+                f"restarts; {self.signatures} signatures; {self.requests_cut_by_kill} requests cut by a kill; "
+                f"{len(self.violations)} violations")
+
+
+@dataclass
+class _Received:
+    """A plaintext a client was handed in some trial, and what became of its confirmation."""
+
+    message: bytes
+    payload: bytes
+    confirm: str  # "none" (not attempted), "ok" (the agent answered), "unknown" (cut by the kill)
+
+
+class _Run:
+    def __init__(self, root: Path, clients: int, seed: int, min_run: float, max_run: float) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.clients = clients
+        self.min_run, self.max_run = min_run, max_run
+        self.factory = AgentFactory()
+        self.alice: AgentProc = self.factory.new()
+        self.peer = Peer(self.factory.root)
+        self.ledger = PositionLedger()
+        self.result = CrashResult()
+        self.to_peer: queue.Queue[tuple[bytes, bytes]] = queue.Queue()  # (payload, message) Alice -> peer
+        self.inbox: queue.Queue[tuple[bytes, bytes]] = queue.Queue()  # (payload, message) peer -> Alice
+        self.received: list[_Received] = []
+        self.handed_chain_n: list[tuple[bytes, int]] = []
+        self.mu = threading.Lock()
+        self.alice_id = b""
+        self.peer_counter = 0
+        self._ik = SoftwareBackend(str(self.alice.home / "key.json"), secret_source=lambda _: PASSPHRASE).identity()
+
+    def violation(self, trial: int, text: str) -> None:
+        with self.mu:
+            self.result.violations.append(f"trial {trial} (seed {self.seed}): {text}")
+
+    # --- the peer --------------------------------------------------------------------------------------------
+    def peer_take(self, trial: int, payload: bytes, message: bytes) -> None:
+        try:
+            got = self.peer.mgr.decrypt(self.alice_id, message)
+        except Exception as exc:  # noqa: BLE001 - every failure is a broken promise
+            self.violation(trial, f"a handed-out ciphertext does not decrypt at the peer: {type(exc).__name__}: {exc}")
+            return
+        if not isinstance(got, DecryptResult) or got.payload != payload:
+            self.violation(trial, "the peer decrypted a handed-out ciphertext to another payload")
+            return
+        self.peer.mgr.confirm([got.confirm_ref])
+        with self.mu:
+            self.result.peer_decrypted += 1
+            self.peer_counter += 1
+            reply_due = self.peer_counter % 3 == 0
+        if reply_due:  # answer now and then: the agent's next decrypt steps its DH ratchet (a new sending chain)
+            text = f"peer {self.peer_counter}".encode()
+            self.inbox.put((text, self.peer.mgr.encrypt(self.alice_id, text).message))
+
+    def peer_loop(self, trial: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                payload, message = self.to_peer.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            self.peer_take(trial, payload, message)
+
+    def drain_peer(self, trial: int) -> None:
+        while True:
+            try:
+                payload, message = self.to_peer.get_nowait()
+            except queue.Empty:
+                return
+            self.peer_take(trial, payload, message)
+
+    # --- the clients -----------------------------------------------------------------------------------------
+    def client_loop(self, trial: int, k: int, stop: threading.Event, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            client = AgentClient(self.alice.sock, timeout=30).connect()
+        except AgentUnavailable:
+            return  # killed before this client got in
+        i = 0
+        in_flight: tuple[bytes, bytes] | None = None
+        try:
+            while not stop.is_set():
+                i += 1
+                op = rng.random()
+                if op < 0.35:
+                    try:
+                        in_flight = self.inbox.get_nowait()
+                    except queue.Empty:
+                        in_flight = None
+                if in_flight is not None:
+                    payload, message = in_flight
+                    got = client.decrypt(self.peer.identity, message)
+                    in_flight = None
+                    if got.payload != payload:
+                        self.violation(trial, "the agent decrypted a peer message to another payload")
+                        continue
+                    rec = _Received(message, payload, "none")
+                    with self.mu:
+                        self.received.append(rec)
+                        self.result.handed_plaintexts += 1
+                    if rng.random() < 0.5:
+                        rec.confirm = "unknown"
+                        client.confirm([got.confirm_ref])
+                        rec.confirm = "ok"
+                elif op < 0.85:
+                    payload = f"t{trial} c{k} m{i}".encode()
+                    msg = client.encrypt(self.peer.identity, payload).message
+                    positions = self.ledger.add(msg)
+                    with self.mu:
+                        self.result.handed_ciphertexts += 1
+                        self.handed_chain_n.extend((chain, n) for _, _, chain, n in positions)
+                    self.to_peer.put((payload, msg))
+                elif op < 0.95:
+                    digest = rng.randbytes(32)
+                    sig = client.sign(digest)
+                    if secp256k1.recover(digest, sig) != self.alice_id:
+                        self.violation(trial, "a signature does not recover to the agent's identity")
+                    with self.mu:
+                        self.result.signatures += 1
+                else:
+                    client.bundle()
+        except AgentUnavailable:
+            with self.mu:
+                self.result.requests_cut_by_kill += 1
+            if in_flight is not None:
+                self.inbox.put(in_flight)  # never answered: deliver it again after the restart (a duplicate is fine)
+        except AgentError as exc:
+            self.violation(trial, f"unexpected agent error {exc.code}: {exc.message}")
+        finally:
+            client.close()
+
+    # --- after a restart: were the handed-out plaintexts and confirms committed? ---------------------------
+    def recheck(self, trial: int) -> None:
+        with self.mu:
+            received, self.received = self.received, []
+        with AgentClient(self.alice.sock) as c:
+            for rec in received:
+                if rec.confirm == "unknown":
+                    continue  # the confirm was cut by the kill: either outcome is allowed
+                try:
+                    got = c.decrypt(self.peer.identity, rec.message)
+                except AgentError as exc:
+                    if rec.confirm == "ok" and exc.code == "DECRYPT_FAILED":
+                        self.result.rechecked_confirms += 1  # the confirm was durable: the key is gone
+                    else:
+                        self.violation(trial, f"a handed-out plaintext was lost by the crash ({exc.code}: "
+                                              f"{exc.message})")
+                    continue
+                if rec.confirm == "ok":
+                    self.violation(trial, "a confirm the agent answered was undone by the crash")
+                elif got.payload != rec.payload:
+                    self.violation(trial, "a message decrypted to another payload after the restart")
+                else:
+                    self.result.rechecked_plaintexts += 1
+                    c.confirm([got.confirm_ref])
+
+    # --- one trial --------------------------------------------------------------------------------------------
+    def trial(self, t: int) -> None:
+        self.alice.start()
+        self.recheck(t)
+        stop = threading.Event()
+        peer_thread = threading.Thread(target=self.peer_loop, args=(t, stop), daemon=True)
+        peer_thread.start()
+        threads = [threading.Thread(target=self.client_loop, args=(t, k, stop, self.rng.getrandbits(64)), daemon=True)
+                   for k in range(self.clients)]
+        for th in threads:
+            th.start()
+        time.sleep(self.rng.uniform(self.min_run, self.max_run))
+        os.kill(self.alice.pid, signal.SIGKILL)  # mid-request: no clean shutdown, no final write
+        if not self.alice.wait_exit(30):
+            raise RuntimeError("the killed agent did not exit")
+        stop.set()
+        for th in threads:
+            th.join(60)
+        peer_thread.join(60)
+        self.drain_peer(t)
+        with self.mu:
+            handed = list(self.handed_chain_n)
+        report = check_store(self.alice.home / "state.db", self._ik, handed=handed, scratch=self.factory.root)
+        for problem in report.problems:
+            self.violation(t, f"store check: {problem}")
+        self.result.trials += 1
+
+    def setup(self) -> None:
+        self.alice.start()
+        with AgentClient(self.alice.sock) as c:
+            self.alice_id = c.identity().identity_public_key
+            first = c.encrypt(self.peer.identity, b"hello", self.peer.bundle()).message
+        self.ledger.add(first)
+        self.peer_take(0, b"hello", first)
+        os.kill(self.alice.pid, signal.SIGKILL)
+        self.alice.wait_exit(30)
+
+    def finish(self) -> None:
+        """After the last kill: restart, re-check, and the conversation still goes both ways."""
+        self.alice.start()
+        self.recheck(-1)
+        with AgentClient(self.alice.sock) as c:
+            msg = c.encrypt(self.peer.identity, b"after all the kills").message
+            self.ledger.add(msg)
+            self.peer_take(-1, b"after all the kills", msg)
+            while True:  # deliver whatever the peer still has queued for us, then one fresh reply
+                try:
+                    payload, message = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if c.decrypt(self.peer.identity, message).payload != payload:
+                    self.violation(-1, "a queued peer message decrypted to another payload")
+            reply = self.peer.mgr.encrypt(self.alice_id, b"still here").message
+            if c.decrypt(self.peer.identity, reply).payload != b"still here":
+                self.violation(-1, "the conversation does not go on after the last restart")
+        self.drain_peer(-1)
+
+    def close(self) -> None:
+        try:
+            self.peer.close()
+        finally:
+            self.factory.close()
+
+
+def run_crash_trials(trials: int, *, clients: int = 6, seed: int | None = None, min_run: float = 0.05,
+                     max_run: float = 0.8, root: Path | None = None, progress: bool = False) -> CrashResult:
+    """Run the harness; the result lists every violated promise (empty = all held)."""
+    seed = random.SystemRandom().getrandbits(32) if seed is None else seed
+    run = _Run(root or Path("/tmp"), clients, seed, min_run, max_run)
+    try:
+        run.setup()
+        for t in range(1, trials + 1):
+            run.trial(t)
+            if progress:
+                print(f"trial {t}/{trials}: {run.result.summary()}", flush=True)
+        run.finish()
+        run.result.violations.extend(f"(session, chain, n) {p[3]} handed out twice with different content"
+                                     for p in run.ledger.reuses)
+        return run.result
+    finally:
+        run.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--min-run", type=float, default=0.05, help="shortest time before the kill (s)")
+    ap.add_argument("--max-run", type=float, default=0.8, help="longest time before the kill (s)")
+    args = ap.parse_args(argv)
+    seed = random.SystemRandom().getrandbits(32) if args.seed is None else args.seed
+    print(f"crash harness: {args.trials} trials, {args.clients} clients, seed {seed}", flush=True)
+    result = run_crash_trials(args.trials, clients=args.clients, seed=seed, min_run=args.min_run,
+                              max_run=args.max_run, progress=True)
+    print(result.summary())
+    for v in result.violations:
+        print("VIOLATION:", v)
+    print("all promises held" if not result.violations else "PROMISES BROKEN")
+    return 0 if not result.violations else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
