@@ -95,6 +95,7 @@ from .installations import (
     select_enabled,
 )
 from .store import (
+    DeleteSession,
     InstallationRecord,
     Op,
     OwnSpkRecord,
@@ -241,6 +242,7 @@ class SessionManager:
         profile: Profile = STATUS_GO,
         rotation_ns: int = DAY_NS,
         spk_grace_ns: int = 7 * DAY_NS,
+        session_retention_ns: int = 30 * DAY_NS,
         reply_interval_ns: int = HOUR_NS,
         bundle_refresh_ns: int = HOUR_NS,
         send_reserve: int = 64,
@@ -254,6 +256,8 @@ class SessionManager:
         self._profile = profile
         self._rotation_ns = rotation_ns
         self._grace_ns = spk_grace_ns
+        self._retention_ns = session_retention_ns
+        self._last_sweep = -(1 << 62)
         self._reply_ns = reply_interval_ns
         self._refresh_ns = bundle_refresh_ns
         self._reserve = send_reserve
@@ -352,7 +356,8 @@ class SessionManager:
         return max(live, key=lambda s: s.version) if live else None
 
     def _maintain(self, ops: list[Op]) -> None:
-        """Rotate the SPK when due (24 h from creation) and destroy expired ones after the grace period."""
+        """Rotate the SPK when due (24 h from creation), destroy expired ones after the grace period, and drop
+        expired sessions unused for the retention period (swept at most once a minute)."""
         now = self._clock()
         cur = self._current_spk()
         if cur is None or rotation_due(cur.created_ns, now, self._rotation_ns):
@@ -365,6 +370,16 @@ class SessionManager:
                     pass  # destroyed earlier but the mark was lost in a crash
                 spk.destroyed = True
                 ops.append(PutOwnSpk(replace(spk)))
+        if now - self._last_sweep < 60 * 10**9:
+            return
+        self._last_sweep = now
+        for sid, live in list(self._sessions.items()):
+            # an expired session only serves late messages; after the retention period its kept keys go too
+            if live.rec.expired and now - live.rec.last_used_ns >= self._retention_ns:
+                del self._sessions[sid]
+                self._by_peer[(live.rec.identity, live.rec.installation_id)].remove(sid)
+                self._dirty.discard(sid)
+                ops.append(DeleteSession(sid))
 
     def _rotate(self, ops: list[Op]) -> OwnSpkRecord:
         version = max(self._spks, default=0) + 1

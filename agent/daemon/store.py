@@ -63,6 +63,7 @@ __all__ = [
     "PutOwnSpk",
     "PutMeta",
     "PutPeerReply",
+    "DeleteSession",
     "Op",
     "SCHEMA_VERSION",
     "MIGRATIONS",
@@ -171,7 +172,14 @@ class PutPeerReply:
     at_ns: int
 
 
-Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply]
+@dataclass(frozen=True)
+class DeleteSession:
+    """Forget a session for good (expired and unused past the retention period): its keys leave the disk."""
+
+    sid: bytes
+
+
+Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeleteSession]
 _Row = tuple[str, tuple[object, ...]]
 
 
@@ -532,6 +540,8 @@ class Store:
             if op.key in ("wrap_point", "key_check"):
                 raise ValueError("the data-key wrapping is not writable")
             return ("INSERT OR REPLACE INTO meta VALUES(?,?)", (op.key, op.value))
+        if isinstance(op, DeleteSession):
+            return ("DELETE FROM sessions WHERE sid=?", (op.sid,))
         if isinstance(op, PutPeerReply):
             return ("INSERT OR REPLACE INTO peer_replies VALUES(?,?)", (op.identity, op.at_ns))
         raise TypeError(f"unknown store op {op!r}")

@@ -14,6 +14,7 @@ import pytest
 
 from agent.daemon.store import (
     MIGRATIONS,
+    DeleteSession,
     SCHEMA_VERSION,
     InstallationRecord,
     OwnSpkRecord,
@@ -320,3 +321,11 @@ def test_damaged_key_wrapping_is_a_key_mismatch(tmp_path: Path, value: object) -
     c.close()
     with pytest.raises(StoreKeyMismatch):
         Store(db, IK)
+
+
+def test_delete_session_removes_the_row(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    s.write([PutSession(session(1)), PutSession(session(2))])
+    s.write([DeleteSession(bytes([1]) * 16), DeleteSession(b"absent" * 3)])
+    assert [r.sid for r in s.load_sessions()] == [bytes([2]) * 16]
+    s.close()

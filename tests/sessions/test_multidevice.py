@@ -298,3 +298,27 @@ def test_bundle_in_a_message_must_be_the_senders(world: World) -> None:
     with pytest.raises(IdentityMismatch):  # claimed sender Bob, bundle by Alice: rejected as a whole
         c.mgr.decrypt(BOB.public_key(), m)
     assert (c.mgr.list_sessions(), c.mgr._installations) == before
+
+
+def test_expired_sessions_are_forgotten_after_the_retention_period(world: World) -> None:
+    a = world.device("a", ALICE, session_retention_ns=30 * DAY)
+    b = world.device("b", BOB)
+    introduce(a, b)
+    ok(a.recv(b, b.send(a, b"1").message))  # b initiates, a responds
+    ok(b.recv(a, a.send(b, b"2").message))
+    world.clock.advance(DAY)
+    b.mgr.add_peer_bundle(a.mgr.our_bundle())  # a rotated: b re-keys with a new X3DH
+    ok(a.recv(b, b.send(a, b"new session").message))
+    assert sorted(s.expired for s in a.mgr.list_sessions()) == [False, True]  # the old one only decrypts now
+    world.clock.advance(28 * DAY)
+    a.mgr.maintain()
+    assert len(a.mgr.list_sessions()) == 2  # not yet: 29 days since the old session's last use
+    world.clock.advance(2 * DAY)
+    ok(a.recv(b, b.send(a, b"keeps the live one busy").message))
+    a.mgr.maintain()
+    left = a.mgr.list_sessions()
+    assert [s.expired for s in left] == [False]
+    assert len(a.mgr._store.load_sessions()) == 1  # gone from the disk too
+    world.reopen(a, crash=True, session_retention_ns=30 * DAY)
+    assert len(a.mgr.list_sessions()) == 1
+    ok(b.recv(a, a.send(b, b"still talking").message))
