@@ -75,6 +75,16 @@ class Identity:
     compressed_key: str
     installation_id: str
     address: str
+    key_uid: str = ""
+    key_uid_origin: str = ""  # "recovery_phrase" (recorded at import) or "chat_key"
+    share_link: str = ""
+    contact_code_topic: str = ""
+    contact_code_key: bytes = b""
+
+
+def _identity_bytes(value: bytes | str) -> bytes:
+    """Identity text travels as its UTF-8 bytes; the agent parses it (BAD_IDENTITY when it is no Status key)."""
+    return value.encode("utf-8") if isinstance(value, str) else value
 
 
 def resolve_socket(socket_path: str | None = None, home: str | None = None) -> str:
@@ -177,7 +187,8 @@ class AgentClient:
     # --- requests -----------------------------------------------------------------------------------------------
     def identity(self) -> Identity:
         r = self._do(pb.Request(identity=pb.IdentityRequest()), "identity").identity
-        return Identity(r.identity_public_key, r.public_key, r.compressed_key, r.installation_id, r.address)
+        return Identity(r.identity_public_key, r.public_key, r.compressed_key, r.installation_id, r.address,
+                        r.key_uid, r.key_uid_origin, r.share_link, r.contact_code_topic, bytes(r.contact_code_key))
 
     def bundle(self) -> bytes:
         return bytes(self._do(pb.Request(bundle=pb.BundleRequest()), "bundle").bundle.bundle)
@@ -185,13 +196,15 @@ class AgentClient:
     def sign(self, digest: bytes) -> bytes:
         return bytes(self._do(pb.Request(sign=pb.SignRequest(digest=digest)), "sign").sign.signature)
 
-    def encrypt(self, peer_identity: bytes, payload: bytes, peer_bundle: bytes | None = None) -> Encrypted:
-        req = pb.EncryptRequest(peer_identity=peer_identity, payload=payload, peer_bundle=peer_bundle or b"")
+    def encrypt(self, peer_identity: bytes | str, payload: bytes, peer_bundle: bytes | None = None) -> Encrypted:
+        """``peer_identity``: 33/65 key bytes, or text (0x04…, compressed hex, zQ3…, status.app link)."""
+        req = pb.EncryptRequest(peer_identity=_identity_bytes(peer_identity), payload=payload,
+                                peer_bundle=peer_bundle or b"")
         r = self._do(pb.Request(encrypt=req), "encrypt").encrypt
         return Encrypted(bytes(r.message), r.forward_secrecy, list(r.installations))
 
-    def decrypt(self, sender_identity: bytes, message: bytes) -> Decrypted:
-        req = pb.DecryptRequest(sender_identity=sender_identity, message=message)
+    def decrypt(self, sender_identity: bytes | str, message: bytes) -> Decrypted:
+        req = pb.DecryptRequest(sender_identity=_identity_bytes(sender_identity), message=message)
         r = self._do(pb.Request(decrypt=req), "decrypt").decrypt
         return Decrypted(bytes(r.payload), r.installation_id, bytes(r.confirm_ref), bytes(r.reply) or None)
 
@@ -226,3 +239,53 @@ class AgentClient:
 
     def stop(self) -> None:
         self._do(pb.Request(stop=pb.StopRequest()), "stop")
+
+    # --- Waku payload layer (agent/daemon/waku_service.py) ------------------------------------------------------
+    def waku_seal(self, payload: bytes, *, to: bytes | None = None, sym_key: bytes | None = None,
+                  sign: bool = False) -> bytes:
+        """Seal a Waku payload to a chat key (ECIES) or with a 32-byte key (AES-GCM); the wire bytes."""
+        if (to is None) == (sym_key is None):
+            raise ValueError("give exactly one of to= or sym_key=")
+        req = (pb.WakuSealRequest(payload=payload, to=to, sign=sign) if to is not None
+               else pb.WakuSealRequest(payload=payload, sym_key=sym_key, sign=sign))
+        return bytes(self._do(pb.Request(waku_seal=req), "waku_seal").waku_seal.wire)
+
+    def waku_open(self, wire: bytes, *, sym_key: bytes | None = None) -> "WakuOpened":
+        """Open a Waku wire with our identity key (no sym_key) or a 32-byte key; never returns a secret."""
+        req = pb.WakuOpenRequest(wire=wire) if sym_key is None else pb.WakuOpenRequest(wire=wire, sym_key=sym_key)
+        r = self._do(pb.Request(waku_open=req), "waku_open").waku_open
+        return WakuOpened(bytes(r.payload), bytes(r.signer_public_key) or None,
+                          "asymmetric" if r.mode == pb.WAKU_ASYMMETRIC else "symmetric")
+
+    def waku_negotiated(self, peer_identity: bytes) -> "WakuTopic":
+        """The negotiated topic with a peer: derived key and content topic (the DH secret stays in the agent)."""
+        req = pb.WakuNegotiatedRequest(peer_identity=peer_identity)
+        r = self._do(pb.Request(waku_negotiated=req), "waku_negotiated").waku_negotiated
+        return WakuTopic(bytes(r.sym_key), r.content_topic, bytes(r.topic))
+
+    def waku_contact_code(self) -> "WakuContactCode":
+        """Our contact-code channel (key and topic) and the partitioned topic 1:1 messages to us arrive on."""
+        r = self._do(pb.Request(waku_contact_code=pb.WakuContactCodeRequest()), "waku_contact_code").waku_contact_code
+        return WakuContactCode(bytes(r.sym_key), r.content_topic, bytes(r.topic), r.partitioned_topic)
+
+
+@dataclass(frozen=True)
+class WakuOpened:
+    payload: bytes
+    signer_public_key: bytes | None  # 65-byte uncompressed, None if the envelope was not signed
+    mode: str  # "asymmetric" or "symmetric"
+
+
+@dataclass(frozen=True)
+class WakuTopic:
+    sym_key: bytes
+    content_topic: str
+    topic: bytes
+
+
+@dataclass(frozen=True)
+class WakuContactCode:
+    sym_key: bytes
+    content_topic: str
+    topic: bytes
+    partitioned_topic: str

@@ -330,16 +330,37 @@ def _unlock(args: argparse.Namespace, c: AgentClient) -> int:
     return 0
 
 
-def _whoami(args: argparse.Namespace, c: AgentClient) -> int:
-    ident = c.identity()
-    doc = {"identity": ident.identity_public_key.hex(), "public_key": ident.public_key,
-           "compressed_key": ident.compressed_key, "installation_id": ident.installation_id,
-           "address": ident.address}
+def _cmd_whoami(args: argparse.Namespace) -> int:
+    """Ask the agent; when none answers (and no --socket was given) read the home's config.json instead."""
+    from agent.status_identity import StatusRecord, identity_document, identity_text, offline_document
+
+    try:
+        with AgentClient(_socket(args)) as c:
+            ident = c.identity()
+        record = StatusRecord(ident.key_uid, ident.key_uid_origin) if ident.key_uid else None
+        if record is None:  # an agent without key UIDs in its identity response
+            from agent.status_identity import read_status_record
+
+            record = read_status_record(args.home, ident.identity_public_key)
+        doc = identity_document(ident.identity_public_key, record, ident.installation_id,
+                                contact=not ident.contact_code_topic)
+        if ident.contact_code_topic:
+            doc.update(contact_code_topic=ident.contact_code_topic,
+                       contact_code_key="0x" + ident.contact_code_key.hex())
+    except AgentError as exc:
+        return _fail(f"{exc.code}: {exc.message}", EXIT_REFUSED)
+    except AgentUnavailable as exc:
+        if getattr(args, "socket", None):
+            return _fail(f"{exc} (is the agent running? keyagent start)", EXIT_UNREACHABLE)
+        try:
+            doc = offline_document(args.home)
+        except Exception as err:
+            return _fail(f"{exc}, and the home has no readable config.json ({err})", EXIT_UNREACHABLE)
+        print("keyagent: no agent running; read from the home's config.json", file=sys.stderr)
     if args.json:
         _print_json(doc)
     else:
-        for key, value in doc.items():
-            print(f"{key}: {value}")
+        print(identity_text(doc))
     return 0
 
 
@@ -507,7 +528,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("unlock", "unlock with the PIN, passphrase or lock password", _client_command(_unlock))
     p.add_argument("--secret-file", metavar="FILE", help="read the secret from this 0600 file")
     p.add_argument("--force", action="store_true", help="allow the token's final PIN try")
-    add("whoami", "show our identity", _client_command(_whoami), json_out=True)
+    add("whoami", "show our Status identity (keys, key UID, share link, name/emoji/colour hash, contact code)",
+        _cmd_whoami, json_out=True)
     p = add("bundle", "print our signed bundle (protobuf bytes, or --json)", _client_command(_bundle), json_out=True)
     p.add_argument("-o", "--out", metavar="FILE", help="write the protobuf bytes here")
     p = add("add-bundle", "store a peer's bundle (JSON or protobuf file)", _client_command(_add_bundle),

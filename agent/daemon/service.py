@@ -135,8 +135,15 @@ class ClientContext:
 
 
 def _peer33(data: bytes, what: str) -> bytes:
+    if len(data) not in (33, 65) and data.isascii() and bytes(data).decode("ascii").strip().isprintable() \
+            and data.strip():
+        # Status's written forms (0x04…, compressed hex, zQ3…, status.app link): never 33 or 65 characters long,
+        # so raw keys and text cannot be confused. A bad text is BAD_IDENTITY with the parser's reason.
+        from agent.core.identity.formats import parse_peer_identity
+
+        return parse_peer_identity(bytes(data).decode("ascii"))
     if len(data) not in (33, 65):
-        raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key")
+        raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key or a Status key text")
     try:
         return secp256k1.compress(data)
     except (MalformedKey, ValueError) as exc:
@@ -203,6 +210,9 @@ class Service:
             "release": self._release,
             "stop": self._stop,
         }
+        from agent.daemon.waku_service import waku_handlers  # waku_seal/open/negotiated/contact_code (issue 6)
+
+        self._handlers.update(waku_handlers(self))
 
     # --- session manager lifecycle --------------------------------------------------------------------------
     def sessions(self) -> SessionsLike:
@@ -341,6 +351,15 @@ class Service:
         manager = self.sessions_if_open()
         if manager is not None:
             out.installation_id = manager.installation_id
+        from agent.core.identity.formats import share_link
+        from agent.status_identity import contact_code_fields, read_status_record
+
+        record = read_status_record(str(self.home.path), pub)  # key UID recorded at phrase import, if any
+        cc = contact_code_fields(pub)
+        out.key_uid, out.key_uid_origin = record.key_uid, record.key_uid_origin
+        out.share_link = share_link(pub)
+        out.contact_code_topic = cc["contact_code_topic"]
+        out.contact_code_key = bytes.fromhex(cc["contact_code_key"][2:])
         return _Outcome(pb.Response(identity=out), key="identity")
 
     def _bundle(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
