@@ -24,6 +24,7 @@ __all__ = [
     "KeyExtractable",
     "IdentityChanged",
     "KeyFileCorrupt",
+    "MechanismUnsupported",
 ]
 
 
@@ -131,3 +132,10 @@ class KeyFileCorrupt(BackendError):
     """The key file does not parse or fails authentication in a way no passphrase explains."""
 
     code = "KEY_FILE_CORRUPT"
+
+
+class MechanismUnsupported(BackendError):
+    """The token (or the RPC layer in front of it) does not offer the mechanism, e.g. ECDH1_DERIVE through
+    p11-kit 0.24's client, whose RPC cannot carry CK_ECDH1_DERIVE_PARAMS: use another token or p11-kit >= 0.25."""
+
+    code = "UNSUPPORTED"
