@@ -53,6 +53,7 @@ Concurrent sessions and interoperability
 from __future__ import annotations
 
 import copy
+import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -61,7 +62,6 @@ from typing import TypeVar
 from agent.core import bundle as core_bundle
 from agent.core import fallback, x3dh
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedMessage, ProtocolError, UnknownSession
-from agent.core.hashing import keccak256
 from agent.core.keyops import KeyOps
 from agent.core.keys import public_from_secret, require_compressed
 from agent.core.ratchet import STATUS_GO, Header, Profile, Ratchet
@@ -226,7 +226,11 @@ class _PrecomputedDH:
 
 
 def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
-    return keccak256(b"keyagent/session", identity, installation_id.encode(), b"\x00", bundle_id, ephemeral)[:16]
+    """Local row id of a session (never on the wire); SHA-256 because it is computed on every X3DH message."""
+    h = hashlib.sha256(b"keyagent/session\x00")
+    for part in (identity, installation_id.encode(), bundle_id, ephemeral):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()[:16]
 
 
 class SessionManager:
