@@ -440,11 +440,15 @@ class Store:
     def wait(self, seq: int) -> None:
         """Block until batch ``seq`` (and so every earlier one) is durable; commit it ourselves if nobody is."""
         with self._cond:
+            if seq > self._submitted:
+                raise ValueError("waiting for a batch that was never submitted")
             while self._durable < seq:
                 self._check_usable()
                 if self._leader:
                     self._cond.wait()
                     continue
+                if not self._queue:  # cannot happen: batches are taken in order; never spin on it
+                    raise StoreFailed("store queue out of order")
                 self._leader = True
                 batch, self._queue = self._queue, []
                 self._cond.release()

@@ -329,3 +329,11 @@ def test_delete_session_removes_the_row(tmp_path: Path) -> None:
     s.write([DeleteSession(bytes([1]) * 16), DeleteSession(b"absent" * 3)])
     assert [r.sid for r in s.load_sessions()] == [bytes([2]) * 16]
     s.close()
+
+
+def test_waiting_for_an_unsubmitted_batch_is_an_error(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db", IK)
+    s.wait(0)  # nothing submitted, nothing to wait for
+    with pytest.raises(ValueError):
+        s.wait(1)
+    s.close()
