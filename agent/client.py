@@ -257,9 +257,9 @@ class AgentClient:
         return WakuOpened(bytes(r.payload), bytes(r.signer_public_key) or None,
                           "asymmetric" if r.mode == pb.WAKU_ASYMMETRIC else "symmetric")
 
-    def waku_negotiated(self, peer_identity: bytes) -> "WakuTopic":
+    def waku_negotiated(self, peer_identity: bytes | str) -> "WakuTopic":
         """The negotiated topic with a peer: derived key and content topic (the DH secret stays in the agent)."""
-        req = pb.WakuNegotiatedRequest(peer_identity=peer_identity)
+        req = pb.WakuNegotiatedRequest(peer_identity=_identity_bytes(peer_identity))
         r = self._do(pb.Request(waku_negotiated=req), "waku_negotiated").waku_negotiated
         return WakuTopic(bytes(r.sym_key), r.content_topic, bytes(r.topic))
 

@@ -135,13 +135,11 @@ class ClientContext:
 
 
 def _peer33(data: bytes, what: str) -> bytes:
-    if len(data) not in (33, 65) and data.isascii() and bytes(data).decode("ascii").strip().isprintable() \
-            and data.strip():
-        # Status's written forms (0x04…, compressed hex, zQ3…, status.app link): never 33 or 65 characters long,
-        # so raw keys and text cannot be confused. A bad text is BAD_IDENTITY with the parser's reason.
-        from agent.core.identity.formats import parse_peer_identity
+    from agent.status_identity import identity_text_key
 
-        return parse_peer_identity(bytes(data).decode("ascii"))
+    text_key = identity_text_key(data)  # 0x04…, compressed hex, zQ3…, status.app link (BAD_IDENTITY if bad)
+    if text_key is not None:
+        return text_key
     if len(data) not in (33, 65):
         raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key or a Status key text")
     try:

@@ -87,6 +87,11 @@ def _bad_request(message: str) -> Exception:
 
 
 def _peer33(data: bytes, what: str) -> bytes:
+    from agent.status_identity import identity_text_key
+
+    text_key = identity_text_key(data)  # 0x04…, compressed hex, zQ3…, status.app link (BAD_IDENTITY if bad)
+    if text_key is not None:
+        return text_key
     if len(data) not in (33, 65):
         raise _bad_request(f"{what} must be a 33- or 65-byte secp256k1 public key")
     try:

@@ -137,3 +137,17 @@ def test_whoami_without_an_agent_and_without_config_fails_clearly(pair: tuple[Ag
     # a bare key-file home has no config.json: nothing to read offline, exit 3 with one line
     cp = alice.cli("--home", str(alice.home / "nowhere"), "whoami", sock_env=False)
     assert cp.returncode == 3 and len(cp.stderr.splitlines()) == 1, cp.stderr
+
+
+def test_waku_requests_take_identity_text_and_agree_with_whoami(pair: tuple[AgentProc, AgentProc]) -> None:
+    alice, bob = pair
+    with alice.client() as ca, bob.client() as cb:
+        b33 = cb.identity().identity_public_key
+        by_bytes = ca.waku_negotiated(b33)
+        for form in _forms(b33):
+            assert ca.waku_negotiated(form) == by_bytes
+        with pytest.raises(AgentError) as ei:
+            ca.waku_negotiated("zQ3shTruncated")
+        assert ei.value.code == "BAD_IDENTITY"
+        ident, cc = ca.identity(), ca.waku_contact_code()
+        assert (ident.contact_code_topic, ident.contact_code_key) == (cc.content_topic, cc.sym_key)
