@@ -322,3 +322,30 @@ def test_expired_sessions_are_forgotten_after_the_retention_period(world: World)
     world.reopen(a, crash=True, session_retention_ns=30 * DAY)
     assert len(a.mgr.list_sessions()) == 1
     ok(b.recv(a, a.send(b, b"still talking").message))
+
+
+def test_interoperates_with_a_peer_that_keeps_both_concurrent_sessions(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status-go never expires the other session and sends on the first one it created; we still talk."""
+    import agent.daemon.sessions as sessions_mod
+    from agent.daemon.store import SessionRecord
+
+    def status_go_choice(cands: list[SessionRecord]) -> tuple[SessionRecord | None, list[SessionRecord]]:
+        # nothing expires, and (worst case for us) it picks the session our rule does not
+        live = sorted((s for s in cands if not s.expired), key=lambda s: s.sk, reverse=True)
+        return (live[0] if live else None), []
+
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    introduce(a, b)
+    ma, mb = a.send(b, b"a1").message, b.send(a, b"b1").message
+    ok(b.recv(a, ma))
+    ok(a.recv(b, mb))
+    for i in range(4):
+        with monkeypatch.context() as m:
+            m.setattr(sessions_mod, "choose_session", status_go_choice)
+            from_b = b.send(a, b"from the status-go-like peer %d" % i).message
+        assert ok(a.recv(b, from_b)).payload == b"from the status-go-like peer %d" % i
+        from_a = a.send(b, b"from us %d" % i).message
+        assert entries(from_a)[b.iid].DR_header.id != entries(from_b)[a.iid].DR_header.id  # two sessions in use
+        assert ok(b.recv(a, from_a)).payload == b"from us %d" % i
