@@ -25,7 +25,7 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from agent.core import secp256k1
 from agent.core.identity import (
@@ -37,6 +37,7 @@ from agent.core.identity import (
     visual_fields,
     zq3_encode,
 )
+from agent.identity_input import Mode, read_and_derive
 
 __all__ = [
     "STATUS_SECTION",
@@ -52,6 +53,9 @@ __all__ = [
     "offline_document",
     "identity_text",
     "identity_text_key",
+    "PhraseImport",
+    "init_from_phrase",
+    "IMPORTED_NOTICE",
 ]
 
 STATUS_SECTION = "status"
@@ -267,3 +271,65 @@ def identity_text_key(data: bytes) -> bytes | None:
     from agent.core.identity import parse_peer_identity
 
     return parse_peer_identity(text)
+
+
+#: What the user is told after a token import: the token itself records the key as imported, so a later audit
+#: (pkcs11-tool --list-objects) shows it SENSITIVE but not "never extractable" / "local", and that is the truth.
+IMPORTED_NOTICE = (
+    "the chat key was IMPORTED into the token: it is stored sensitive and non-extractable, but it is not "
+    '"never extractable": it existed outside the token (derived from your recovery phrase, which can '
+    "re-create it anywhere). Keep the phrase offline."
+)
+
+
+@dataclass(frozen=True)
+class PhraseImport:
+    """What ``keyagent init --from-phrase`` reports: public facts only."""
+
+    config: dict[str, Any]
+    public_key: bytes  # 33-byte compressed chat key
+    key_uid: str
+    problems: tuple[str, ...]  # phrase problems (bad checksum, unknown word, word count): derived anyway
+
+
+def init_from_phrase(
+    home: str,
+    backend_kind: str,
+    *,
+    stdin: BinaryIO | None = None,
+    mode: Mode = "auto",
+    pinentry_program: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    **provision: Any,
+) -> PhraseImport:
+    """Read a recovery phrase (stdin / pinentry / terminal, never argv or env), derive the chat key exactly as
+    Status does, provision the home with it, record its key UID; the phrase and seed buffers are zeroed as soon
+    as the key is derived, the chat secret as soon as it is stored (also on failure).
+
+    ``warn(text)`` receives one line per phrase problem (default: stderr); a bad checksum warns but derives, as
+    Status does. ``provision`` goes to :func:`backends.home.provision_identity` (module, token, pin,
+    passphrase, ...). Nothing here logs: the only output is ``warn`` lines, which never quote the phrase.
+    """
+    import sys
+    import warnings
+
+    from agent.core.identity import PhraseWarning
+    def _stderr(text: str) -> None:
+        print(f"keyagent: warning: {text}", file=sys.stderr)
+
+    say = warn or _stderr
+    if os.path.exists(os.path.join(home, CONFIG_NAME)):
+        from backends.errors import KeyExists
+
+        raise KeyExists(f"{os.path.join(home, CONFIG_NAME)} already exists; this home is provisioned")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PhraseWarning)  # reported once below, from derived.problems
+        derived = read_and_derive(stdin, mode=mode, pinentry_program=pinentry_program)
+    try:
+        problems = tuple(p.value + "; deriving anyway, as Status does" for p in derived.problems)
+        for line in problems:
+            say(line)
+        cfg = provision_from_phrase(home, backend_kind, derived, **provision)
+        return PhraseImport(cfg, derived.chat_public_key, derived.key_uid, problems)
+    finally:
+        derived.wipe()
