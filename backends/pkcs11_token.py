@@ -415,7 +415,7 @@ class Pkcs11Backend:
             self._pins.clear()
             self._drop_sessions(logout=True)
 
-        self._exclusive(do)
+        self._worker.call(lambda: self._locked_inline(do))
 
     def unlock(self, secret: str, *, force: bool = False) -> None:
         if not isinstance(secret, str) or not secret:
@@ -432,7 +432,7 @@ class Pkcs11Backend:
             self._closed = True
 
         try:
-            self._exclusive(do)
+            self._worker.call(lambda: self._locked_inline(do))  # no reconnect just to close
         finally:
             self._worker.stop()
 
@@ -574,6 +574,14 @@ class Pkcs11Backend:
 
     def _exclusive(self, fn: Callable[[], T], *, login: bool = False) -> T:
         return self._worker.call(lambda: self._exclusive_inline(fn, login=login))
+
+    def _locked_inline(self, fn: Callable[[], T]) -> T:
+        """On a worker thread: run ``fn`` under the write lock without connecting first."""
+        self._rw.acquire_write()
+        try:
+            return fn()
+        finally:
+            self._rw.release_write()
 
     def _exclusive_inline(self, fn: Callable[[], T], *, login: bool = False) -> T:
         """On a worker thread: take the write lock, (re)connect, optionally log in, run ``fn``."""

@@ -1,0 +1,133 @@
+"""``keyagent init`` and ``keyagent migrate``: create the home's identity, or move it onto a token.
+
+Unattended use: the PIN comes from ``--pin-file`` or ``KEYAGENT_PIN``, the passphrase from ``--passphrase-file``
+or ``KEYAGENT_PASSPHRASE``; with neither, pinentry (when a display/terminal exists) or a terminal prompt asks.
+The PKCS#11 module path is taken from the command line here and stored in ``<home>/config.json``; nothing a
+client sends can change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _secret(path: str | None, env: str, what: str, *, confirm: bool = False, pinentry: bool = False) -> str:
+    from backends.errors import BackendConfigError
+    from backends.pin import assuan_getpin, pinentry_available, read_secret_file
+
+    if path:
+        return read_secret_file(path)
+    value = os.environ.get(env)
+    if value:
+        return value
+    if pinentry and pinentry_available():
+        got = assuan_getpin("pinentry", f"keyagent needs the {what}")
+        if got:
+            return got
+        raise BackendConfigError(f"no {what} given (pinentry cancelled)")
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"{what}: ")
+        if confirm and getpass.getpass(f"{what} again: ") != first:
+            raise BackendConfigError(f"the two {what}s differ")
+        if first:
+            return first
+    raise BackendConfigError(f"no {what}: use --{'pin' if 'PIN' in env else 'passphrase'}-file or ${env}")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from backends.home import provision_identity
+
+    kw: dict[str, Any] = {}
+    if args.backend == "pkcs11":
+        if not args.module or not args.token:
+            print("keyagent: init --backend pkcs11 needs --module PATH and --token TOKEN", file=sys.stderr)
+            return 2
+        kw.update(module=args.module, token=args.token, os_locking=args.os_locking, force=args.force,
+                  pin=_secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True))
+        if args.adopt_id:
+            try:
+                kw["adopt_id"] = bytes.fromhex(args.adopt_id)
+            except ValueError:
+                print("keyagent: --adopt-id must be hex", file=sys.stderr)
+                return 2
+        if args.adopt_label:
+            kw["adopt_label"] = args.adopt_label
+    else:
+        if args.adopt_id or args.adopt_label:
+            print("keyagent: adopting a key needs --backend pkcs11", file=sys.stderr)
+            return 2
+        if args.keyring:
+            kw.update(use_keyring=True, keyring_backend=args.keyring_backend)
+        else:
+            kw["passphrase"] = _secret(args.passphrase_file, "KEYAGENT_PASSPHRASE", "key-file passphrase",
+                                       confirm=True)
+        if args.scrypt_n:
+            kw["scrypt_n"] = args.scrypt_n
+    cfg = provision_identity(args.home, args.backend, **kw)
+    print(f"home: {args.home}")
+    print(f"backend: {cfg['backend']}")
+    print(f"identity public key: {cfg['identity_public_key']}")
+    if cfg["backend"] == "pkcs11":
+        p = cfg["pkcs11"]
+        print(f"token: {p['token_label']} (serial {p['token_serial']}), identity key id {p['identity_id']} "
+              f"({p['identity_origin']})")
+    print("signed prekey: version 1")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from backends.home import migrate_to_token
+    from backends.pin import chain_sources, env_source, file_source
+
+    pin = _secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True)
+    source = chain_sources(file_source(args.passphrase_file) if args.passphrase_file else None,
+                           env_source("KEYAGENT_PASSPHRASE"),
+                           (lambda what: getpass.getpass(f"{what}: ")) if sys.stdin.isatty() else None)
+    cfg = migrate_to_token(args.home, module=args.module, token=args.token, pin=pin, passphrase_source=source,
+                           os_locking=args.os_locking, remove_software_key=args.remove_software_key)
+    p = cfg["pkcs11"]
+    print(f"identity {cfg['identity_public_key']} now on token {p['token_label']} (serial {p['token_serial']})")
+    print("note: the key was IMPORTED. It is stored sensitive and non-extractable from now on, but it is not "
+          "'never extractable': it existed outside the token, and the token records that (NEVER_EXTRACTABLE=false).")
+    if args.remove_software_key:
+        print("the software key file was deleted (copies in backups or on disk blocks may remain)")
+    else:
+        print("the software key file still holds the key: delete it (and its backups) to gain anything, "
+              "or rerun with --remove-software-key")
+    return 0
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``init`` and ``migrate``."""
+    p = subparsers.add_parser("init", parents=[common], help="create the identity key and first signed prekey")
+    p.add_argument("--backend", choices=("pkcs11", "software"), required=True)
+    p.add_argument("--module", help="PKCS#11 module path (stored in the home's config)")
+    p.add_argument("--token", help="token: pkcs11: URI (RFC 7512), serial:XXX, label:NAME or a label")
+    p.add_argument("--pin-file", help="file (mode 0600) holding the token user PIN; else $KEYAGENT_PIN")
+    p.add_argument("--adopt-id", help="use the existing key pair with this CKA_ID (hex) as the identity")
+    p.add_argument("--adopt-label", help="use the existing key pair with this CKA_LABEL as the identity")
+    p.add_argument("--force", action="store_true",
+                   help="accept an adopted private key that is extractable or not sensitive")
+    p.add_argument("--os-locking", action="store_true",
+                   help="initialise the module with CKF_OS_LOCKING_OK (its own mutexes)")
+    p.add_argument("--passphrase-file", help="file (0600) holding the key-file passphrase; else $KEYAGENT_PASSPHRASE")
+    p.add_argument("--keyring", action="store_true", help="keep the key-file key in the OS keyring instead")
+    p.add_argument("--keyring-backend", help="keyring backend class, e.g. keyrings.alt.file.PlaintextKeyring")
+    p.add_argument("--scrypt-n", type=int, help=argparse.SUPPRESS)  # tests only: a cheaper scrypt
+    p.set_defaults(func=_cmd_init)
+
+    m = subparsers.add_parser("migrate", parents=[common],
+                              help="move a software identity onto a PKCS#11 token (as an imported key)")
+    m.add_argument("--module", required=True, help="PKCS#11 module path")
+    m.add_argument("--token", required=True, help="token selector (URI, serial:, label:, or a label)")
+    m.add_argument("--pin-file", help="file (0600) holding the token user PIN; else $KEYAGENT_PIN")
+    m.add_argument("--passphrase-file", help="file (0600) holding the key-file passphrase")
+    m.add_argument("--os-locking", action="store_true", help="initialise the module with CKF_OS_LOCKING_OK")
+    m.add_argument("--remove-software-key", action="store_true", help="delete the software key file afterwards")
+    m.set_defaults(func=_cmd_migrate)
