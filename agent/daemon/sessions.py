@@ -860,15 +860,17 @@ class SessionManager:
 
     def close(self) -> None:
         """Write exact sending positions (so a clean restart leaves no gap), then close the store."""
-        with self._lock:
-            ops: list[Op] = []
-            for sid, live in self._sessions.items():
-                _, pos = live.ratchet.sending_position()
-                live.rec.state = live.ratchet.to_bytes()
-                live.rec.send_hwm = pos
-                ops.append(PutSession(replace(live.rec)))
-            if ops:
-                self._store.write(ops)
-        self._store.close()
+        try:
+            with self._lock:
+                ops: list[Op] = []
+                for live in self._sessions.values():
+                    _, pos = live.ratchet.sending_position()
+                    live.rec.state = live.ratchet.to_bytes()
+                    live.rec.send_hwm = pos
+                    ops.append(PutSession(replace(live.rec)))
+                if ops:
+                    self._store.write(ops)
+        finally:
+            self._store.close()  # also after a failed store: the connection is released either way
 
 
