@@ -69,7 +69,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
                                        confirm=True)
         if args.scrypt_n:
             kw["scrypt_n"] = args.scrypt_n
-    cfg = provision_identity(args.home, args.backend, **kw)
+    if args.from_phrase:  # issue 9: a Status recovery phrase, read from stdin/pinentry/terminal only
+        if "adopt_id" in kw or "adopt_label" in kw:
+            print("keyagent: --from-phrase imports a key; it cannot also adopt one", file=sys.stderr)
+            return 2
+        from agent.status_identity import IMPORTED_NOTICE, init_from_phrase
+
+        imp = init_from_phrase(args.home, args.backend, mode=args.phrase_from, **kw)
+        cfg = imp.config
+        if cfg["backend"] == "pkcs11":
+            print(f"keyagent: note: {IMPORTED_NOTICE}", file=sys.stderr)
+    else:
+        cfg = provision_identity(args.home, args.backend, **kw)
     print(f"home: {args.home}")
     print(f"backend: {cfg['backend']}")
     print(f"identity public key: {cfg['identity_public_key']}")
@@ -77,6 +88,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         p = cfg["pkcs11"]
         print(f"token: {p['token_label']} (serial {p['token_serial']}), identity key id {p['identity_id']} "
               f"({p['identity_origin']})")
+    if args.from_phrase:
+        print(f"key UID: {cfg['status']['key_uid']} (Status chat key imported from the recovery phrase)")
     print("signed prekey: version 1")
     return 0
 
@@ -120,6 +133,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--keyring", action="store_true", help="keep the key-file key in the OS keyring instead")
     p.add_argument("--keyring-backend", help="keyring backend class, e.g. keyrings.alt.file.PlaintextKeyring")
     p.add_argument("--scrypt-n", type=int, help=argparse.SUPPRESS)  # tests only: a cheaper scrypt
+    p.add_argument("--from-phrase", action="store_true",
+                   help="import the chat key of a Status recovery phrase (m/43'/60'/1581'/0'/0, as Status derives "
+                        "it); the phrase is read from piped stdin, pinentry or the terminal, never argv/env")
+    p.add_argument("--phrase-from", choices=("auto", "stdin", "pinentry", "tty"), default="auto",
+                   help="where --from-phrase reads the phrase (auto: pinentry/terminal when stdin is a terminal, "
+                        "else stdin)")
     p.set_defaults(func=_cmd_init)
 
     m = subparsers.add_parser("migrate", parents=[common],
