@@ -194,3 +194,25 @@ def test_init_from_phrase_refuses_argv_mistakes_and_empty_input(agents: AgentFac
     cp = subprocess.run([*KEYAGENT, *base, "--phrase-from", "stdin"], env=_env(), input=b"  \n", capture_output=True,
                         timeout=60)
     assert cp.returncode != 0 and len(cp.stderr.splitlines()) == 1 and not (home / "config.json").exists()
+
+
+def test_init_from_phrase_through_pinentry(vectors: dict[str, Any], agents: AgentFactory, tmp_path: Path) -> None:
+    from tests.identity.test_identity_input import _fake
+
+    vector = vectors["identities"]["abandon_about_empty"]
+    script, log = _fake(tmp_path, "ok", phrase=vector["mnemonic"])
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pinentry").symlink_to(script)  # found on PATH as "pinentry", as a real one would be
+    home = agents.root / "via-pinentry"
+    pw = agents.root / "pw3"
+    pw.write_text("a passphrase")
+    pw.chmod(0o600)
+    env = dict(_env(), PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    cp = subprocess.run([*KEYAGENT, "--home", str(home), "init", "--backend", "software", "--passphrase-file",
+                         str(pw), "--scrypt-n", "1024", "--from-phrase", "--phrase-from", "pinentry"],
+                        env=env, input=b"", capture_output=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads((home / "config.json").read_text())["status"]["key_uid"] == vector["key_uid"]
+    assert "GETPIN" in log.read_text()
+    _assert_absent("init's output", cp.stdout + cp.stderr, _needles(vector))
