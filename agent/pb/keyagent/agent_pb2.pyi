@@ -17,7 +17,7 @@ WAKU_ASYMMETRIC: WakuMode
 WAKU_SYMMETRIC: WakuMode
 
 class Request(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,9 @@ class Request(_message.Message):
     WAKU_OPEN_FIELD_NUMBER: _ClassVar[int]
     WAKU_NEGOTIATED_FIELD_NUMBER: _ClassVar[int]
     WAKU_CONTACT_CODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    SET_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityRequest
     bundle: BundleRequest
     sign: SignRequest
@@ -56,10 +59,13 @@ class Request(_message.Message):
     waku_open: WakuOpenRequest
     waku_negotiated: WakuNegotiatedRequest
     waku_contact_code: WakuContactCodeRequest
-    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealRequest, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenRequest, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedRequest, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeRequest, _Mapping]] = ...) -> None: ...
+    devices: DevicesRequest
+    set_device: SetDeviceRequest
+    public_message: PublicMessageRequest
+    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealRequest, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenRequest, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedRequest, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeRequest, _Mapping]] = ..., devices: _Optional[_Union[DevicesRequest, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceRequest, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "error")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message", "error")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +85,9 @@ class Response(_message.Message):
     WAKU_OPEN_FIELD_NUMBER: _ClassVar[int]
     WAKU_NEGOTIATED_FIELD_NUMBER: _ClassVar[int]
     WAKU_CONTACT_CODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    SET_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityResponse
     bundle: BundleResponse
@@ -99,8 +108,11 @@ class Response(_message.Message):
     waku_open: WakuOpenResponse
     waku_negotiated: WakuNegotiatedResponse
     waku_contact_code: WakuContactCodeResponse
+    devices: DevicesResponse
+    set_device: SetDeviceResponse
+    public_message: PublicMessageResponse
     error: Error
-    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealResponse, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenResponse, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedResponse, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealResponse, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenResponse, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedResponse, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeResponse, _Mapping]] = ..., devices: _Optional[_Union[DevicesResponse, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceResponse, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "reason", "reply")
@@ -247,16 +259,20 @@ class DecryptRequest(_message.Message):
     def __init__(self, sender_identity: _Optional[bytes] = ..., message: _Optional[bytes] = ...) -> None: ...
 
 class DecryptResponse(_message.Message):
-    __slots__ = ("payload", "installation_id", "confirm_ref", "reply")
+    __slots__ = ("payload", "installation_id", "confirm_ref", "reply", "public", "forward_secrecy")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     INSTALLATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_REF_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECRECY_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     installation_id: str
     confirm_ref: bytes
     reply: bytes
-    def __init__(self, payload: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., confirm_ref: _Optional[bytes] = ..., reply: _Optional[bytes] = ...) -> None: ...
+    public: bool
+    forward_secrecy: bool
+    def __init__(self, payload: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., confirm_ref: _Optional[bytes] = ..., reply: _Optional[bytes] = ..., public: _Optional[bool] = ..., forward_secrecy: _Optional[bool] = ...) -> None: ...
 
 class ConfirmRequest(_message.Message):
     __slots__ = ("refs",)
@@ -481,3 +497,57 @@ class WakuContactCodeResponse(_message.Message):
     topic: bytes
     partitioned_topic: str
     def __init__(self, content_topic: _Optional[str] = ..., sym_key: _Optional[bytes] = ..., topic: _Optional[bytes] = ..., partitioned_topic: _Optional[str] = ...) -> None: ...
+
+class DevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeviceInfo(_message.Message):
+    __slots__ = ("installation_id", "is_self", "enabled", "last_activity_ns", "spk_version", "active")
+    INSTALLATION_ID_FIELD_NUMBER: _ClassVar[int]
+    IS_SELF_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_NS_FIELD_NUMBER: _ClassVar[int]
+    SPK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    installation_id: str
+    is_self: bool
+    enabled: bool
+    last_activity_ns: int
+    spk_version: int
+    active: bool
+    def __init__(self, installation_id: _Optional[str] = ..., is_self: _Optional[bool] = ..., enabled: _Optional[bool] = ..., last_activity_ns: _Optional[int] = ..., spk_version: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class DevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
+
+class SetDeviceRequest(_message.Message):
+    __slots__ = ("installation_id", "enabled")
+    INSTALLATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    installation_id: str
+    enabled: bool
+    def __init__(self, installation_id: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class SetDeviceResponse(_message.Message):
+    __slots__ = ("bundle", "devices")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    bundle: bytes
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
+    def __init__(self, bundle: _Optional[bytes] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
+
+class PublicMessageRequest(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class PublicMessageResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    def __init__(self, message: _Optional[bytes] = ...) -> None: ...
