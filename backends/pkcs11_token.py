@@ -408,7 +408,7 @@ class Pkcs11Backend:
                 pin_failures=self._failures,
             )
 
-        return self._exclusive(probe)
+        return self._worker.call(lambda: self._locked_inline(probe))  # probe connects itself, errors caught
 
     def lock(self) -> None:
         def do() -> None:
