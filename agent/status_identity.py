@@ -53,6 +53,7 @@ __all__ = [
     "offline_document",
     "identity_text",
     "identity_text_key",
+    "peer_document",
     "PhraseImport",
     "init_from_phrase",
     "IMPORTED_NOTICE",
@@ -333,3 +334,26 @@ def init_from_phrase(
         return PhraseImport(cfg, derived.chat_public_key, derived.key_uid, problems)
     finally:
         derived.wipe()
+
+
+def peer_document(text: str, *, contact: bool = True) -> dict[str, object]:
+    """Any written form of a peer's chat key → all its forms, the face-to-face checks (name, emoji hash, colour
+    hash) and, with ``contact``, the contact-code filter where that peer publishes its bundle.
+
+    For contact import: two people compare the name and emoji hash aloud before trusting a pasted key. The key
+    UID and installation ids of a peer cannot be known from its key, so they are absent. BadIdentity on bad text.
+    """
+    from agent.core.identity import parse_peer_identity
+
+    pub33 = parse_peer_identity(text)
+    doc: dict[str, object] = {
+        "identity": pub33.hex(),
+        "public_key": legacy_key(pub33),
+        "compressed_key": zq3_encode(pub33),
+        "share_link": share_link(pub33),
+        "address": "0x" + secp256k1.address(pub33).hex(),
+    }
+    if contact:
+        doc.update(contact_code_fields(pub33))
+    doc.update(visual_fields(pub33))
+    return doc
