@@ -139,7 +139,7 @@ def _assuan_unescape(data: bytes) -> bytes:
     out = bytearray()
     i = 0
     while i < len(data):
-        if data[i] == 0x25 and i + 2 < len(data) + 0:
+        if data[i] == 0x25 and i + 2 < len(data):
             try:
                 out.append(int(data[i + 1:i + 3], 16))
             except ValueError as exc:
