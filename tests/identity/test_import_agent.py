@@ -151,3 +151,16 @@ def test_waku_requests_take_identity_text_and_agree_with_whoami(pair: tuple[Agen
         assert ei.value.code == "BAD_IDENTITY"
         ident, cc = ca.identity(), ca.waku_contact_code()
         assert (ident.contact_code_topic, ident.contact_code_key) == (cc.content_topic, cc.sym_key)
+
+
+def test_waku_seal_takes_identity_text(pair: tuple[AgentProc, AgentProc]) -> None:
+    alice, bob = pair
+    with alice.client() as ca, bob.client() as cb:
+        b33 = cb.identity().identity_public_key
+        for form in (zq3_encode(b33), share_link(b33), legacy_key(b33)):
+            wire = ca.waku_seal(b"to bob", to=form.encode(), sign=True)
+            opened = cb.waku_open(wire)
+            assert opened.payload == b"to bob" and opened.mode == "asymmetric"
+        with pytest.raises(AgentError) as ei:
+            ca.waku_seal(b"x", to=b"https://status.app/u#zQ3nope")
+        assert ei.value.code == "BAD_IDENTITY"
