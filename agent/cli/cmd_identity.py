@@ -1,4 +1,4 @@
-"""``keyagent contact IDENTITY``: show a peer's Status key in every form, with its name, emoji and colour hash.
+"""``keyagent inspect-key IDENTITY``: show a peer's Status key in every form, with its name, emoji and colour hash.
 
 Offline and pure (no agent needed): for contact import, where two people compare the three-word name and the
 emoji hash face to face before trusting a pasted key, and to find the contact-code topic on which that peer
@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["register"]
 
 
-def _cmd_contact(args: argparse.Namespace) -> int:
+def _cmd_inspect_key(args: argparse.Namespace) -> int:
     from agent.core.errors import BadIdentity
     from agent.status_identity import identity_text, peer_document
 
@@ -33,11 +33,11 @@ def _cmd_contact(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``contact``."""
-    p = subparsers.add_parser("contact", parents=[common],
+    """Add ``inspect-key``."""
+    p = subparsers.add_parser("inspect-key", parents=[common],
                               help="show a peer's key in every Status form with its name/emoji/colour hash")
     p.add_argument("identity", metavar="IDENTITY", help="0x04…, compressed hex, zQ3… or a status.app link")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-contact-code", action="store_true",
                    help="skip the contact-code topic/key (a 65356-round PBKDF2)")
-    p.set_defaults(func=_cmd_contact)
+    p.set_defaults(func=_cmd_inspect_key)

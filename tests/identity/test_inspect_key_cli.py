@@ -1,5 +1,5 @@
-"""``keyagent contact IDENTITY``: every written form of a key gives the same document, matching Status's vectors;
-anything else is one BAD_IDENTITY line and exit 2."""
+"""``keyagent inspect-key IDENTITY``: every written form of a key gives the same document, matching Status's
+vectors; anything else is one BAD_IDENTITY line and exit 2."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_every_form_gives_the_vector_document(vectors: dict[str, Any], capsys: p
     chat = vectors["identities"]["abandon_about_empty"]["chat"]
     docs = []
     for form in _forms(chat):
-        assert main(["contact", "--json", form]) == 0
+        assert main(["inspect-key", "--json", form]) == 0
         docs.append(json.loads(capsys.readouterr().out))
     assert all(d == docs[0] for d in docs)
     d = docs[0]
@@ -33,7 +33,7 @@ def test_every_form_gives_the_vector_document(vectors: dict[str, Any], capsys: p
     assert d["contact_code_topic"] == chat["contact_code_content_topic"]
     assert d["contact_code_key"] == "0x" + chat["contact_code_symkey"]
     assert "key_uid" not in d and "installation_id" not in d  # not knowable from a peer's key
-    assert main(["contact", chat["compressed_key_zQ3"]]) == 0
+    assert main(["inspect-key", chat["compressed_key_zQ3"]]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].endswith(chat["alias"]) and chat["contact_code_content_topic"] in text
 
@@ -41,7 +41,7 @@ def test_every_form_gives_the_vector_document(vectors: dict[str, Any], capsys: p
 @pytest.mark.parametrize("bad", ["", "zQ3sh", "0x04", "https://status.app/u#", "http://status.app/u#zQ3sh",
                                  "https://status.app/u#ensname.eth", "abandon about", "0x" + "02" * 33 + "00"])
 def test_bad_forms_are_one_line_exit_2(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["contact", bad]) == 2
+    assert main(["inspect-key", bad]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1
     assert captured.err.startswith("keyagent: BAD_IDENTITY: ")
