@@ -209,3 +209,21 @@ def test_record_refuses_another_identity_and_ignores_foreign_sections(vectors: d
             json.dump(cfg, fh)
         pub = bytes.fromhex(cfg["identity_public_key"])
         assert read_status_record(home, pub).key_uid_origin == "chat_key"
+
+
+def test_migrating_a_phrase_home_to_the_token_keeps_its_key_uid(vectors: dict[str, Any], token: SoftHSMToken,
+                                                                home: str) -> None:
+    from backends.home import migrate_to_token
+
+    mnemonic, uid, secret = _cases(vectors)[0]
+    init_from_phrase(home, "software", stdin=_stdin(mnemonic), mode="stdin", passphrase="pw", scrypt_n=1 << 10)
+    cfg = migrate_to_token(home, module=token.module, token=f"label:{token.label}", pin=token.pin,
+                           passphrase_source=lambda what: "pw", remove_software_key=True)
+    assert cfg["backend"] == "pkcs11" and cfg["status"]["key_uid"] == uid
+    assert offline_document(home)["key_uid"] == uid
+    backend = open_backend(load_config(home), home=home)
+    try:
+        backend.unlock(token.pin)
+        _same_key(backend, secret)
+    finally:
+        backend.close()
