@@ -32,6 +32,7 @@ from agent.daemon.lock import LockManager
 from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
 from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
+from agent.daemon.token_gate import BUSY_BACKOFF
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -280,6 +281,8 @@ class AgentServer:
                 self._busy.discard(task)
             if not sent:
                 return
+            if response.WhichOneof("response") == "error" and response.error.code == pb.Error.BUSY:
+                await asyncio.sleep(BUSY_BACKOFF)  # answered at once; this connection's next request waits
 
     def _audit_bad(self, ctx: ClientContext, result: str, detail: str) -> None:
         self.service.audit.record(ctx.cred, ctx.exe, type="frame", result=result, conn=ctx.conn, detail=detail)

@@ -27,9 +27,15 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["TokenGate", "GateBusy", "GateTimeout", "GateStats", "ClientKey"]
+__all__ = ["TokenGate", "GateBusy", "GateTimeout", "GateStats", "ClientKey", "BUSY_BACKOFF"]
 
 T = TypeVar("T")
+
+#: Seconds the server waits before reading the next request of a connection it just answered BUSY. The answer
+#: itself is immediate; without the pause a refused flooder retries at once, and the storm of BUSY round trips
+#: (each one a pass through the agent's single event loop) delays every other client's requests (measured:
+#: ~1000-3500 BUSY/s from 12 connections; see tests/bench/bench_waku_agent.py).
+BUSY_BACKOFF = 0.05
 
 #: Who is asking, most general first, e.g. ``(uid, pid, conn)``. Every key given to one gate has the same length.
 ClientKey = tuple[Hashable, ...]

@@ -1,0 +1,250 @@
+"""Benchmark: token-backed Waku opens through the agent vs a raw token ECDH loop, and fairness under a flood.
+
+    .venv/bin/python tests/bench/bench_waku_agent.py [--n 1500] [--rounds 2]
+
+Everything runs on one fresh SoftHSM2 token. Rows (operations per second; ratio against ``raw token ECDH``,
+measured in the same run, best of ``--rounds`` interleaved rounds):
+
+* ``raw token ECDH``: ``Pkcs11Backend.identity().dh(R)`` in a loop in this process, a new peer point each time
+  (the ceiling: an asymmetric open is one such ECDH plus host work).
+* ``agent ecdh xK``: the agent's raw ``ecdh`` request (allowed for this run only), K client connections: the
+  socket's own cost around one token ECDH.
+* ``agent open xK``: ``waku_open`` of signed 200-byte ECIES wires sealed to the agent (ECDH in the token, KDF,
+  MAC, AES, signature recovery, protobuf, socket), K connections of this process (K <= the gate's per-client
+  share, so no BUSY). Target (issue 6): >= 0.9 of raw.
+* ``agent open (not ours) xK``: foreign wires that fail at the MAC (a shared topic's other traffic).
+
+Fairness: one process floods ``waku_open`` with foreign wires over 12 connections while another client opens
+its own messages one at a time. Printed: the normal client's rate alone and under the flood (ratio), its share
+of the token's operations during the flood (round-robin between two clients would give ~50 %; FIFO over 13
+connections would give ~8 %), and how the flood was answered (DECRYPT_FAILED = token work done, BUSY =
+refused at once by the gate). Not a test: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from agent import waku_io  # noqa: E402
+from agent.client import AgentClient, AgentError  # noqa: E402
+from agent.core import secp256k1  # noqa: E402
+from agent.daemon.waku_service import gate_limits  # noqa: E402
+from agent.daemon.config import AgentConfig  # noqa: E402
+from backends.memory import MemoryKey  # noqa: E402
+from backends.pkcs11_token import Pkcs11Backend  # noqa: E402
+from tests.daemon.agentproc import REPO, AgentFactory, AgentProc  # noqa: E402
+from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken  # noqa: E402
+
+_PROVISION = (
+    "import sys\n"
+    "from backends.home import provision_identity\n"
+    "provision_identity(sys.argv[1], 'pkcs11', module=sys.argv[2], token=sys.argv[3], pin=sys.argv[4])\n"
+)
+
+_FLOODER = textwrap.dedent("""
+    import collections, json, sys, threading
+    from agent.client import AgentClient, AgentError
+    sock, wire, conns = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+    codes = collections.Counter()
+    stop = threading.Event()
+    def run():
+        with AgentClient(sock) as c:
+            while not stop.is_set():
+                try:
+                    c.waku_open(wire)
+                    codes["OK"] += 1
+                except AgentError as e:
+                    codes[e.code] += 1
+    ts = [threading.Thread(target=run) for _ in range(conns)]
+    [t.start() for t in ts]
+    print("started", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(codes), flush=True)
+        if line.strip() == "stop":
+            break
+    stop.set()
+    [t.join() for t in ts]
+""")
+
+
+def raw_rate(tok: SoftHSMToken, peers: list[bytes]) -> float:
+    backend = Pkcs11Backend(SOFTHSM_MODULE, tok.label, namespace=os.urandom(8), pin_source=lambda _: tok.pin)
+    try:
+        backend.generate_identity()
+        ik = backend.identity()
+        for p in peers[:20]:
+            ik.dh(p)
+        t0 = time.perf_counter()
+        for p in peers:
+            ik.dh(p)
+        return len(peers) / (time.perf_counter() - t0)
+    finally:
+        backend.close()
+
+
+def parallel_rate(sock: str, k: int, items: list[bytes], op: str) -> tuple[float, dict[str, int]]:
+    """K connections share ``items``; each does its slice. Returns (ops/s, error counts)."""
+    errors: dict[str, int] = {}
+    mu = threading.Lock()
+    clients = [AgentClient(sock).connect() for _ in range(k)]
+    barrier = threading.Barrier(k + 1)
+
+    def work(c: AgentClient, part: list[bytes]) -> None:
+        barrier.wait()
+        for item in part:
+            try:
+                if op == "open":
+                    c.waku_open(item)
+                else:
+                    c.ecdh(item)
+            except AgentError as exc:
+                with mu:
+                    errors[exc.code] = errors.get(exc.code, 0) + 1
+
+    threads = [threading.Thread(target=work, args=(c, items[i::k])) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    rate = len(items) / (time.perf_counter() - t0)
+    for c in clients:
+        c.close()
+    return rate, errors
+
+
+def fairness(agent: AgentProc, mine: list[bytes], foreign: bytes, conns: int) -> None:
+    with AgentClient(agent.sock) as c:
+        t0 = time.perf_counter()
+        lat_alone = []
+        for w in mine:
+            s = time.perf_counter()
+            c.waku_open(w)
+            lat_alone.append(time.perf_counter() - s)
+        alone = len(mine) / (time.perf_counter() - t0)
+        flood = subprocess.Popen([sys.executable, "-c", _FLOODER, agent.sock, foreign.hex(), str(conns)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert flood.stdin is not None and flood.stdout is not None
+        try:
+            assert flood.stdout.readline().strip() == "started"
+            time.sleep(0.5)  # let the flood reach steady state
+            flood.stdin.write("mark\n")
+            flood.stdin.flush()
+            before = json.loads(flood.stdout.readline())
+            refused = 0
+            lat_flood = []
+            t0 = time.perf_counter()
+            for w in mine:
+                s = time.perf_counter()
+                try:
+                    c.waku_open(w)
+                except AgentError as exc:
+                    if exc.code != "BUSY":
+                        raise
+                    refused += 1
+                lat_flood.append(time.perf_counter() - s)
+            elapsed = time.perf_counter() - t0
+            flood.stdin.write("stop\n")
+            flood.stdin.flush()
+            after = json.loads(flood.stdout.readline())
+        finally:
+            if flood.poll() is None:
+                flood.stdin.close()
+            flood.wait(60)
+    under = (len(mine) - refused) / elapsed
+    flood_token = after.get("DECRYPT_FAILED", 0) - before.get("DECRYPT_FAILED", 0)
+    flood_busy = after.get("BUSY", 0) - before.get("BUSY", 0)
+    share = (len(mine) - refused) / max(1, len(mine) - refused + flood_token)
+    lat_alone.sort()
+    lat_flood.sort()
+
+    def pct(xs: list[float], q: float) -> float:
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+    print(f"\nfairness: one flooding process ({conns} connections, foreign wires) vs one sequential client")
+    print(f"  normal client alone        {alone:9.1f} opens/s   p50 {pct(lat_alone, .5):6.2f} ms  "
+          f"p99 {pct(lat_alone, .99):6.2f} ms")
+    print(f"  normal client under flood  {under:9.1f} opens/s   p50 {pct(lat_flood, .5):6.2f} ms  "
+          f"p99 {pct(lat_flood, .99):6.2f} ms   ratio {under / alone:.2f}   refused {refused}")
+    print(f"  token operations during the flood: normal {len(mine) - refused}, flood {flood_token} "
+          f"-> normal share {share:.1%}")
+    print(f"  flood answers in that window: DECRYPT_FAILED {flood_token} ({flood_token / elapsed:.0f}/s), "
+          f"BUSY {flood_busy} ({flood_busy / elapsed:.0f}/s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--fair-n", type=int, default=300)
+    ap.add_argument("--flood-conns", type=int, default=12)
+    ap.add_argument("--max-k-rows", type=int, default=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    capacity, per_client = gate_limits(AgentConfig().workers)
+    ks = [k for k in (1, 2, per_client) if k <= per_client][: args.max_k_rows]
+    peers = [secp256k1.decompress(MemoryKey.generate().public_key()) for _ in range(args.n)]
+    sender = MemoryKey.generate()
+    factory = AgentFactory()
+    try:
+        with SoftHSMToken() as tok:
+            tok.activate()
+            home = factory.root / "token-home"
+            cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), tok.module, f"label:{tok.label}",
+                                 tok.pin], env=dict(tok.env, PYTHONPATH=str(REPO)), capture_output=True,
+                                text=True, timeout=120)
+            assert cp.returncode == 0, cp.stderr
+            agent = factory.new(home=home)
+            agent.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin)
+            agent.start("--allow-ecdh", passphrase=None)
+            with AgentClient(agent.sock) as c:
+                ik = bytes(c.status().identity_public_key)
+            payload = os.urandom(200)
+            mine = [waku_io.seal(payload, to=ik, signer=sender) for _ in range(args.n)]
+            other = MemoryKey.generate().public_key()
+            foreign = [waku_io.seal(payload, to=other, signer=sender) for _ in range(args.n)]
+
+            best: dict[str, float] = {}
+            errs: dict[str, dict[str, int]] = {}
+
+            def keep(name: str, rate: float, e: dict[str, int] | None = None) -> None:
+                best[name] = max(best.get(name, 0.0), rate)
+                if e:
+                    errs[name] = e
+
+            for _ in range(args.rounds):  # interleaved so drift hits every row alike
+                keep("raw token ECDH", raw_rate(tok, peers))
+                for k in ks:
+                    keep(f"agent ecdh x{k}", *parallel_rate(agent.sock, k, peers, "ecdh"))
+                    keep(f"agent open x{k}", *parallel_rate(agent.sock, k, mine, "open"))
+                    rate, e = parallel_rate(agent.sock, k, foreign, "open")
+                    e.pop("DECRYPT_FAILED", None)
+                    keep(f"agent open (not ours) x{k}", rate, e)
+
+            base = best["raw token ECDH"]
+            print(f"gate: capacity {capacity}, per-client {per_client}, 2 slots; n={args.n}, "
+                  f"best of {args.rounds} rounds; SoftHSM2 token")
+            print(f"{'row':28s} {'ops/s':>9s} {'ratio':>7s}")
+            for name, rate in best.items():
+                extra = f"   errors {errs[name]}" if name in errs else ""
+                print(f"{name:28s} {rate:9.1f} {rate / base:7.2f}{extra}")
+
+            fairness(agent, mine[: args.fair_n], foreign[0], args.flood_conns)
+    finally:
+        factory.close()
+
+
+if __name__ == "__main__":
+    main()
