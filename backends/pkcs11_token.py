@@ -201,6 +201,7 @@ class _Worker:
         self._q: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(n)]
         self._idents: set[int] = set()
+        self._stopped = False
         for t in self._threads:
             t.start()
             assert t.ident is not None
@@ -222,11 +223,14 @@ class _Worker:
     def call(self, fn: Callable[[], T]) -> T:
         if threading.get_ident() in self._idents:  # already on a worker: run inline (no self-deadlock)
             return fn()
+        if self._stopped:
+            raise BackendConfigError("backend is closed")
         fut: Future[T] = Future()
         self._q.put((fn, fut))
         return fut.result()
 
     def stop(self) -> None:
+        self._stopped = True
         for _ in self._threads:
             self._q.put(None)
         for t in self._threads:
@@ -760,8 +764,8 @@ class Pkcs11Backend:
             _close_all_sessions(self._lib, self._slot_id)
             raise PinIncorrect(f"the token rejects this PIN's format: {type(exc).__name__}") from exc
         except px.UserAlreadyLoggedIn:
-            # Someone in this process logged in already (login is per process and token): share it.
-            _close_all_sessions(self._lib, self._slot_id)
+            # Someone else in this process logged in already (login is per process and token): share it.
+            # The session the failed C_Login leaked stays open: closing all sessions would log the other out.
             session = self._token.open(rw=True)
             session_is_login = False
         else:
