@@ -120,6 +120,22 @@ def test_doctor_fresh_softhsm_home(store: Store) -> None:
     assert rc == 0 and r["identity"][0] == "OK" and "never extractable" in r["identity"][1]
 
 
+def test_doctor_after_real_keyagent_init(store: Store) -> None:
+    # The home exactly as `keyagent init --backend pkcs11` writes it (identity and SPK 1 generated on the token).
+    init = store.keyagent("init", "--backend", "pkcs11", "--module", SOFTHSM_MODULE, "--token", f"label:{LABEL}",
+                          env=dict(store.env, KEYAGENT_PIN=PIN))
+    assert init.returncode == 0, init.stderr
+    rc, r = store.doctor()
+    assert rc == 0, r
+    assert {k: v[0] for k, v in r.items()} == {
+        "config": "OK", "module": "OK", "token": "OK", "pin": "OK", "identity": "WARN", "socket-dir": "OK",
+        "store": "OK", "udev": "OK", "clock": "OK"}
+    rc, r = store.doctor("--login", env=dict(store.env, KEYAGENT_PIN=PIN))
+    assert rc == 0 and r["identity"][0] == "OK" and "never extractable" in r["identity"][1]
+    res = store.keyagent("devices")
+    assert res.returncode == 0 and f"token '{LABEL}'  serial {store.serial}" in res.stdout
+
+
 def test_doctor_fails_on_extractable_identity(store: Store, tmp_path: Path) -> None:
     pub = store.keygen("02", "--extractable")
     store.write_config("02", pub)
