@@ -22,10 +22,13 @@ from agent.core.ratchet import Ratchet
 from agent.core.wire import decode_protocol_message
 from agent.daemon.sessions import SessionManager
 from agent.daemon.store import SCHEMA_VERSION, Store
+from backends.base import Backend
 from backends.memory import MemoryKey
+from backends.software import SoftwareBackend
 from tests.sessions.harness import MemoryBackend
 
 __all__ = [
+    "home_backend",
     "Peer",
     "Position",
     "PositionLedger",
@@ -48,6 +51,15 @@ def dr_positions(message: bytes) -> list[tuple[Position, bytes]]:
             dr = entry.DR_header
             out.append(((iid, bytes(dr.id), bytes(dr.key), int(dr.n)), bytes(entry.payload)))
     return out
+
+
+def home_backend(home: Path, passphrase: str) -> Backend:
+    """The backend of a software home, opened the way the daemon opens it (config.json), or a bare key file."""
+    if (home / "config.json").exists():
+        from backends.home import load_config, open_backend
+
+        return open_backend(load_config(str(home)), home=str(home), passphrase_source=lambda _: passphrase)
+    return SoftwareBackend(str(home / "key.json"), secret_source=lambda _: passphrase)
 
 
 @dataclass

@@ -33,9 +33,8 @@ from pathlib import Path
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.daemon.sessions import DecryptResult
-from backends.software import SoftwareBackend
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
-from tests.proof.common import Peer, PositionLedger, check_store
+from tests.proof.common import Peer, PositionLedger, check_store, home_backend
 
 __all__ = ["CrashResult", "run_crash_trials", "main"]
 
@@ -87,7 +86,7 @@ class _Run:
         self.mu = threading.Lock()
         self.alice_id = b""
         self.peer_counter = 0
-        self._ik = SoftwareBackend(str(self.alice.home / "key.json"), secret_source=lambda _: PASSPHRASE).identity()
+        self._ik = home_backend(self.alice.home, PASSPHRASE).identity()
 
     def violation(self, trial: int, text: str) -> None:
         with self.mu:
