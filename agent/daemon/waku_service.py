@@ -25,6 +25,7 @@ policy and cost control around it:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -112,7 +113,10 @@ class WakuHandlers:
     def __init__(self, service: "Service") -> None:
         self._service = service
         capacity, per_client = gate_limits(service.config.workers)
-        self.gate = TokenGate(capacity=capacity, per_client=per_client, slots=GATE_SLOTS,
+        slots = GATE_SLOTS
+        if os.environ.get("KEYAGENT_BENCH_UNGATED") == "1":  # benchmark baseline only: FIFO in the backend
+            capacity = per_client = slots = 1 << 20
+        self.gate = TokenGate(capacity=capacity, per_client=per_client, slots=slots,
                               timeout=service.config.request_timeout, client_depth=2)
         self._cache: OrderedDict[tuple[bytes, bytes], tuple[bytes, str, bytes]] = OrderedDict()
         self._cache_mu = threading.Lock()

@@ -14,7 +14,8 @@ measured in the same run, best of ``--rounds`` interleaved rounds):
   share, so no BUSY). Target (issue 6): >= 0.9 of raw.
 * ``agent open (not ours) xK``: foreign wires that fail at the MAC (a shared topic's other traffic).
 
-Fairness: one process floods ``waku_open`` with foreign wires over 12 connections while another client opens
+Fairness (twice: the agent as shipped, then the same home restarted with ``KEYAGENT_BENCH_UNGATED=1``, which
+opens the gate so token work queues FIFO in the backend): one process floods ``waku_open`` with foreign wires over 12 connections while another client opens
 its own messages one at a time. Printed: the normal client's rate alone and under the flood (ratio), its share
 of the token's operations during the flood (round-robin between two clients would give ~50 %; FIFO over 13
 connections would give ~8 %), and how the flood was answered (DECRYPT_FAILED = token work done, BUSY =
@@ -124,7 +125,7 @@ def parallel_rate(sock: str, k: int, items: list[bytes], op: str) -> tuple[float
     return rate, errors
 
 
-def fairness(agent: AgentProc, mine: list[bytes], foreign: bytes, conns: int) -> None:
+def fairness(agent: AgentProc, mine: list[bytes], foreign: bytes, conns: int, label: str) -> None:
     with AgentClient(agent.sock) as c:
         t0 = time.perf_counter()
         lat_alone = []
@@ -173,7 +174,7 @@ def fairness(agent: AgentProc, mine: list[bytes], foreign: bytes, conns: int) ->
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
-    print(f"\nfairness: one flooding process ({conns} connections, foreign wires) vs one sequential client")
+    print(f"\nfairness, {label}: one flooding process ({conns} connections, foreign wires) vs one sequential client")
     print(f"  normal client alone        {alone:9.1f} opens/s   p50 {pct(lat_alone, .5):6.2f} ms  "
           f"p99 {pct(lat_alone, .99):6.2f} ms")
     print(f"  normal client under flood  {under:9.1f} opens/s   p50 {pct(lat_flood, .5):6.2f} ms  "
@@ -241,7 +242,13 @@ def main() -> None:
                 extra = f"   errors {errs[name]}" if name in errs else ""
                 print(f"{name:28s} {rate:9.1f} {rate / base:7.2f}{extra}")
 
-            fairness(agent, mine[: args.fair_n], foreign[0], args.flood_conns)
+            fairness(agent, mine[: args.fair_n], foreign[0], args.flood_conns, "gated (as shipped)")
+            agent.kill()
+            # the same agent with the gate out of the way (KEYAGENT_BENCH_UNGATED): FIFO in the token backend
+            ungated = factory.new(home=home)
+            ungated.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin, KEYAGENT_BENCH_UNGATED="1")
+            ungated.start(passphrase=None)
+            fairness(ungated, mine[: args.fair_n], foreign[0], args.flood_conns, "baseline without the gate")
     finally:
         factory.close()
 
