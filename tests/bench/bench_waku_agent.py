@@ -3,7 +3,7 @@
     .venv/bin/python tests/bench/bench_waku_agent.py [--n 1500] [--rounds 2]
 
 Everything runs on one fresh SoftHSM2 token. Rows (operations per second; ratio against ``raw token ECDH``,
-measured in the same run, best of ``--rounds`` interleaved rounds):
+measured in the same run at the start and end of each of ``--rounds`` interleaved rounds; best of all):
 
 * ``raw token ECDH``: ``Pkcs11Backend.identity().dh(R)`` in a loop in this process, a new peer point each time
   (the ceiling: an asymmetric open is one such ECDH plus host work).
@@ -233,6 +233,7 @@ def main() -> None:
                     rate, e = parallel_rate(agent.sock, k, foreign, "open")
                     e.pop("DECRYPT_FAILED", None)
                     keep(f"agent open (not ours) x{k}", rate, e)
+                keep("raw token ECDH", raw_rate(tok, peers))  # again at the end of the round: drift on a busy box
 
             base = best["raw token ECDH"]
             print(f"gate: capacity {capacity}, per-client {per_client}, 2 slots; n={args.n}, "
