@@ -224,10 +224,6 @@ def _check_config(ctx: DoctorContext) -> CheckResult:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        legacy = _legacy_key_file(home)
-        if legacy is not None:  # the daemon still opens a bare software key file (layout before keyagent init)
-            ctx.facts["config"] = {"backend": "software", "software": {"key_file": legacy}}
-            return CheckResult(Status.OK, f"{home}: software key file {legacy} (layout without {CONFIG_NAME})")
         return CheckResult(Status.FAIL, f"no {CONFIG_NAME} in {home}", f"run `keyagent init --home {home} ...`")
     except OSError as exc:
         return CheckResult(Status.FAIL, f"cannot read {path}: {exc.strerror}",
@@ -256,19 +252,6 @@ def _check_config(ctx: DoctorContext) -> CheckResult:
         return CheckResult(Status.WARN, f"{home}: {detail}; the home has mode {home_mode:04o}",
                            f"chmod 700 {home} (it holds the session store and audit log)")
     return CheckResult(Status.OK, f"{home}: {detail}")
-
-
-def _legacy_key_file(home: Path) -> str | None:
-    key_file: object = "key.json"
-    try:
-        doc = json.loads((home / "agent.json").read_bytes())
-        if isinstance(doc, dict) and "key_file" in doc:
-            key_file = doc["key_file"]
-    except (OSError, ValueError):
-        pass
-    if isinstance(key_file, str) and key_file and (home / key_file).is_file():
-        return key_file
-    return None
 
 
 @check("module", order=20, title="PKCS#11 module loads")

@@ -269,20 +269,21 @@ def test_devices_group_takes_subcommands_from_other_modules(saved_subs: None) ->
         p.add_argument("device_id")
         p.set_defaults(func=lambda a: record(f"approve {a.device_id}"))
 
-    cmd_hardware.add_devices_subcommand("approve", "approve one of our devices", setup_approve)  # before the build
+    # (names of our own: cmd_installations registers the real approve/disable through the same hook)
+    cmd_hardware.add_devices_subcommand("t-approve", "approve one of our devices", setup_approve)  # before the build
     parser = build_parser()
 
     def setup_disable(p: argparse.ArgumentParser) -> None:
         p.add_argument("device_id")
         p.set_defaults(func=lambda a: record(f"disable {a.device_id}"))
 
-    cmd_hardware.add_devices_subcommand("disable", "disable one", setup_disable)  # after the build
-    for argv in (["devices", "approve", "abc"], ["devices", "disable", "xyz"]):
+    cmd_hardware.add_devices_subcommand("t-disable", "disable one", setup_disable)  # after the build
+    for argv in (["devices", "t-approve", "abc"], ["devices", "t-disable", "xyz"]):
         args = parser.parse_args(argv)
         assert args.func(args) == 0
     assert calls == ["approve abc", "disable xyz"]
     assert parser.parse_args(["devices"]).func is parser.parse_args(["devices", "list"]).func
-    assert "approve" in cmd_hardware.devices_subcommands()
+    assert {"t-approve", "t-disable"} <= set(cmd_hardware.devices_subcommands())
     with pytest.raises(ValueError):
         cmd_hardware.add_devices_subcommand("list", "clash", setup_disable)
 
@@ -315,12 +316,8 @@ def test_install_udev_into_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ----- doctor next to a running agent --------------------------------------------------------------------------------
 
 def test_doctor_with_a_running_agent(tmp_path: Path) -> None:
-    from backends.software import SoftwareBackend
-
     home, run = tmp_path / "home", tmp_path / "run"
-    home.mkdir(mode=0o700)
     run.mkdir(mode=0o700)
-    SoftwareBackend.create(str(home / "key.json"), passphrase="correct horse", scrypt_n=1 << 10).close()
     pw = tmp_path / "pw"
     pw.write_text("correct horse\n")
     pw.chmod(0o600)
@@ -332,6 +329,8 @@ def test_doctor_with_a_running_agent(tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
                               timeout=120, cwd=repo)
 
+    init = keyagent("init", "--backend", "software", "--passphrase-file", str(pw), "--scrypt-n", "1024")
+    assert init.returncode == 0, init.stderr
     started = keyagent("start", "--passphrase-file", str(pw))
     assert started.returncode == 0, started.stderr
     try:
@@ -339,9 +338,10 @@ def test_doctor_with_a_running_agent(tmp_path: Path) -> None:
         doc = json.loads(res.stdout)
         status = {r["check"]: (r["status"], r["summary"]) for r in doc["results"]}
         assert res.returncode == 0, res.stdout
-        assert status["config"][0] == "OK" and "key.json" in status["config"][1]
+        assert status["config"][0] == "OK" and "backend software" in status["config"][1]
         assert status["identity"][0] == "OK"
         assert status["socket-dir"][0] == "OK" and "agent answers" in status["socket-dir"][1]
+        assert status["store"][0] == "OK"
         assert status["module"][0] == status["token"][0] == "SKIP"
     finally:
         stopped = keyagent("stop")
