@@ -44,7 +44,8 @@ def add_devices_subcommand(name: str, help: str, setup: Callable[[argparse.Argum
     """Add ``keyagent devices NAME``; ``setup(parser)`` adds its arguments and ``set_defaults(func=...)``.
 
     Safe to call before or after this module's ``register`` runs (it is applied to every parser built later,
-    and to the one being built now if the group already exists). Calling it again with the same name replaces.
+    and to the one being built now if the group already exists and has no sub-command of that name yet).
+    Calling it again with the same name replaces the entry for parsers built afterwards.
     """
     if name in ("list",) or not name or name.startswith("-"):
         raise ValueError(f"reserved or bad devices sub-command name {name!r}")
