@@ -17,7 +17,9 @@ agent are preserved)::
         "allow_extractable": false,                   # true only when the user forced an extractable key
         "os_locking": false, "workers": 1,            # CKF_OS_LOCKING_OK init and parallel token workers
         "pin_ttl": 900,                               # seconds a PIN is kept for re-login after a replug
-        "max_pin_failures": 3                         # the agent's own wrong-PIN limit
+        "max_pin_failures": 3,                        # the agent's own wrong-PIN limit
+        "pin_keyring": {"service": "keyagent-pin",    # optional, opt-in only: the PIN kept in the OS keyring
+                        "username": "<serial>", "backend": "<class>" | null}
       },
       "software": {                                 # only for backend "software"
         "key_file": "identity.key"                    # relative to the home
@@ -126,6 +128,11 @@ def validate_config(cfg: Any) -> None:
         for key in ("workers", "max_pin_failures"):
             if key in p and (isinstance(p[key], bool) or not isinstance(p[key], int) or not 1 <= p[key] <= 64):
                 raise BackendConfigError(f"config pkcs11.{key} must be an int in 1..64")
+        pk = p.get("pin_keyring")
+        if pk is not None and not (isinstance(pk, dict) and isinstance(pk.get("service"), str)
+                                   and isinstance(pk.get("username"), str)
+                                   and (pk.get("backend") is None or isinstance(pk.get("backend"), str))):
+            raise BackendConfigError("config pkcs11.pin_keyring must be {service, username, backend}")
         if "pin_ttl" in p and (isinstance(p["pin_ttl"], bool) or not isinstance(p["pin_ttl"], (int, float))
                                or p["pin_ttl"] < 0):
             raise BackendConfigError("config pkcs11.pin_ttl must be a number >= 0")
@@ -162,6 +169,11 @@ def open_backend(
     from backends.pkcs11_token import KeyRef, Pkcs11Backend
 
     p = config["pkcs11"]
+    pk = p.get("pin_keyring")
+    if pk is not None:  # the user opted in at init: the keyring is asked after the daemon's own source
+        from backends.pin import chain_sources, keyring_source
+
+        pin_source = chain_sources(pin_source, keyring_source(pk["service"], pk["username"], pk.get("backend")))
     return Pkcs11Backend(
         p["module"], p["token"],
         namespace=bytes.fromhex(p["namespace"]),
@@ -199,10 +211,13 @@ def provision_identity(
     os_locking: bool = False,
     scrypt_n: int = DEFAULT_SCRYPT_N,
     first_spk: bool = True,
+    store_pin_in_keyring: bool = False,
 ) -> dict[str, Any]:
     """Create the home's identity key (generated, adopted from the token, or imported from ``import_secret``),
     the first signed prekey (version 1), and ``config.json``. Returns the written config.
 
+    ``store_pin_in_keyring`` (pkcs11, opt-in) keeps the PIN in the OS keyring (``keyring_backend`` names it) so
+    the agent can log in unattended; a missing keyring is an error, never a plaintext fallback.
     ``import_secret`` is a 32-byte secp256k1 scalar (e.g. derived from a recovery phrase). On a token it is
     stored SENSITIVE and non-EXTRACTABLE, but the token marks it imported (NEVER_EXTRACTABLE false): it is
     protected from now on, it was not born there. ``force`` accepts an adopted extractable key.
@@ -278,6 +293,17 @@ def provision_identity(
                 "pin_ttl": 900, "max_pin_failures": 3,
             },
         }
+        if store_pin_in_keyring:
+            from backends.errors import KeyringUnavailable
+            from backends.software import keyring_load
+
+            kr = keyring_load(keyring_backend)
+            try:
+                kr.set_password("keyagent-pin", backend.token_serial, pin)
+            except Exception as exc:
+                raise KeyringUnavailable(f"the keyring refused to store the PIN: {type(exc).__name__}") from exc
+            cfg["pkcs11"]["pin_keyring"] = {"service": "keyagent-pin", "username": backend.token_serial,
+                                            "backend": keyring_backend}
         write_config(home, cfg)
         return cfg
     except BaseException:

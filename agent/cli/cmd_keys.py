@@ -50,6 +50,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
             return 2
         kw.update(module=args.module, token=args.token, os_locking=args.os_locking, force=args.force,
                   pin=_secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True))
+        if args.keyring:
+            kw.update(store_pin_in_keyring=True, keyring_backend=args.keyring_backend)
         if args.adopt_id:
             try:
                 kw["adopt_id"] = bytes.fromhex(args.adopt_id)
@@ -130,7 +132,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--os-locking", action="store_true",
                    help="initialise the module with CKF_OS_LOCKING_OK (its own mutexes)")
     p.add_argument("--passphrase-file", help="file (0600) holding the key-file passphrase; else $KEYAGENT_PASSPHRASE")
-    p.add_argument("--keyring", action="store_true", help="keep the key-file key in the OS keyring instead")
+    p.add_argument("--keyring", action="store_true", help="software: keep the key-file key in the OS keyring; pkcs11: keep the PIN there (opt-in)")
     p.add_argument("--keyring-backend", help="keyring backend class, e.g. keyrings.alt.file.PlaintextKeyring")
     p.add_argument("--scrypt-n", type=int, help=argparse.SUPPRESS)  # tests only: a cheaper scrypt
     p.add_argument("--from-phrase", action="store_true",

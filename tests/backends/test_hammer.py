@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.softhsm import SoftHSMToken
 
-THREADS, OPS = 6, 60
+THREADS, OPS = 6, 30
 
 
 @pytest.mark.parametrize("locking,workers", [("0", "1"), ("1", "3")])

@@ -509,3 +509,21 @@ def test_raw_sign_needs_mechanism_ecdsa(softhsm_token: SoftHSMToken) -> None:
             priv.sign(b"\x01" * 32)
         assert len(priv.sign(b"\x01" * 32, mechanism=Mechanism.ECDSA)) == 64
     _ = pkcs11  # imported for the quirk tests above
+
+
+def test_pin_in_keyring_opt_in(softhsm_token: SoftHSMToken, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    name = "keyrings.alt.file.PlaintextKeyring"
+    home = _home(softhsm_token, store_pin_in_keyring=True, keyring_backend=name)
+    cfg = load_config(home)
+    assert cfg["pkcs11"]["pin_keyring"] == {"service": "keyagent-pin", "username": softhsm_token.serial,
+                                            "backend": name}
+    b = open_backend(cfg, home=home)  # no PIN source given: the keyring answers
+    digest = keccak256(b"kr")
+    secp256k1.verify(digest, b.identity().sign(digest), b.identity().public_key())
+    b.close()
+    from backends.errors import KeyringUnavailable
+
+    with pytest.raises(KeyringUnavailable):
+        _home(softhsm_token, store_pin_in_keyring=True, keyring_backend="keyring.backends.fail.Keyring")

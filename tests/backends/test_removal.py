@@ -113,3 +113,28 @@ def test_other_token_plugged_in_is_refused(served: tuple[SoftHSMToken, P11KitSer
             with pytest.raises(IdentityChanged):
                 b.identity().sign(keccak256(b"x"))
     b.close()
+
+
+def test_softhsm_store_moved_away_and_back(softhsm_token: SoftHSMToken) -> None:
+    """Direct SoftHSM2 (no p11-kit): the token directory renamed away is the unplug. SoftHSM then answers with
+    ObjectHandleInvalid / GeneralError and a failing C_Initialize (probe §9); the backend maps all of it to
+    TokenAbsent and recovers once the directory is back."""
+    import os
+
+    home = tempfile.mkdtemp(dir=softhsm_token.dir)
+    cfg = provision_identity(home, "pkcs11", module=softhsm_token.module, token=softhsm_token.label,
+                             pin=softhsm_token.pin)
+    b = _backend(cfg, Clock())
+    b.unlock(softhsm_token.pin)
+    _sign_ok(b)
+    tokens = os.path.join(softhsm_token.dir, "tokens")
+    os.rename(tokens, tokens + ".away")
+    try:
+        for _ in range(2):
+            with pytest.raises(TokenAbsent):
+                b.identity().sign(keccak256(b"gone"))
+        assert not b.status().present
+    finally:
+        os.rename(tokens + ".away", tokens)
+    _sign_ok(b)  # reconnected, re-logged in with the cached PIN, identity re-checked
+    b.close()
