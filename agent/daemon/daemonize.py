@@ -12,7 +12,6 @@ Under systemd the agent runs in the foreground, tells systemd it is ready with `
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import select
@@ -50,24 +49,15 @@ class StartError(RuntimeError):
 
 
 def open_home_backend(home: Home, config: AgentConfig) -> Backend:
-    """The home's backend, as ``keyagent init`` configured it (``HOME/config.json``, read by backends.home).
+    """The home's backend as ``keyagent init`` configured it (``HOME/config.json``, read by backends.home).
 
-    A home without config.json but with a bare software key file (``key_file`` in agent.json, default
-    ``key.json``) is opened directly; that layout predates ``keyagent init`` and stays readable.
+    Nothing is unlocked here; the module path and token come only from that file (never from a client).
     """
-    if (home.path / "config.json").exists():
-        mod: Any = importlib.import_module("backends.home")
-        backend: Backend = mod.open_backend(mod.load_config(str(home.path)), home=str(home.path))
-        return backend
-    from backends.software import SoftwareBackend
+    from backends.home import load_config, open_backend
 
-    key_file = config.extra.get("key_file", "key.json")
-    if not isinstance(key_file, str):
-        raise StartError("key_file in agent.json must be a string")
-    path = home.path / key_file
-    if not path.exists():
+    if not (home.path / "config.json").exists():
         raise StartError(f"{home.path} holds no identity: run keyagent init --home {home.path}")
-    return SoftwareBackend(str(path))
+    return open_backend(load_config(str(home.path)), home=str(home.path))
 
 
 def take_start_secret(pin_file: str | None = None, passphrase_file: str | None = None) -> str | None:

@@ -29,11 +29,11 @@ KEYAGENT = [sys.executable, "-m", "agent"]
 
 
 def make_software_home(home: Path, *, config: dict[str, Any] | None = None) -> Path:
-    """A home holding a fresh passphrase-protected software identity (cheap scrypt for tests)."""
-    from backends.software import SoftwareBackend
+    """A home as ``keyagent init --backend software`` makes it (config.json + identity.key, first SPK), with a
+    cheap scrypt so that the many agents these tests start stay fast; ``config`` becomes agent.json."""
+    from backends.home import provision_identity
 
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    SoftwareBackend.create(str(home / "key.json"), passphrase=PASSPHRASE, scrypt_n=1 << 12).close()
+    provision_identity(str(home), "software", passphrase=PASSPHRASE, scrypt_n=1 << 12)
     if config:
         (home / "agent.json").write_text(json.dumps(config))
     return home

@@ -324,3 +324,19 @@ def test_socket_activation_and_sd_notify_readiness(agents: AgentFactory) -> None
             proc.kill()
             proc.wait()
         notify.close()
+
+
+def test_a_home_made_by_keyagent_init_starts_and_an_empty_home_is_refused(agents: AgentFactory) -> None:
+    home = agents.root / "init-home"
+    a = agents.new(home=home)
+    cp = subprocess.run([sys.executable, "-m", "agent", "init", "--home", str(home), "--backend", "software"],
+                        env={**a.env, "KEYAGENT_PASSPHRASE": PASSPHRASE}, capture_output=True, text=True,
+                        timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    a.start()
+    with a.client() as c:
+        st = c.status()
+        assert st.backend == "software" and st.backend_unlocked and st.sessions_open
+    empty = agents.new(home=agents.root / "empty-home")
+    cp = empty.start(check=False)
+    assert cp.returncode == 1 and "keyagent init" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
