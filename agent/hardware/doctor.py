@@ -235,11 +235,13 @@ def _check_config(ctx: DoctorContext) -> CheckResult:
     if not isinstance(doc, dict) or doc.get("backend") not in ("pkcs11", "software"):
         return CheckResult(Status.FAIL, f"{path} names no backend (\"pkcs11\" or \"software\")",
                            f"restore {path} from a backup or re-run init")
-    if doc["backend"] == "pkcs11":
-        section = doc.get("pkcs11")
-        if not isinstance(section, dict) or not isinstance(section.get("module"), str):
-            return CheckResult(Status.FAIL, f"{path}: pkcs11 section without a module path",
-                               f"re-run `keyagent init --backend pkcs11 --module PATH --token TOKEN --home {home}`")
+    from backends.errors import BackendConfigError
+    from backends.home import validate_config
+
+    try:
+        validate_config(doc)  # the daemon's own check: what it would refuse at start, doctor FAILs here
+    except BackendConfigError as exc:
+        return CheckResult(Status.FAIL, f"{path}: {exc}", f"restore {path} from a backup or re-run keyagent init")
     ctx.facts["config"] = doc
     mode = stat.S_IMODE(path.stat().st_mode)
     detail = (f"backend pkcs11, module {doc['pkcs11']['module']}" if doc["backend"] == "pkcs11"

@@ -187,7 +187,7 @@ def test_doctor_wrong_token_and_wrong_key(store: Store) -> None:
 
 
 def test_doctor_module_missing(store: Store) -> None:
-    store.write_config("01", b"\x02" + b"\x11" * 32, module=str(store.root / "missing.so"))
+    store.write_config("01", MemoryKey(b"\x02" * 32).public_key(), module=str(store.root / "missing.so"))
     rc, r = store.doctor()
     assert rc == 1 and r["module"][0] == "FAIL" and "does not exist" in r["module"][1]
     assert r["token"][0] == "SKIP"
@@ -222,7 +222,7 @@ def test_doctor_check_selection_and_list(store: Store) -> None:
 
 def test_devices_lists_softhsm_token(store: Store) -> None:
     store.keygen("01")
-    store.write_config("01", b"\x02" + b"\x11" * 32)
+    store.write_config("01", MemoryKey(b"\x02" * 32).public_key())
     res = store.keyagent("devices")
     assert res.returncode == 0, res.stderr
     assert "USB smart-card readers and tokens:" in res.stdout

@@ -16,6 +16,7 @@ import pytest
 from agent.hardware import doctor, udev
 from agent.hardware.doctor import CheckResult, DoctorContext, Status
 from backends.inventory import TokenInfo
+from backends.memory import MemoryKey
 
 NOW = 1_790_000_000.0  # 2026-09-21, a sane wall clock
 
@@ -51,8 +52,14 @@ def write_config(home: Path, doc: dict[str, object], mode: int = 0o600) -> None:
     path.chmod(mode)
 
 
-SOFTWARE = {"version": 1, "backend": "software", "identity_public_key": "02" + "11" * 32,
-            "software": {"key_file": "identity.key"}}
+IK = MemoryKey(b"\x01" * 32).public_key().hex()
+SOFTWARE = {"version": 1, "backend": "software", "identity_public_key": IK, "software": {"key_file": "identity.key"}}
+
+
+def pkcs11_config(module: str, **extra: object) -> dict[str, object]:
+    return {"version": 1, "backend": "pkcs11", "identity_public_key": IK,
+            "pkcs11": {"module": module, "token": "label:t", "token_serial": "1", "namespace": "00" * 8,
+                       "identity_id": "01", **extra}}
 
 
 # ----- framework -----------------------------------------------------------------------------------------------------
@@ -130,8 +137,12 @@ def test_config_check(home: Path, tmp_path: Path) -> None:
     assert "not valid JSON" in one(ctx_for(home, tmp_path), "config").summary
     write_config(home, {"backend": "tape"})
     assert one(ctx_for(home, tmp_path), "config").status is Status.FAIL
-    write_config(home, {"backend": "pkcs11", "pkcs11": {}})
-    assert "without a module" in one(ctx_for(home, tmp_path), "config").summary
+    write_config(home, {"version": 1, "backend": "pkcs11", "identity_public_key": IK, "pkcs11": {}})
+    assert "pkcs11.module is missing" in one(ctx_for(home, tmp_path), "config").summary
+    write_config(home, dict(SOFTWARE, identity_public_key="02" + "00" * 32))  # not a point: the daemon refuses it
+    assert "identity_public_key" in one(ctx_for(home, tmp_path), "config").summary
+    write_config(home, dict(SOFTWARE, version=2))
+    assert one(ctx_for(home, tmp_path), "config").status is Status.FAIL
     write_config(home, SOFTWARE, mode=0o644)
     res = one(ctx_for(home, tmp_path), "config")
     assert res.status is Status.WARN and res.fix == f"chmod 600 {home / 'config.json'}"
@@ -272,11 +283,11 @@ def test_store(home: Path, tmp_path: Path) -> None:
 def test_udev(home: Path, tmp_path: Path) -> None:
     ctx = ctx_for(home, tmp_path)
     assert one(ctx, "udev").status is Status.OK  # nothing configured: nothing needed
-    write_config(home, {"backend": "pkcs11", "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so"}})
+    write_config(home, pkcs11_config("/usr/lib/softhsm/libsofthsm2.so"))
     doctor.run_checks(ctx, only=["config"])
     res = one(ctx, "udev")
     assert res.status is Status.OK and "libsofthsm2.so has no USB device" in res.summary
-    write_config(home, {"backend": "pkcs11", "pkcs11": {"module": "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"}})
+    write_config(home, pkcs11_config("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"))
     doctor.run_checks(ctx, only=["config"])
     res = one(ctx, "udev")
     assert res.status is Status.WARN and res.fix and "install-udev" in res.fix
