@@ -37,7 +37,7 @@ def test_identity_response_carries_status_fields(pair: tuple[AgentProc, AgentPro
     with alice.client() as c:
         ident = c.identity()
     pub = ident.identity_public_key
-    # a bare software key (not imported from a phrase): the UID Status gives a raw private-key import
+    # a generated key (not imported from a phrase): the UID Status gives a raw private-key import
     assert ident.key_uid == "0x" + hashlib.sha256(secp256k1.decompress(pub)).hexdigest()
     assert ident.key_uid_origin == "chat_key"
     assert ident.share_link == "https://status.app/u#" + ident.compressed_key
@@ -134,7 +134,7 @@ def test_cli_rejects_bad_identity_with_one_line(pair: tuple[AgentProc, AgentProc
 
 def test_whoami_without_an_agent_and_without_config_fails_clearly(pair: tuple[AgentProc, AgentProc]) -> None:
     alice, _ = pair
-    # a bare key-file home has no config.json: nothing to read offline, exit 3 with one line
+    # no agent and no config.json in that home: nothing to read offline, exit 3 with one line
     cp = alice.cli("--home", str(alice.home / "nowhere"), "whoami", sock_env=False)
     assert cp.returncode == 3 and len(cp.stderr.splitlines()) == 1, cp.stderr
 
