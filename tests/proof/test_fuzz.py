@@ -119,3 +119,16 @@ def test_decoder_checker_only_accepts_malformed_message() -> None:
         from agent.core.wire import decode_protocol_message
         decode_protocol_message(b"\xff\xff")
     check_decoder(b"\xff\xff")  # the checker treats that as the expected outcome
+
+
+@pytest.mark.parametrize("name", ["decoder", "bundle", "request"])
+def test_atheris_targets_run_as_plain_functions(name: str) -> None:
+    """The atheris harness's targets (fuzz_atheris.py) work without atheris: a smoke run over random inputs."""
+    from tests.proof.fuzz_atheris import make_target
+
+    one = make_target(name)
+    rng = random.Random(name)
+    for _ in range(300):
+        one(rng.randbytes(rng.randint(0, 200)))
+    one(b"")
+    one(struct.pack(">I", 2) + b"\x5a\x00")  # a complete frame holding a status request
