@@ -105,6 +105,7 @@ class DoctorContext:
     now: Callable[[], float] = time.time
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     rules_dirs: tuple[str, ...] = udev.RULES_SEARCH_DIRS
+    pcscd_socket: str | None = None  # default: $PCSCLITE_CSOCK_NAME or /run/pcscd/pcscd.comm
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -535,6 +536,20 @@ def _check_udev(ctx: DoctorContext) -> CheckResult:
                            "sudo keyagent install-udev (then udevadm control --reload)")
     group = next((r.get("GROUP").value for r in rules if r.get("GROUP")), "?")  # type: ignore[union-attr]
     return CheckResult(Status.OK, f"{path} (group {group})")
+
+
+@check("pcscd", order=85, title="PC/SC daemon reachable for USB tokens")
+def _check_pcscd(ctx: DoctorContext) -> CheckResult:
+    if not _udev_needed(ctx):
+        return CheckResult(Status.SKIP, "no USB token configured")
+    path = ctx.pcscd_socket or ctx.env.get("PCSCLITE_CSOCK_NAME") or "/run/pcscd/pcscd.comm"
+    if not os.path.exists(path):
+        return CheckResult(Status.WARN, f"no pcscd socket at {path}: OpenSC reaches USB readers through pcscd",
+                           "install and start pcscd (apt-get install pcscd; systemctl enable --now pcscd.socket)")
+    if not _answers(Path(path)):
+        return CheckResult(Status.WARN, f"pcscd socket {path} exists but nothing answers",
+                           "restart pcscd (systemctl restart pcscd)")
+    return CheckResult(Status.OK, f"pcscd answers on {path}")
 
 
 def _rule_shape(rules: list[udev.Rule]) -> set[tuple[str | None, tuple[tuple[str, str | None, str, str], ...]]]:

@@ -66,7 +66,8 @@ def pkcs11_config(module: str, **extra: object) -> dict[str, object]:
 
 def test_builtin_checks_are_registered_in_order() -> None:
     names = doctor.registered_checks()
-    assert names[:9] == ["config", "module", "token", "pin", "identity", "socket-dir", "store", "udev", "clock"]
+    assert names[:10] == ["config", "module", "token", "pin", "identity", "socket-dir", "store", "udev", "pcscd",
+                          "clock"]
 
 
 def test_registry_is_extensible_and_a_crash_is_a_fail(home: Path, tmp_path: Path, clean_registry: None) -> None:
@@ -318,3 +319,24 @@ def test_clock(home: Path, tmp_path: Path) -> None:
     assert res.status is Status.FAIL and "backwards" in res.summary
     os.utime(f, (NOW + 60, NOW + 60))  # within the tolerance (coarse clocks, NTP slew)
     assert one(ctx_for(home, tmp_path), "clock").status is Status.OK
+
+
+def test_pcscd(home: Path, tmp_path: Path) -> None:
+    sock = tmp_path / "pcscd.comm"
+    ctx = ctx_for(home, tmp_path, pcscd_socket=str(sock))
+    assert one(ctx, "pcscd").status is Status.SKIP  # nothing configured
+    write_config(home, pkcs11_config("/usr/lib/softhsm/libsofthsm2.so"))
+    doctor.run_checks(ctx, only=["config"])
+    assert one(ctx, "pcscd").status is Status.SKIP  # a software token needs no reader
+    write_config(home, pkcs11_config("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"))
+    doctor.run_checks(ctx, only=["config"])
+    res = one(ctx, "pcscd")
+    assert res.status is Status.WARN and res.fix and "pcscd" in res.fix
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    try:
+        assert "nothing answers" in one(ctx, "pcscd").summary
+        listener.listen(1)
+        assert one(ctx, "pcscd").status is Status.OK
+    finally:
+        listener.close()
