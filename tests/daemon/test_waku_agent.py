@@ -343,3 +343,23 @@ def test_flood_from_another_process_does_not_refuse_a_normal_client(agent: Token
     assert set(codes) <= {"DECRYPT_FAILED", "BUSY"}, codes
     assert codes.get("DECRYPT_FAILED", 0) > 0
     print("flood answers:", codes)
+
+
+def test_audit_lines_name_the_request_never_its_secrets(agent: TokenAgent, peer: Peer) -> None:
+    secret_payload = b"audit-must-not-see-this"
+    wire = agent.c.waku_seal(secret_payload, to=agent.ik33, sign=True)
+    assert agent.c.waku_open(wire).payload == secret_payload
+    sym_wire = agent.c.waku_seal(secret_payload, sym_key=SYM)
+    assert agent.c.waku_open(sym_wire, sym_key=SYM).payload == secret_payload
+    negotiated = agent.c.waku_negotiated(JS.public_key())
+    assert _code(agent.c.waku_open, agent.c.waku_seal(secret_payload, to=JS.public_key())) == "DECRYPT_FAILED"
+    text = (agent.proc.home / "audit.log").read_text()
+    for needle in (secret_payload.hex(), secret_payload.decode(), SYM.hex(), negotiated.sym_key.hex(),
+                   JS.dh(agent.ik33).hex()):
+        assert needle not in text
+    lines = [line for line in agent.proc.audit_lines() if str(line.get("type", "")).startswith("waku_")]
+    opens = [line for line in lines if line["type"] == "waku_open" and line["result"] == "ok"]
+    assert {"asymmetric", "symmetric"} <= {line.get("detail") for line in opens}
+    assert any(line.get("peer") == agent.ik33.hex() for line in opens)  # the signer (public) is recorded
+    assert any(line["type"] == "waku_negotiated" and line.get("peer") == JS.public_key().hex() for line in lines)
+    assert any(line["type"] == "waku_open" and line["result"] == "DECRYPT_FAILED" for line in lines)
