@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.proof.crash --trials 50 [--clients 6] [--seed N] [--min-run 0.05] [--max-run 0.8]
 
 Each trial restarts the agent (``keyagent start``), lets ``--clients`` client threads hammer it with a mix of
-encrypt / decrypt / confirm / sign / bundle requests, and SIGKILLs it after a random delay, mid-request. A peer
+encrypt / decrypt / confirm / sign / bundle / rotate requests, and SIGKILLs it after a random delay, mid-request. A peer
 (:class:`tests.proof.common.Peer`, an in-process SessionManager that is never killed) decrypts every ciphertext
 the clients were handed and keeps replying, so the agent's receiving side and DH ratchet steps are exercised
 too. The promises checked, over every trial (a violation is reported with the trial number and seed):
@@ -48,6 +48,7 @@ class CrashResult:
     rechecked_plaintexts: int = 0
     rechecked_confirms: int = 0
     signatures: int = 0
+    rotations: int = 0
     requests_cut_by_kill: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -55,7 +56,7 @@ class CrashResult:
         return (f"{self.trials} trials: {self.handed_ciphertexts} ciphertexts handed out, {self.peer_decrypted} "
                 f"decrypted at the peer; {self.handed_plaintexts} plaintexts handed out, "
                 f"{self.rechecked_plaintexts} re-read and {self.rechecked_confirms} confirms re-checked after "
-                f"restarts; {self.signatures} signatures; {self.requests_cut_by_kill} requests cut by a kill; "
+                f"restarts; {self.signatures} signatures; {self.rotations} prekey rotations; {self.requests_cut_by_kill} requests cut by a kill; "
                 f"{len(self.violations)} violations")
 
 
@@ -168,15 +169,19 @@ class _Run:
                         self.result.handed_ciphertexts += 1
                         self.handed_chain_n.extend((chain, n) for _, _, chain, n in positions)
                     self.to_peer.put((payload, msg))
-                elif op < 0.95:
+                elif op < 0.94:
                     digest = rng.randbytes(32)
                     sig = client.sign(digest)
                     if secp256k1.recover(digest, sig) != self.alice_id:
                         self.violation(trial, "a signature does not recover to the agent's identity")
                     with self.mu:
                         self.result.signatures += 1
-                else:
+                elif op < 0.98:
                     client.bundle()
+                else:  # a signed-prekey rotation: token/key-file write, then the store write; a kill may split them
+                    client.rotate()
+                    with self.mu:
+                        self.result.rotations += 1
         except AgentUnavailable:
             with self.mu:
                 self.result.requests_cut_by_kill += 1
