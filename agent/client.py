@@ -28,6 +28,7 @@ __all__ = [
     "Encrypted",
     "Decrypted",
     "Identity",
+    "Device",
     "resolve_socket",
     "DEFAULT_MAX_FRAME",
 ]
@@ -66,6 +67,20 @@ class Decrypted:
     installation_id: str
     confirm_ref: bytes
     reply: bytes | None
+    public: bool = False  # an UNENCRYPTED public_message: anyone could have written or read it
+    forward_secrecy: bool = True  # False for public messages and the DH fallback
+
+
+@dataclass(frozen=True)
+class Device:
+    """One of our installations (agent/daemon/devices_service.py): ``active`` = in our bundle and sent to."""
+
+    installation_id: str
+    is_self: bool
+    enabled: bool
+    last_activity_ns: int
+    spk_version: int
+    active: bool
 
 
 @dataclass(frozen=True)
@@ -206,7 +221,8 @@ class AgentClient:
     def decrypt(self, sender_identity: bytes | str, message: bytes) -> Decrypted:
         req = pb.DecryptRequest(sender_identity=_identity_bytes(sender_identity), message=message)
         r = self._do(pb.Request(decrypt=req), "decrypt").decrypt
-        return Decrypted(bytes(r.payload), r.installation_id, bytes(r.confirm_ref), bytes(r.reply) or None)
+        return Decrypted(bytes(r.payload), r.installation_id, bytes(r.confirm_ref), bytes(r.reply) or None,
+                         r.public, r.forward_secrecy)
 
     def confirm(self, refs: Sequence[bytes]) -> None:
         self._do(pb.Request(confirm=pb.ConfirmRequest(refs=list(refs))), "confirm")
@@ -239,6 +255,31 @@ class AgentClient:
 
     def stop(self) -> None:
         self._do(pb.Request(stop=pb.StopRequest()), "stop")
+
+    # --- devices and public messages (agent/daemon/devices_service.py) -----------------------------------------
+    def devices(self) -> list[Device]:
+        """Our installations: this one first, then our other devices newest first (approved or not)."""
+        r = self._do(pb.Request(devices=pb.DevicesRequest()), "devices").devices
+        return [_device(d) for d in r.devices]
+
+    def set_device(self, installation_id: str, enabled: bool) -> tuple[bytes, list[Device]]:
+        """Approve (``enabled``) or disable one of our own devices; returns our new bundle and the device list."""
+        req = pb.SetDeviceRequest(installation_id=installation_id, enabled=enabled)
+        r = self._do(pb.Request(set_device=req), "set_device").set_device
+        return bytes(r.bundle), [_device(d) for d in r.devices]
+
+    def approve_device(self, installation_id: str) -> bytes:
+        """Pair one of our own devices; returns our new bundle (it also rides on our next messages)."""
+        return self.set_device(installation_id, True)[0]
+
+    def disable_device(self, installation_id: str) -> bytes:
+        """Unpair one of our own devices; returns our new bundle."""
+        return self.set_device(installation_id, False)[0]
+
+    def public_message(self, payload: bytes) -> bytes:
+        """A ProtocolMessage with ``payload`` UNENCRYPTED in ``public_message`` (no session, no secrecy)."""
+        req = pb.PublicMessageRequest(payload=payload)
+        return bytes(self._do(pb.Request(public_message=req), "public_message").public_message.message)
 
     # --- Waku payload layer (agent/daemon/waku_service.py) ------------------------------------------------------
     def waku_seal(self, payload: bytes, *, to: bytes | None = None, sym_key: bytes | None = None,
@@ -289,3 +330,7 @@ class WakuContactCode:
     content_topic: str
     topic: bytes
     partitioned_topic: str
+
+
+def _device(d: pb.DeviceInfo) -> Device:
+    return Device(d.installation_id, d.is_self, d.enabled, d.last_activity_ns, d.spk_version, d.active)

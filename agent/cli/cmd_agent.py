@@ -413,9 +413,12 @@ def _decrypt(args: argparse.Namespace, c: AgentClient) -> int:
         _write_bytes(res.reply, args.reply_out)
     if not args.no_confirm and res.confirm_ref:
         c.confirm([res.confirm_ref])
+    if res.public:  # an unencrypted public_message: never present it as a private one
+        print("keyagent: warning: PUBLIC message: the payload was not encrypted", file=sys.stderr)
     if args.json:
         _print_json({"payload": res.payload.hex(), "installation_id": res.installation_id,
-                     "confirm_ref": res.confirm_ref.hex(), "reply": (res.reply or b"").hex()})
+                     "confirm_ref": res.confirm_ref.hex(), "reply": (res.reply or b"").hex(),
+                     "public": res.public, "forward_secrecy": res.forward_secrecy})
     else:
         _write_bytes(res.payload, args.out)
         if args.verbose:

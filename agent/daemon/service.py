@@ -211,6 +211,9 @@ class Service:
         from agent.daemon.waku_service import waku_handlers  # waku_seal/open/negotiated/contact_code (issue 6)
 
         self._handlers.update(waku_handlers(self))
+        from agent.daemon.devices_service import device_handlers  # devices/set_device/public_message (issue 4)
+
+        self._handlers.update(device_handlers(self))
 
     # --- session manager lifecycle --------------------------------------------------------------------------
     def sessions(self) -> SessionsLike:
@@ -388,8 +391,10 @@ class Service:
                                  confirm_ref=res.confirm_ref)
         if res.reply:
             out.reply = res.reply
+        out.public = bool(getattr(res, "public", False))  # unencrypted public_message: say so
+        out.forward_secrecy = bool(getattr(res, "forward_secrecy", True))
         return _Outcome(pb.Response(decrypt=out), key="identity", peer=sender.hex(),
-                        detail=f"installation={res.installation_id}")
+                        detail=f"installation={res.installation_id}" + (",public" if out.public else ""))
 
     def _confirm(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
         refs = list(req.confirm.refs)
