@@ -165,6 +165,44 @@ def test_unplug_replug_while_clients_send(setup: tuple[P11KitServer, dict[str, s
     assert _token_flags(hsm_env) == flags_before  # the re-login used the cached PIN once, correctly: no try burned
 
 
+def test_another_token_plugged_in_is_refused(setup: tuple[P11KitServer, dict[str, str], Path],
+                                             tmp_path: Path) -> None:
+    """A different token with the same label in the same "port": nothing is signed with it and it is never sent
+    the PIN (the serial differs from the one init recorded); the right token plugged back works at once."""
+    srv, env, _home = setup
+    sock = env["KEYAGENT_SOCK"]
+    with AgentClient(sock) as c:
+        ik = c.identity().identity_public_key
+        secp256k1.verify(keccak256(b"x"), c.sign(keccak256(b"x")), ik)
+    other = tmp_path / "other"
+    (other / "tokens").mkdir(parents=True)
+    conf2 = other / "softhsm2.conf"
+    conf2.write_text(f"directories.tokendir = {other}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env2 = dict(os.environ, SOFTHSM2_CONF=str(conf2))
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", LABEL, "--pin", PIN, "--so-pin", SO_PIN],
+                   env=env2, check=True, capture_output=True)
+    srv.stop()
+    impostor = P11KitServer(srv.socket_path, token_label=LABEL, env={"SOFTHSM2_CONF": str(conf2)})
+    impostor.start()
+    try:
+        codes = set()
+        with AgentClient(sock) as c:
+            for i in range(5):
+                with pytest.raises(AgentError) as err:
+                    c.sign(keccak256(b"impostor", bytes([i])))
+                codes.add(err.value.code)
+            assert c.identity().identity_public_key == ik  # the identity it reports never changes
+        print("impostor token answered:", sorted(codes))
+        assert codes <= {"IDENTITY_CHANGED", "TOKEN_ABSENT"} and codes, codes
+        assert "count low" not in _token_flags(env2).lower()  # no PIN was ever tried on it
+    finally:
+        impostor.close()
+    srv.start()
+    with AgentClient(sock) as c:
+        digest = keccak256(b"back")
+        secp256k1.verify(digest, c.sign(digest), ik)
+
+
 # ----- the token store itself vanishes and returns (DH works here; sessions must survive) -------------------------
 
 _PROVISION = ("import sys; from backends.home import provision_identity; "
