@@ -32,7 +32,7 @@ class Env:
     backend: Backend
     secret: str  # PIN or passphrase
     home: str
-    dh_ok: bool = True  # p11-kit 0.24's client cannot carry ECDH1_DERIVE (see test_p11kit_client_has_no_ecdh)
+    dh_ok: bool = True  # p11-kit 0.24 client cannot carry ECDH1_DERIVE (backends/README.md)
 
 
 @pytest.fixture(params=KINDS)
