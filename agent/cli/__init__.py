@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every ``cmd_*`` module's sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=argparse.SUPPRESS, help="agent home (default: $KEYAGENT_HOME or XDG data dir)")
-    parser = argparse.ArgumentParser(prog="keyagent", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="keyagent",
+        description="Keep a Status identity in a PKCS#11 token (or a software key file) and share it with local apps.",
+        epilog="Start with `keyagent init`, then `eval $(keyagent start)`. See README.md.",
+        parents=[common],
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     package = importlib.import_module(__name__)
