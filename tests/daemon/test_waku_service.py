@@ -10,13 +10,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import waku_io
 from agent.core.errors import BadEphemeralKey, DecryptFailed, WireTooShort
 from agent.core.hashing import keccak256
 from agent.core.waku import topics
 from agent.daemon.peercred import PeerCred
-from agent.daemon.service import ClientContext
+from agent.daemon.service import ClientContext, error_code
 from agent.daemon.token_gate import GateBusy
 from agent.daemon.waku_service import WakuHandlers, gate_limits
 from agent.pb.keyagent import agent_pb2 as pb
@@ -24,6 +26,7 @@ from backends.memory import MemoryKey
 
 ME = MemoryKey(keccak256(b"waku-service/me"))
 PEER = MemoryKey(keccak256(b"waku-service/peer"))
+SYM = keccak256(b"waku-service/sym")
 
 
 class SlowIdentity:
@@ -135,3 +138,26 @@ def test_contact_code_uses_no_token_operation() -> None:
     cc = out.response.waku_contact_code
     assert cc.sym_key == topics.contact_code_key(ME.public_key()) and ik.calls == 0
     assert cc.partitioned_topic == topics.partitioned_topic(ME.public_key())
+
+
+_WIRE = waku_io.seal(b"fuzz me", to=ME.public_key(), signer=PEER)
+_ALLOWED = {pb.Error.BAD_REQUEST, pb.Error.DECRYPT_FAILED, pb.Error.BAD_SIGNATURE}
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=600),
+    st.tuples(st.integers(0, len(_WIRE) - 1), st.integers(0, 7)).map(
+        lambda f: _WIRE[: f[0]] + bytes([_WIRE[f[0]] ^ (1 << f[1])]) + _WIRE[f[0] + 1:]),
+    st.integers(0, len(_WIRE) + 64).map(lambda n: (_WIRE + bytes(64))[:n]),
+), sym=st.booleans())
+def test_any_wire_gives_the_payload_or_a_typed_error(data: bytes, sym: bool) -> None:
+    """Random bytes, single bit flips, truncations and extensions: never an INTERNAL error, never a wrong payload."""
+    h, _ = _handlers()
+    req = pb.Request(waku_open=pb.WakuOpenRequest(wire=data, sym_key=SYM) if sym else pb.WakuOpenRequest(wire=data))
+    try:
+        out = h.open(req, _ctx(1, 1)).response.waku_open
+    except Exception as exc:
+        assert error_code(exc) in _ALLOWED, repr(exc)
+    else:
+        assert not sym and data == _WIRE and out.payload == b"fuzz me"
