@@ -127,19 +127,25 @@ def _import(args: argparse.Namespace, c: AgentClient, raw: str) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
-    if own:
+    this_device = own and set(contact.installations) <= {ours.installation_id}
+    if this_device:
+        print("This is THIS device's own contact code: nothing to import.")
+    elif own:
         print("This code is YOUR OWN identity: another device of yours.")
     else:
         print("Contact code verified (signed by the identity key it names).")
     for line in _fingerprint_lines(doc["fingerprint"]):
         print(line)
     print(f"  installations: {', '.join(contact.installations)}")
-    print("Compare the chat key, name/emoji hash or safety number with the other person's screen "
-          "(`keyagent contact` there) before trusting it.")
+    if this_device:
+        return 0
+    where = "the other device" if own else "the other person's screen"
+    print(f"Compare the chat key, name/emoji hash or safety number with {where} (`keyagent contact` there) "
+          "before trusting it.")
     if own and stored:
         waiting = [i for i in contact.installations if i != ours.installation_id]
-        if waiting:
-            print(f"To pair it: keyagent devices approve {waiting[0]}")
+        print(f"To pair it: keyagent devices approve {waiting[0]}  (and on that device, import this device's "
+              "code and approve it too: pairing is per direction)")
     elif stored:
         print("Stored: messages to this contact now start a session with its prekey.")
     else:

@@ -13,13 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.client import AgentClient, AgentError
-from agent.core.bundle import signature_digest
+from agent.core.bundle import sign_bundle, signature_digest
+from agent.core.errors import ProtocolError
 from agent.core.identity import visual_fields
 from agent.core.identity.formats import zq3_encode
 from agent.core.wire import decode_bundle, decode_protocol_message, encode
-from agent.daemon.contact import PREFIX, encode_contact, safety_number
+from agent.daemon.contact import PREFIX, decode_contact, encode_contact, safety_number
 from backends.memory import MemoryKey
 from backends.home import provision_identity
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
@@ -102,6 +105,9 @@ def test_own_device_listed_approved_propagated_and_disabled(agents: AgentFactory
     assert list(r) == [a1.iid, a2.iid]
     assert r[a2.iid]["enabled"] is False and r[a2.iid]["active"] is False and r[a2.iid]["is_self"] is False
     assert r[a1.iid]["is_self"] is True and int(str(r[a2.iid]["last_activity_ns"])) > 0
+    rc, out, err = a1.cli("contact", "import", a1.code())  # our own code on this device: nothing to do
+    assert rc == 0 and "THIS device's own contact code" in out, err
+    assert list(rows(a1)) == [a1.iid, a2.iid]
     rc, out, _ = a1.cli("devices", "installations")
     assert "awaiting approval" in out and f"keyagent devices approve {a2.iid}" in out
     # not approved: a2 gets no copy and is not in our bundle
@@ -224,8 +230,7 @@ def test_contact_round_trip_between_two_agents(agents: AgentFactory, tmp_path: P
     code = next(line for line in lines if line.startswith(PREFIX))
     assert sum("█" in line or "▀" in line or "▄" in line for line in lines) > 20  # the terminal QR code
     assert png.read_bytes().startswith(b"\x89PNG") and b"<svg" in svg.read_bytes()
-    assert decode_bundle(__import__("agent.daemon.contact", fromlist=["x"]).decode_contact(code).bundle).identity \
-        == b.identity
+    assert decode_contact(code).identity == b.identity
     # Bob's own screen shows his fingerprint ...
     names = visual_fields(b.identity)
     for want in (zq3_encode(b.identity), str(names["alias"]), safety_number(b.identity)):
@@ -298,6 +303,30 @@ def test_bad_contact_codes_are_refused_and_store_nothing(agents: AgentFactory) -
     assert rc == 2 and "inspect-key" in err and out == ""
     rc, out, err = a.cli("contact", "import")
     assert rc == 2 and "needs the CODE" in err
+
+
+_CODE = encode_contact(encode(sign_bundle(MemoryKey(b"\x0b" * 32), {
+    "3f1c2a4e-0000-4000-8000-000000000001": (MemoryKey(b"\x0c" * 32).public_key(), 1, 1)}, 1_700_000_000_000_000_000)))
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_CODE) - 1), st.sampled_from(_B58 + "0OIl+/ ="))
+def test_any_changed_character_is_refused(pos: int, char: str) -> None:
+    """What the CLI checks before anything reaches the agent: every one-character change fails (checksum,
+    alphabet or prefix), never decodes to some other valid contact."""
+    changed = _CODE[:pos] + char + _CODE[pos + 1:]
+    if changed == _CODE:
+        return  # the same character drawn: no change (a blank is a deletion: whitespace is ignored)
+    with pytest.raises(ProtocolError):
+        decode_contact(changed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_CODE) - 1))
+def test_any_truncation_is_refused(n: int) -> None:
+    with pytest.raises(ProtocolError):
+        decode_contact(_CODE[:n])
 
 
 # --- public messages ---------------------------------------------------------------------------------------------
