@@ -11,12 +11,14 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.softhsm import SoftHSMToken
 
 THREADS, OPS = 6, 30
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.mark.parametrize("locking,workers", [("0", "1"), ("1", "3")])
@@ -25,7 +27,7 @@ def test_threads_hammer_one_backend(softhsm_token: SoftHSMToken, locking: str, w
     res = subprocess.run(
         [sys.executable, "-m", "tests.backends.hammer", softhsm_token.module, softhsm_token.label,
          softhsm_token.pin, home, str(THREADS), str(OPS), locking, workers],
-        env=softhsm_token.env, capture_output=True, text=True, timeout=300,
+        env=softhsm_token.env, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert res.returncode == 0, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
     out = json.loads(res.stdout.strip().splitlines()[-1])
