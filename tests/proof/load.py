@@ -13,6 +13,7 @@ latency per request type and overall (a report, not a timed assertion).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import queue
 import random
@@ -48,7 +49,7 @@ class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     expected_errors: int = 0
     failures: list[str] = field(default_factory=list)
-    handed: list[tuple[bytes, bytes]] = field(default_factory=list)  # (payload, message) to the peer
+    handed: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (hand-out order, payload, message)
     wall: float = 0.0
     agent_rss_kib: int = 0
     peer_verified: int = 0
@@ -124,11 +125,12 @@ def run_load(clients: int, requests: int, *, seed: int = 1, verify: bool = True,
 
         ledger = PositionLedger()
         mu = threading.Lock()
+        order = itertools.count()  # next() on it is atomic under the GIL: a global hand-out order
         progress = [0] * clients
 
         def client(k: int) -> None:
             lat: dict[str, list[float]] = defaultdict(list)
-            handed: list[tuple[bytes, bytes]] = []
+            handed: list[tuple[int, bytes, bytes]] = []
             expected = 0
             try:
                 with AgentClient(agent.sock, timeout=stall) as c:
@@ -137,7 +139,7 @@ def run_load(clients: int, requests: int, *, seed: int = 1, verify: bool = True,
                         if kind == "encrypt":
                             payload = f"c{k} m{i}".encode()
                             msg = c.encrypt(peer.identity, payload).message
-                            handed.append((payload, msg))
+                            handed.append((next(order), payload, msg))
                         elif kind == "decrypt+confirm":
                             text, message = inbox.get_nowait()
                             got = c.decrypt(peer.identity, message)
@@ -182,20 +184,24 @@ def run_load(clients: int, requests: int, *, seed: int = 1, verify: bool = True,
                 break
         result.wall = time.perf_counter() - t0
         result.agent_rss_kib = rss_kib(agent.pid)
-        for _, msg in result.handed:
+        for _, _, msg in result.handed:
             ledger.add(msg)
         result.reuses = len(ledger.reuses)
         if ledger.reuses:
             result.failures.append(f"{len(ledger.reuses)} (session, chain, n) positions reused")
         if verify:
-            # the peer reads them chain by chain in position order (clients interleave; its MaxSkip is 1000)
-            rank: dict[bytes, int] = {}
+            # The peer reads them chain by chain (chains in the order they were first handed out), each in
+            # position order: clients interleave, and a message left behind on an old chain would otherwise wait
+            # behind thousands of newer ones, longer than the peer keeps skipped keys (MaxKeep 3000).
+            first_seen: dict[bytes, int] = {}
             keyed = []
-            for payload, msg in result.handed:
+            for seq, payload, msg in result.handed:
                 (pos, _), = dr_positions(msg)
-                keyed.append(((rank.setdefault(pos[2], len(rank)), pos[3]), payload, msg))
-            order = [(payload, msg) for _, payload, msg in sorted(keyed, key=lambda x: x[0])]
-            for payload, msg in order:
+                first_seen[pos[2]] = min(first_seen.get(pos[2], seq), seq)
+                keyed.append((pos[2], pos[3], payload, msg))
+            keyed.sort(key=lambda x: (first_seen[x[0]], x[1]))
+            reading = [(payload, msg) for _, _, payload, msg in keyed]
+            for payload, msg in reading:
                 got = peer.mgr.decrypt(alice_id, msg)
                 if not isinstance(got, DecryptResult) or got.payload != payload:
                     result.failures.append("a handed-out ciphertext did not decrypt at the peer")
