@@ -551,7 +551,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reply-out", metavar="FILE", help="write a reply the agent wants sent back (our bundle) here")
     p.add_argument("--no-confirm", action="store_true", help="do not confirm (keep the message key)")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--max-input", type=int, default=256 * 1024, help=argparse.SUPPRESS)
+    p.add_argument("--max-input", type=int, default=255 * 1024, help=argparse.SUPPRESS)
     p = add("sign", "sign a 32-byte digest (hex) with the identity key", _client_command(_sign), json_out=True)
     p.add_argument("digest", metavar="HEX")
     add("sessions", "list sessions", _client_command(_sessions), json_out=True)

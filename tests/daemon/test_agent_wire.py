@@ -513,3 +513,11 @@ def test_kill_9_and_restart_never_reuse_a_message_key(agents: AgentFactory) -> N
     with bob.client() as cb:
         got = [cb.decrypt(a_id, m).payload for m in sent]
     assert got == [f"before {i}".encode() for i in range(5)] + [f"after {i}".encode() for i in range(5)]
+
+
+def test_client_refuses_requests_above_the_frame_cap_with_a_clear_error(shared: AgentProc) -> None:
+    with AgentClient(shared.sock, max_request=4096) as c:
+        with pytest.raises(AgentError) as ei:
+            c.encrypt(b"\x02" * 33, b"x" * 5000)
+        assert ei.value.code == "BAD_REQUEST" and "frame cap" in ei.value.message
+        assert c.status().pid == shared.pid  # the connection is still usable: nothing was sent
