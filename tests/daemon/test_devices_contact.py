@@ -179,6 +179,14 @@ def test_own_device_seen_in_a_message_and_at_most_two_others_active(agents: Agen
     assert set(m.installations) == {b.iid, *newest_two} and idle not in m.installations
     rc, out, _ = a[0].cli("devices", "installations")
     assert rc == 0 and "only the newest 2" in out
+    # approvals are durable: after a restart the same devices are enabled and active, the bundle unchanged
+    listing = [(d.installation_id, d.enabled, d.active) for d in a[0].c.devices()]
+    a[0].c.close()
+    a[0].proc.kill()
+    a[0].proc.start()
+    a[0].c = a[0].proc.client()
+    assert [(d.installation_id, d.enabled, d.active) for d in a[0].c.devices()] == listing
+    assert set(decode_bundle(a[0].c.bundle()).signed_pre_keys) == {a[0].iid, *newest_two}
 
 
 def test_device_requests_reject_bad_ids_and_change_nothing(agents: AgentFactory) -> None:
