@@ -548,6 +548,7 @@ class Pkcs11Backend:
         def run() -> T:
             while True:
                 self._rw.acquire_read()
+                gen = self._gen
                 try:
                     ready = not self._broken and self._login is not None and not self._closed
                     if ready:
@@ -569,7 +570,8 @@ class Pkcs11Backend:
                 finally:
                     self._rw.release_read()
                 if ready:
-                    self._exclusive_inline(self._mark_broken)
+                    # only if nobody reconnected meanwhile (another worker may have seen the same loss)
+                    self._locked_inline(lambda: self._mark_broken() if self._gen == gen else None)
                     raise TokenAbsent("the token went away during the operation") from gone
                 # not ready: connect and log in under the write lock, then retry the (read) operation once
                 self._exclusive_inline(lambda: None, login=True)
@@ -593,10 +595,10 @@ class Pkcs11Backend:
             raise BackendConfigError("backend is closed")
         self._rw.acquire_write()
         try:
-            self._ensure_connected()
-            if login and self._login is None:
-                self._login_from_cache_or_source()
             try:
+                self._ensure_connected()
+                if login and self._login is None:
+                    self._login_from_cache_or_source()
                 return fn()
             except _GONE as exc:
                 self._mark_broken()
@@ -685,11 +687,13 @@ class Pkcs11Backend:
 
     def _healthy(self) -> bool:
         """Cheap probe after an ambiguous error: can we still see the token and our identity key?"""
+        if self._broken or self._token is None:
+            return False
         try:
             self._lib.get_slots(token_present=True)
             s = self._local_session()
             return self._find(s, self._ik_ref, ObjectClass.PUBLIC_KEY) is not None
-        except px.PKCS11Error:
+        except (px.PKCS11Error, BackendError):
             return False
 
     def _token_flags(self) -> int:
