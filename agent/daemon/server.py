@@ -220,6 +220,8 @@ class AgentServer:
             await self._serve_client(reader, writer)
         except asyncio.CancelledError:
             pass
+        except Exception:  # a bug in one connection's handling must not go unlogged or touch the others
+            log.exception("connection failed")
         finally:
             self._tasks.discard(task)
             writer.close()
