@@ -13,6 +13,8 @@ connection was cut or reaped). What each attacker does:
 * half-open: send part of a header or part of a body, then ``shutdown(SHUT_WR)`` and keep reading (the
   agent sees a truncated frame and closes); or a whole request then ``SHUT_WR`` (it answers, then closes);
 * flood: connect and hang up at once, as fast as possible, or send a zero-length frame;
+* never-reads: pipeline requests and never read the answers (the agent reads one request at a time and waits,
+  bounded, for room to write: it cuts the connection or simply stops reading it; its memory stays bounded);
 * idle holders: connections that send nothing and stay open (bounded by ``max_connections``).
 """
 
@@ -30,12 +32,14 @@ from dataclasses import dataclass, field
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.pb.keyagent import agent_pb2 as pb
 from tests.daemon.agentproc import AgentFactory, AgentProc
+from tests.proof.common import rss_kib
 
 __all__ = ["HostileResult", "run_hostile", "main", "HOSTILE_CONFIG"]
 
 #: The agent's limits for the run: defaults except a shorter frame timeout, so cut-offs happen within seconds.
 HOSTILE_CONFIG = {"frame_timeout": 0.5, "max_frame": 65536}
 _STATUS = pb.Request(status=pb.StatusRequest()).SerializeToString()
+_BUNDLE = pb.Request(bundle=pb.BundleRequest()).SerializeToString()
 
 
 @dataclass
@@ -47,13 +51,16 @@ class HostileResult:
     attempts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     connections_after: int = -1
+    rss_start_kib: int = 0
+    rss_max_kib: int = 0
 
     def summary(self) -> str:
         attacks = ", ".join(f"{k}: {self.attempts.get(k, 0)} tries/{self.cut_by_agent.get(k, 0)} cut"
                             for k in sorted(self.attempts))
         return (f"{self.probes} persistent and {self.fresh_probes} fresh-connection requests answered, slowest "
                 f"{self.worst_probe * 1e3:.0f} ms; {attacks}; connections after the attack: "
-                f"{self.connections_after}; {len(self.failures)} failures")
+                f"{self.connections_after}; agent RSS {self.rss_start_kib / 1024:.1f} MiB before, "
+                f"{self.rss_max_kib / 1024:.1f} MiB max; {len(self.failures)} failures")
 
 
 def _connect(path: str, timeout: float = 5.0) -> socket.socket:
@@ -153,6 +160,29 @@ class _Attacks:
                 s.close()
         self._guard("flood", once)
 
+    def never_reads(self) -> None:
+        """Pipeline requests whose answers are never read: the agent's writes back up (backpressure)."""
+        frame = struct.pack(">I", len(_BUNDLE)) + _BUNDLE
+
+        def once() -> bool:
+            s = _connect(self.path)
+            try:
+                s.settimeout(0.2)
+                sent = 0
+                deadline = time.monotonic() + 15
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    try:
+                        s.sendall(frame * 64)
+                        sent += 64
+                    except socket.timeout:
+                        continue  # our send buffer is full too: the agent stopped reading us (one request at a time)
+                    except OSError:
+                        return True  # the agent cut us off
+                return False
+            finally:
+                s.close()
+        self._guard("never-reads", once)
+
     def idle_holders(self, count: int) -> None:
         held = []
         for _ in range(count):
@@ -196,6 +226,7 @@ def _probe(agent: AgentProc, result: HostileResult, stop: threading.Event, bound
             took = time.monotonic() - t0
             result.worst_probe = max(result.worst_probe, took)
             result.fresh_probes += 1
+            result.rss_max_kib = max(result.rss_max_kib, rss_kib(agent.pid))
             time.sleep(0.02)
 
 
@@ -206,12 +237,14 @@ def run_hostile(seconds: float, *, bound: float = 15.0, loris: int = 8, holders:
     try:
         agent = factory.new(config=HOSTILE_CONFIG)
         agent.start()
+        result.rss_start_kib = result.rss_max_kib = rss_kib(agent.pid)
         stop = threading.Event()
         attacks = _Attacks(agent, result, stop, int(HOSTILE_CONFIG["max_frame"]))
         threads = [threading.Thread(target=attacks.slow_loris, daemon=True) for _ in range(loris)]
         threads += [threading.Thread(target=attacks.giant_claim, daemon=True) for _ in range(2)]
         threads += [threading.Thread(target=attacks.half_open, daemon=True) for _ in range(2)]
         threads += [threading.Thread(target=attacks.flood, daemon=True) for _ in range(2)]
+        threads.append(threading.Thread(target=attacks.never_reads, daemon=True))
         threads.append(threading.Thread(target=attacks.idle_holders, args=(holders,), daemon=True))
         for t in threads:
             t.start()
@@ -237,6 +270,8 @@ def run_hostile(seconds: float, *, bound: float = 15.0, loris: int = 8, holders:
                 if result.connections_after <= 1 or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
+        if result.rss_max_kib - result.rss_start_kib > 64 * 1024:
+            result.failures.append(f"agent RSS grew by {(result.rss_max_kib - result.rss_start_kib) / 1024:.0f} MiB")
         if result.connections_after > 1:
             result.failures.append(f"{result.connections_after - 1} hostile connections still held after the attack")
         return result
