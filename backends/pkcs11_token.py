@@ -163,35 +163,52 @@ def _close_all_sessions(lib: Any, slot_id: int) -> None:
 
 # ----- the worker ------------------------------------------------------------------------------------------------
 class _RWLock:
-    """Many readers (parallel sign/dh) or one writer (login, keygen, reconnect)."""
+    """Many readers (parallel sign/dh) or one writer (login, keygen, reconnect).
+
+    The writer may re-enter (a PIN source or a nested call on the same worker must not deadlock it).
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
-        self._writer = False
+        self._writer: int | None = None
+        self._depth = 0
 
     def acquire_read(self) -> None:
+        me = threading.get_ident()
         with self._cond:
-            while self._writer:
+            if self._writer == me:
+                self._depth += 1
+                return
+            while self._writer is not None:
                 self._cond.wait()
             self._readers += 1
 
     def release_read(self) -> None:
         with self._cond:
+            if self._writer == threading.get_ident():
+                self._depth -= 1
+                return
             self._readers -= 1
             if not self._readers:
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:
+        me = threading.get_ident()
         with self._cond:
-            while self._writer or self._readers:
+            if self._writer == me:
+                self._depth += 1
+                return
+            while self._writer is not None or self._readers:
                 self._cond.wait()
-            self._writer = True
+            self._writer, self._depth = me, 1
 
     def release_write(self) -> None:
         with self._cond:
-            self._writer = False
-            self._cond.notify_all()
+            self._depth -= 1
+            if self._depth == 0:
+                self._writer = None
+                self._cond.notify_all()
 
 
 class _Worker:

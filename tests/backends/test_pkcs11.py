@@ -527,3 +527,20 @@ def test_pin_in_keyring_opt_in(softhsm_token: SoftHSMToken, tmp_path: Any, monke
 
     with pytest.raises(KeyringUnavailable):
         _home(softhsm_token, store_pin_in_keyring=True, keyring_backend="keyring.backends.fail.Keyring")
+
+
+def test_pin_source_may_call_back_into_the_backend(softhsm_token: SoftHSMToken) -> None:
+    """A daemon's PIN source that asks the backend for its status must not deadlock the worker."""
+    home = _home(softhsm_token)
+    holder: dict[str, Any] = {}
+
+    def source(what: str) -> str:
+        holder["status"] = holder["b"].status()
+        return softhsm_token.pin
+
+    b = open_backend(load_config(home), home=home, pin_source=source)
+    holder["b"] = b
+    digest = keccak256(b"reentrant")
+    secp256k1.verify(digest, b.identity().sign(digest), b.identity().public_key())
+    assert holder["status"].present and not holder["status"].unlocked
+    b.close()
