@@ -120,15 +120,20 @@ def read_bundle_file(path: str) -> bytes:
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-def _home_given(argv: list[str]) -> bool:
-    return any(a == "--home" or a.startswith("--home=") for a in argv)
+def _home_given(args: argparse.Namespace) -> bool:
+    """Was --home given (it differs from $KEYAGENT_HOME / the XDG default the CLI fills in otherwise)?"""
+    from agent.daemon.config import default_home
+
+    home: str = args.home
+    return os.path.abspath(os.path.expanduser(home)) != os.path.abspath(default_home())
 
 
 def _socket(args: argparse.Namespace) -> str:
+    """--socket, else --home's agent, else $KEYAGENT_SOCK, else the agent of $KEYAGENT_HOME / the default home."""
     explicit = getattr(args, "socket", None)
     if explicit:
         return str(explicit)
-    if _home_given(sys.argv[1:]):
+    if _home_given(args):
         return resolve_socket(home=args.home)
     return resolve_socket(home=None if os.environ.get("KEYAGENT_SOCK") else args.home)
 

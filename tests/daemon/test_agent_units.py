@@ -530,3 +530,27 @@ def test_client_socket_resolution_order(tmp: Path, monkeypatch: pytest.MonkeyPat
     assert resolve_socket() == "/run/env.sock"
     monkeypatch.delenv("KEYAGENT_SOCK")
     assert resolve_socket() == str(socket_path_for(tmp / "env-home"))
+
+
+def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.cli import build_parser
+    from agent.cli.cmd_agent import _socket
+    from agent.daemon.config import default_home
+    from agent.daemon.socketdir import socket_path_for
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
+    monkeypatch.setenv("KEYAGENT_HOME", str(tmp / "env-home"))
+    monkeypatch.setenv("KEYAGENT_SOCK", "/run/from-env.sock")
+
+    def sock_for(*argv: str) -> str:
+        args = build_parser().parse_args(list(argv))
+        if not hasattr(args, "home"):
+            args.home = default_home()
+        return _socket(args)
+
+    assert sock_for("status") == "/run/from-env.sock"  # only KEYAGENT_SOCK: that agent
+    assert sock_for("status", "--home", str(tmp / "other")) == str(socket_path_for(tmp / "other"))
+    assert sock_for("--home", str(tmp / "other"), "status") == str(socket_path_for(tmp / "other"))
+    assert sock_for("status", "--socket", "/x.sock", "--home", str(tmp / "other")) == "/x.sock"
+    monkeypatch.delenv("KEYAGENT_SOCK")
+    assert sock_for("status") == str(socket_path_for(tmp / "env-home"))
