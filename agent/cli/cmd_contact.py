@@ -107,11 +107,13 @@ def _show(args: argparse.Namespace, c: AgentClient) -> int:
 
 
 def _import(args: argparse.Namespace, c: AgentClient, raw: str) -> int:
-    from agent.core.errors import ProtocolError
+    from agent.core.errors import BadSignature, ProtocolError
     from agent.daemon.contact import decode_contact
 
     try:
         contact = decode_contact(read_code(raw))  # verified here: a bad code never reaches the agent
+    except BadSignature as exc:  # well-formed, but not signed by the key it names: forged or altered
+        raise InputError(f"invalid contact code: not signed by the identity key it names ({exc})") from exc
     except ProtocolError as exc:
         raise InputError(f"invalid contact code: {exc}") from exc
     ours = c.identity()
