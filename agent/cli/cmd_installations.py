@@ -36,15 +36,16 @@ class InputError(ValueError):
 
 
 def _socket(args: argparse.Namespace) -> str:
-    """Same choice as the agent commands: --socket, else --home on the command line, else $KEYAGENT_SOCK,
-    else the home's socket."""
-    explicit = getattr(args, "socket", None)
-    if explicit:
-        return str(explicit)
-    argv = sys.argv[1:]
-    if any(a == "--home" or a.startswith("--home=") for a in argv):
-        return resolve_socket(home=args.home)
-    return resolve_socket(home=None if os.environ.get("KEYAGENT_SOCK") else args.home)
+    """The agent commands' choice (--socket, else --home's agent, else $KEYAGENT_SOCK, else the home's): one
+    rule for every command, so it is taken from cmd_agent; a stand-in only if that helper ever moves."""
+    try:
+        from agent.cli.cmd_agent import _socket as agent_socket
+    except ImportError:  # pragma: no cover - cmd_agent reorganised: same rule, simplified
+        explicit = getattr(args, "socket", None)
+        if explicit:
+            return str(explicit)
+        return resolve_socket(home=None if os.environ.get("KEYAGENT_SOCK") else args.home)
+    return agent_socket(args)
 
 
 def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Callable[[argparse.Namespace], int]:
