@@ -64,15 +64,15 @@ class LoadResult:
                  f"{self.wall:.1f} s ({self.completed / max(self.wall, 1e-9):.0f} req/s), "
                  f"{self.expected_errors} expected errors, {len(self.failures)} failures, agent RSS "
                  f"{self.agent_rss_kib / 1024:.1f} MiB",
-                 f"{'request':<10} {'count':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"]
+                 f"{'request':<16} {'count':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"]
         everything: list[float] = []
         for kind in sorted(self.latencies):
             v = self.latencies[kind]
             everything += v
-            lines.append(f"{kind:<10} {len(v):>7} {percentile(v, 50) * 1e3:>9.2f} {percentile(v, 99) * 1e3:>9.2f} "
+            lines.append(f"{kind:<16} {len(v):>7} {percentile(v, 50) * 1e3:>9.2f} {percentile(v, 99) * 1e3:>9.2f} "
                          f"{max(v) * 1e3:>9.2f}")
         if everything:
-            lines.append(f"{'all':<10} {len(everything):>7} {percentile(everything, 50) * 1e3:>9.2f} "
+            lines.append(f"{'all':<16} {len(everything):>7} {percentile(everything, 50) * 1e3:>9.2f} "
                          f"{percentile(everything, 99) * 1e3:>9.2f} {max(everything) * 1e3:>9.2f}")
         return "\n".join(lines)
 
