@@ -108,15 +108,21 @@ def _listing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", metavar="PATH", help="PKCS#11 module to list (default: the home's configured one)")
 
 
-def _configured_module(home: str) -> str | None:
+def _home_pkcs11(home: str) -> dict[str, Any]:
+    """The home's pkcs11 config section ({} when the home has none): module path and the recorded token serial."""
     try:
         doc = json.loads(Path(home, doctor.CONFIG_NAME).read_bytes())
     except (OSError, ValueError):
-        return None
+        return {}
     if isinstance(doc, dict) and doc.get("backend") == "pkcs11" and isinstance(doc.get("pkcs11"), dict):
-        module = doc["pkcs11"].get("module")
-        return module if isinstance(module, str) else None
-    return None
+        section: dict[str, Any] = doc["pkcs11"]
+        return section
+    return {}
+
+
+def _configured_module(home: str) -> str | None:
+    module = _home_pkcs11(home).get("module")
+    return module if isinstance(module, str) else None
 
 
 def _pkcs11_listing(module: str | None) -> dict[str, Any]:
@@ -156,6 +162,10 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     scan = usbscan.scan_usb(include_all=bool(getattr(args, "all_usb", False)))
     module = getattr(args, "module", None) or _configured_module(args.home)
     p11 = _pkcs11_listing(module)
+    ours = _home_pkcs11(args.home).get("token_serial")
+    for slot in p11["slots"]:  # mark the token this home was initialised with
+        if slot["token"] is not None:
+            slot["token"]["this_home"] = bool(ours) and slot["token"]["serial"] == ours
     if getattr(args, "json", False):
         print(json.dumps({"usb": scan.to_json(), "pkcs11": p11}, indent=2, sort_keys=True))
         return EXIT_OK
@@ -191,7 +201,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             continue
         flags = ", ".join(_FLAG_TEXT[f] for f in tok["flags"] if f in _FLAG_TEXT and f != "TOKEN_INITIALIZED")
         print(f"{head}\n      token {tok['label']!r}  serial {tok['serial']}  {tok['manufacturer']} {tok['model']}"
-              f"{'  flags: ' + flags if flags else ''}")
+              f"{'  flags: ' + flags if flags else ''}{'  <- this home' if tok.get('this_home') else ''}")
     return EXIT_OK
 
 

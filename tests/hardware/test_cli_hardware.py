@@ -134,6 +134,7 @@ def test_doctor_after_real_keyagent_init(store: Store) -> None:
     assert rc == 0 and r["identity"][0] == "OK" and "never extractable" in r["identity"][1]
     res = store.keyagent("devices")
     assert res.returncode == 0 and f"token '{LABEL}'  serial {store.serial}" in res.stdout
+    assert "<- this home" in res.stdout
 
 
 def test_doctor_fails_on_extractable_identity(store: Store, tmp_path: Path) -> None:
@@ -229,7 +230,8 @@ def test_devices_lists_softhsm_token(store: Store) -> None:
     assert f"token '{LABEL}'  serial {store.serial}" in res.stdout and "login required" in res.stdout
     doc = json.loads(store.keyagent("devices", "--json").stdout)
     tokens = [s["token"] for s in doc["pkcs11"]["slots"] if s["token"] and s["token"]["serial"]]
-    assert [(t["label"], t["serial"], t["pin_count_low"]) for t in tokens] == [(LABEL, store.serial, False)]
+    assert [(t["label"], t["serial"], t["pin_count_low"], t["this_home"]) for t in tokens] == [
+        (LABEL, store.serial, False, True)]
     assert doc["usb"]["error"] is None or "USB" in doc["usb"]["error"]
     # `devices list` is the same listing; --module overrides the home's module
     res = store.keyagent("devices", "list", "--module", str(store.root / "none.so"))
