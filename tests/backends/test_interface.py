@@ -82,6 +82,8 @@ def _dh(env: Env, key: KeyOps, peer: bytes) -> bytes | None:
 
 def test_provisioned_identity_matches_config(env: Env) -> None:
     cfg = load_config(env.home)
+    assert isinstance(env.backend, Backend) and isinstance(env.backend.identity(), KeyOps)
+    assert isinstance(env.backend.signed_prekey(1), KeyOps)
     pub = env.backend.identity().public_key()
     assert len(pub) == 33 and pub.hex() == cfg["identity_public_key"]
     assert [i.version for i in env.backend.list_signed_prekeys()] == [1]
