@@ -303,7 +303,7 @@ class _TokenKey:
                 KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
                 mechanism_param=(KDF.NULL, None, peer),
                 # the shared x must be readable: a session object, not sensitive, destroyed at once below
-                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, Attribute.TOKEN: False},
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},  # store=False: session obj
             )
             try:
                 return bytes(secret[Attribute.VALUE])
