@@ -544,3 +544,18 @@ def test_pin_source_may_call_back_into_the_backend(softhsm_token: SoftHSMToken) 
     secp256k1.verify(digest, b.identity().sign(digest), b.identity().public_key())
     assert holder["status"].present and not holder["status"].unlocked
     b.close()
+
+
+def test_dh_leaves_no_secret_object(softhsm_token: SoftHSMToken) -> None:
+    """The derived x is read and the secret object destroyed at once: none remains, on the token or in session."""
+    home = _home(softhsm_token)
+    b = open_backend(load_config(home), home=home, pin_source=lambda what: softhsm_token.pin)
+    for _ in range(10):
+        peer = MemoryKey.generate()
+        assert b.identity().dh(peer.public_key()) == peer.dh(b.identity().public_key())
+    # same process (session objects of all our sessions are visible to it), after the worker is idle
+    tok = load_lib(softhsm_token.module).get_token(token_label=softhsm_token.label)
+    with tok.open() as s:
+        assert list(s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})) == []
+    b.close()
+    assert "Secret Key Object" not in softhsm_token.pkcs11_tool("--list-objects", login=True)
