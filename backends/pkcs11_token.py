@@ -27,7 +27,6 @@ from __future__ import annotations
 import _thread
 import ctypes
 import queue
-import secrets
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar

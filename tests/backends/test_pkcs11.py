@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import Any
 
-import pkcs11
+
 import pkcs11.exceptions as px
 import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
@@ -508,7 +508,6 @@ def test_raw_sign_needs_mechanism_ecdsa(softhsm_token: SoftHSMToken) -> None:
         with pytest.raises(px.MechanismInvalid):
             priv.sign(b"\x01" * 32)
         assert len(priv.sign(b"\x01" * 32, mechanism=Mechanism.ECDSA)) == 64
-    _ = pkcs11  # imported for the quirk tests above
 
 
 def test_pin_in_keyring_opt_in(softhsm_token: SoftHSMToken, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
