@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     cfg["pkcs11"]["workers"] = int(workers)
     backend = open_backend(cfg, home=home, pin_source=lambda what: pin)
     ik = backend.identity()
-    counts = {"sign": 0, "dh": 0, "list": 0, "spk": 0}
+    counts = {"sign": 0, "dh": 0, "list": 0, "spk": 0, "relock": 0}
     errors: list[str] = []
     mu = threading.Lock()
 
@@ -31,6 +31,8 @@ def main(argv: list[str]) -> int:
         try:
             for i in range(int(ops)):
                 kind = ("sign", "dh", "sign", "dh", "list", "spk")[(i + tid) % 6]
+                if tid == 0 and i % 10 == 9:
+                    kind = "relock"  # logout + login while the others work: sessions are rebuilt under them
                 if kind == "sign":
                     d = keccak256(tid.to_bytes(2, "big"), i.to_bytes(4, "big"))
                     secp256k1.verify(d, ik.sign(d), ik.public_key())
@@ -40,6 +42,9 @@ def main(argv: list[str]) -> int:
                         raise AssertionError("dh mismatch")
                 elif kind == "list":
                     backend.list_signed_prekeys()
+                elif kind == "relock":
+                    backend.lock()
+                    backend.unlock(pin)
                 else:
                     version = 1000 + tid * 100000 + i
                     spk = backend.create_signed_prekey(version)
