@@ -257,35 +257,65 @@ class Service:
             close()
 
     # --- dispatch ---------------------------------------------------------------------------------------------
-    async def handle(self, request: pb.Request, ctx: ClientContext) -> pb.Response:
-        """Answer one request (never raises); writes one audit line."""
+    def limit(self, kind: str | None) -> float:
+        """Seconds a request of this kind may take before its client is answered TIMEOUT."""
+        limit = self.config.request_timeout
+        if kind in self.config.confirm_ops:
+            limit += self.config.confirm_timeout
+        return limit
+
+    def process(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response, dict[str, object]]:
+        """Answer one request in the calling thread (never raises); returns the response and its audit fields.
+
+        Blocking (token, fsync): call it from a worker or connection thread, never from the event loop.
+        """
         kind = request.WhichOneof("request")
         start = time.monotonic()
         outcome: _Outcome | None = None
         try:
             if kind is None or kind not in self._handlers:
                 raise _Unsupported("unknown request type")
-            handler = self._handlers[kind]
-            loop = asyncio.get_running_loop()
-            limit = self.config.request_timeout
-            if kind in self.config.confirm_ops:
-                limit += self.config.confirm_timeout
-            async with asyncio.timeout(limit):
-                outcome = await loop.run_in_executor(self.executor, self._guarded, handler, kind, request, ctx)
+            outcome = self._guarded(self._handlers[kind], kind, request, ctx)
             response = outcome.response
             result = "ok"
         except Exception as exc:
             response = self._error(exc, kind)
             result = pb.Error.Code.Name(response.error.code)
-        ms = round((time.monotonic() - start) * 1000, 3)
+        fields: dict[str, object] = dict(
+            type=kind or "unknown", result=result, ms=round((time.monotonic() - start) * 1000, 3), conn=ctx.conn,
+            key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
+            detail=outcome.detail if outcome else "",
+        )
+        return response, fields
+
+    def timeout_response(self, request: pb.Request, ctx: ClientContext, started: float) -> tuple[pb.Response,
+                                                                                               dict[str, object]]:
+        """The TIMEOUT answer (and its audit fields) for a request still running past :meth:`limit`."""
+        kind = request.WhichOneof("request")
+        fields: dict[str, object] = dict(
+            type=kind or "unknown", result="TIMEOUT", ms=round((time.monotonic() - started) * 1000, 3),
+            conn=ctx.conn, peer=_peer_hint(request, kind),
+        )
+        return self._error(TimeoutError(), kind), fields
+
+    def record(self, ctx: ClientContext, fields: dict[str, object]) -> None:
+        """Write one audit line; a full disk must not take the agent down (the failure itself is logged)."""
         try:
-            self.audit.record(
-                ctx.cred, ctx.exe, type=kind or "unknown", result=result, ms=ms, conn=ctx.conn,
-                key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
-                detail=outcome.detail if outcome else "",
-            )
-        except OSError as exc:  # a full disk must not take the agent down; the failure itself is logged
+            self.audit.record(ctx.cred, ctx.exe, **fields)
+        except OSError as exc:
             log.error("cannot write the audit log: %s", exc.strerror)
+
+    async def handle(self, request: pb.Request, ctx: ClientContext) -> pb.Response:
+        """Answer one request from the event loop (work in the executor, bounded by :meth:`limit`); one audit line."""
+        kind = request.WhichOneof("request")
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limit(kind)):
+                response, fields = await loop.run_in_executor(self.executor, self.process, request, ctx)
+        except TimeoutError:
+            response, fields = self.timeout_response(request, ctx, started)
+        self.record(ctx, fields)
         return response
 
     def _guarded(
@@ -320,7 +350,7 @@ class Service:
     def _error(self, exc: BaseException, kind: str | None) -> pb.Response:
         code = error_code(exc)
         if isinstance(exc, asyncio.TimeoutError):
-            message = f"request took longer than {self.config.request_timeout:g} s"
+            message = f"request took longer than {self.limit(kind):g} s"
         elif code == pb.Error.INTERNAL:
             log.error("request %s failed", kind, exc_info=exc)
             message = f"internal error ({type(exc).__name__}); see the agent's log"

@@ -33,6 +33,7 @@ from backends.memory import MemoryKey
 from tests.daemon.agentproc import short_tmpdir
 
 if TYPE_CHECKING:
+    from agent.daemon.server import FrameReader
     from agent.daemon.service import ClientContext, Service
 
 
@@ -554,3 +555,68 @@ def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkey
     assert sock_for("status", "--socket", "/x.sock", "--home", str(tmp / "other")) == "/x.sock"
     monkeypatch.delenv("KEYAGENT_SOCK")
     assert sock_for("status") == str(socket_path_for(tmp / "env-home"))
+
+
+# --- blocking frame reader (the server's connection threads) ------------------------------------------------------
+
+
+def _reader_pair(**kw: float) -> tuple["FrameReader", socket.socket]:
+    from agent.daemon.server import FrameReader
+
+    ours, theirs = socket.socketpair()
+    opts = {"max_frame": 64, "frame_timeout": 1.0, "idle_timeout": 0.0}
+    opts.update(kw)
+    return FrameReader(ours, max_frame=int(opts["max_frame"]), frame_timeout=opts["frame_timeout"],
+                       idle_timeout=opts["idle_timeout"]), theirs
+
+
+def test_frame_reader_splits_pipelined_frames_and_ends_cleanly() -> None:
+    reader, peer = _reader_pair()
+    peer.sendall(encode_frame(b"one") + encode_frame(b"two") + encode_frame(b"x" * 64))
+    peer.shutdown(socket.SHUT_WR)
+    assert [reader.read(), reader.read(), reader.read(), reader.read()] == [b"one", b"two", b"x" * 64, None]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x00\x00\x00\x00", "outside"), (b"\x00\x00\x00\x41" + b"a" * 65, "outside"),
+    (b"\x00\x00", "truncated"), (b"\x00\x00\x00\x05ab", "truncated"), (b"\xff\xff\xff\xff", "outside"),
+])
+def test_frame_reader_rejects_bad_frames(data: bytes, reason: str) -> None:
+    reader, peer = _reader_pair()
+    peer.sendall(data)
+    peer.shutdown(socket.SHUT_WR)
+    with pytest.raises(FrameError, match=reason):
+        reader.read()
+
+
+def test_frame_reader_cuts_off_a_slow_frame_and_an_idle_peer() -> None:
+    reader, peer = _reader_pair(frame_timeout=0.05)
+    peer.sendall(b"\x00\x00")  # half a length, then nothing
+    with pytest.raises(FrameError, match="frame timeout"):
+        reader.read()
+    idle, peer2 = _reader_pair(idle_timeout=0.05)
+    assert idle.read() is None  # nothing at all within the idle limit: hang up
+    peer.close()
+    peer2.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=7))
+def test_frame_reader_agrees_with_the_asyncio_reader(data: bytes, chunk: int) -> None:
+    reader, peer = _reader_pair()
+    for i in range(0, len(data), chunk):  # arbitrary segmentation must not matter
+        peer.sendall(data[i:i + chunk])
+    peer.shutdown(socket.SHUT_WR)
+    got: list[bytes] = []
+    sync_error = False
+    try:
+        while (frame := reader.read()) is not None:
+            got.append(frame)
+    except FrameError:
+        sync_error = True
+    peer.close()
+    try:
+        expected = asyncio.run(_frames_from(data, 64))
+        assert not sync_error and got == expected
+    except FrameError:
+        assert sync_error

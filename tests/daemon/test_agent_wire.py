@@ -14,7 +14,7 @@ from typing import Iterator
 import coincurve
 import pytest
 
-from agent.client import AgentClient, AgentError
+from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.core.wire import decode_protocol_message
 from agent.pb.keyagent import agent_pb2 as pb
@@ -485,10 +485,14 @@ def test_connection_limit_closes_extra_connections_only(agents: AgentFactory) ->
     finally:
         first.close()
         second.close()
+    r = None
     for _ in range(100):  # a freed slot is reusable (the agent notices the close asynchronously)
         s = raw_connect(a.sock)
-        send_request(s, status_bytes())
-        r = read_response(s)
+        try:
+            send_request(s, status_bytes())
+            r = read_response(s)
+        except ConnectionError:  # refused while the slot was still taken (reset: our request was unread)
+            r = None
         s.close()
         if r is not None:
             break
@@ -521,3 +525,27 @@ def test_client_refuses_requests_above_the_frame_cap_with_a_clear_error(shared: 
             c.encrypt(b"\x02" * 33, b"x" * 5000)
         assert ei.value.code == "BAD_REQUEST" and "frame cap" in ei.value.message
         assert c.status().pid == shared.pid  # the connection is still usable: nothing was sent
+
+
+def test_a_request_past_its_time_limit_is_answered_timeout_and_others_are_served(agents: AgentFactory) -> None:
+    # A failed unlock waits 0.1 s x failures before answering; with a 50 ms limit the watchdog answers TIMEOUT.
+    a = agents.new(config={"request_timeout": 0.05})
+    a.start()
+    with a.client() as c:
+        c.lock()
+    codes = []
+    for _ in range(10):
+        with a.client() as c:
+            try:
+                c.unlock("wrong")
+            except AgentError as exc:
+                codes.append(exc.code)
+                if exc.code == "TIMEOUT":
+                    assert "longer than" in exc.message
+                    with pytest.raises(AgentUnavailable):  # the timed-out connection is closed afterwards
+                        c.status()
+                    break
+    assert codes[-1] == "TIMEOUT" and set(codes) <= {"TIMEOUT", "PASSPHRASE_INCORRECT"}
+    with a.client() as c:
+        assert c.status().locked  # the agent serves new connections; the failures were counted
+    assert any(l["type"] == "unlock" and l["result"] == "TIMEOUT" for l in a.audit_lines())
