@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.client import AgentClient, AgentError
-from backends.software import SoftwareBackend
+from backends.home import provision_identity
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
 
 ALICE_SECRET = b"\xa1" * 32
@@ -33,8 +33,7 @@ def agents() -> Iterator[AgentFactory]:
 def device(agents: AgentFactory, name: str, secret: bytes) -> tuple[AgentProc, AgentClient]:
     home = agents.root / name
     home.mkdir(mode=0o700)
-    SoftwareBackend.create(str(home / "key.json"), passphrase=PASSPHRASE, scrypt_n=1 << 12,
-                           identity_secret=secret).close()
+    provision_identity(str(home), "software", passphrase=PASSPHRASE, scrypt_n=1 << 12, import_secret=secret)
     proc = agents.new(home=home)
     proc.start()
     return proc, proc.client()
