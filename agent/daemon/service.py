@@ -1,9 +1,10 @@
 """One handler per request: policy → work → audit, and typed errors → stable wire codes.
 
-The server hands every decoded :class:`Request` to :meth:`Service.handle` together with who sent it. The
-handler checks policy (lock state, ecdh policy, owner-only requests), runs the work in a worker thread (backend
-and session-manager calls block: token round trips, the store's fsync), writes one audit line, and returns one
-:class:`Response`. Every exception becomes ``Error{code, message}``: typed errors carry a ``code`` attribute
+The server's connection threads hand every decoded :class:`Request` to :meth:`Service.process` together with
+who sent it (in a thread, because backend and session-manager calls block: token round trips, the store's fsync);
+:meth:`Service.handle` is the same for an asyncio caller, with the time limit applied. Each request checks policy
+(lock state, ecdh policy, owner-only requests, the confirmation hook), does the work, yields one audit line
+(:meth:`Service.record`) and one :class:`Response`. Every exception becomes ``Error{code, message}``: typed errors carry a ``code`` attribute
 whose name is an ``Error.Code`` value; anything else is a bug, reported as INTERNAL without its text (which could
 hold anything) and logged with its traceback.
 """
