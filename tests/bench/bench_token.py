@@ -8,7 +8,8 @@ Prints, on one fresh SoftHSM2 token:
      the sign ratio is also given against "raw sign + the same low-S/V conversion", which isolates the cost of
      the backend's plumbing from the conversion every token signature needs;
   3. in a subprocess (initialisation mode is per process): backend with CKF_OS_LOCKING_OK and 4 workers, mixed
-     sign/dh throughput from 4 caller threads vs 1 (target >= 1.6x on 2 cores).
+     sign/dh throughput from 4 caller threads vs 1 (target >= 1.6x on 2 cores), next to the same scaling of
+     raw python-pkcs11 (OS locking, one session per thread) measured in the same rounds as the baseline.
 Measurements are interleaved in rounds; ratios are taken per round and their median reported, since the
 VM's speed drifts (and other work on a shared machine distorts thread scaling most).
 """
@@ -150,14 +151,47 @@ def part_locking(module: str, label: str, pin: str, seconds: float, rounds: int)
         return op
 
     op4, op1 = op_for(backends[4]), op_for(backends[1])
+
+    # Baseline in the same process: raw python-pkcs11 on the OS-locking module, one session per thread, the same
+    # sign/dh mix without the backend. It shows what the machine allows at this moment.
+    from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass
+
+    from backends.pkcs11_token import load_lib
+
+    token = load_lib(module, True).get_token(token_label=label)
+    kid = bytes.fromhex(cfg["pkcs11"]["identity_id"])
+    raw_keys = []
+    for _ in range(4):
+        sess = token.open(rw=True)
+        raw_keys.append(sess.get_key(object_class=ObjectClass.PRIVATE_KEY, id=kid))
+    peers65 = [secp256k1.decompress(p) for p in peers]
+    raw_counter = [0, 0, 0, 0]
+
+    def raw_op(i: int) -> object:
+        raw_counter[i] += 1
+        k = raw_keys[i]
+        if raw_counter[i] & 1:
+            return k.sign(keccak256(bytes([i]), raw_counter[i].to_bytes(8, "big")), mechanism=Mechanism.ECDSA)
+        sk = k.derive_key(KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+                          mechanism_param=(KDF.NULL, None, peers65[i]),
+                          template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True})
+        try:
+            return sk[Attribute.VALUE]
+        finally:
+            sk.destroy()
+
+    out.update({"raw_1_thread": [], "raw_4_threads": []})
     for _ in range(rounds):
         out["1_thread"].append(threaded_rate(op4, 1, seconds))
         out["4_threads"].append(threaded_rate(op4, 4, seconds))
         out["4_threads_1_worker"].append(threaded_rate(op1, 4, seconds))
+        out["raw_1_thread"].append(threaded_rate(raw_op, 1, seconds))
+        out["raw_4_threads"].append(threaded_rate(raw_op, 4, seconds))
     for b in backends.values():
         b.close()
     res = {k: statistics.median(v) for k, v in out.items()}
     res["scaling"] = statistics.median(a / b for a, b in zip(out["4_threads"], out["1_thread"]))
+    res["raw_scaling"] = statistics.median(a / b for a, b in zip(out["raw_4_threads"], out["raw_1_thread"]))
     return res
 
 
@@ -197,6 +231,8 @@ def main() -> int:
     print(f"  4 caller threads, 4 workers       {lk['4_threads']:8.0f} /s")
     print(f"  4 caller threads, 1 worker        {lk['4_threads_1_worker']:8.0f} /s")
     print(f"  scaling 4 threads vs 1            {lk['scaling']:8.2f}x  (target >= 1.6x)")
+    print(f"  baseline: raw python-pkcs11, OS locking, same mix: 1 thread {lk['raw_1_thread']:.0f} /s, "
+          f"4 threads {lk['raw_4_threads']:.0f} /s, scaling {lk['raw_scaling']:.2f}x")
     print(f"load average during the run: {os.getloadavg()[0]:.2f} (other work on the machine distorts both)")
     return 0
 
