@@ -191,3 +191,31 @@ def test_reopen_from_config(env: Env) -> None:
     digest = keccak256(b"again")
     secp256k1.verify(digest, b2.identity().sign(digest), pub)
     assert b2.signed_prekey(1).public_key() == spk
+
+
+def test_threads_share_one_backend(env: Env) -> None:
+    """Several threads use one backend at once (in-process; the PKCS#11 backend funnels them to its worker)."""
+    import threading
+
+    ik = env.backend.identity()
+    errors: list[BaseException] = []
+    done = [0] * 4
+
+    def run(t: int) -> None:
+        try:
+            for i in range(25):
+                d = keccak256(bytes([t, i]))
+                secp256k1.verify(d, ik.sign(d), ik.public_key())
+                if env.dh_ok and i % 5 == 0:
+                    peer = MemoryKey.generate()
+                    assert ik.dh(peer.public_key()) == peer.dh(ik.public_key())
+                done[t] += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and done == [25] * 4
