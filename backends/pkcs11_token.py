@@ -138,6 +138,8 @@ def load_lib(module: str, os_locking: bool = False) -> Any:
                 return lib
             return pkcs11.lib(module)
         except px.PKCS11Error as exc:
+            if "while loading" in str(exc):  # python-pkcs11 reports dlopen failures as a bare PKCS11Error
+                raise BackendConfigError(f"cannot load PKCS#11 module {module}: {exc}") from exc
             raise TokenAbsent(f"PKCS#11 module {module} does not initialise: {type(exc).__name__}") from exc
         except (OSError, RuntimeError) as exc:
             raise BackendConfigError(f"cannot load PKCS#11 module {module}: {exc}") from exc

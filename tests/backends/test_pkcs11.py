@@ -558,3 +558,20 @@ def test_dh_leaves_no_secret_object(softhsm_token: SoftHSMToken) -> None:
         assert list(s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})) == []
     b.close()
     assert "Secret Key Object" not in softhsm_token.pkcs11_tool("--list-objects", login=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "pkcs11", "--token", "x"], "needs --module"),
+        (["--backend", "pkcs11", "--module", "/nonexistent.so", "--token", "x", "--adopt-id", "zz"], "hex"),
+        (["--backend", "software", "--adopt-label", "x"], "needs --backend pkcs11"),
+        (["--backend", "pkcs11", "--module", "/nonexistent.so", "--token", "x"], "cannot load PKCS#11 module"),
+    ],
+)
+def test_cli_init_refusals(tmp_path: Any, args: list[str], message: str) -> None:
+    env = dict(os.environ, KEYAGENT_PIN="1234", KEYAGENT_PASSPHRASE="p")
+    r = subprocess.run([sys.executable, "-m", "agent", "init", *args, "--home", str(tmp_path / "h")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path / "h" / "config.json").exists()
