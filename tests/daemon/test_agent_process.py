@@ -9,8 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -26,15 +24,6 @@ from tests.daemon.agentproc import (
     short_tmpdir,
     status_bytes,
 )
-
-
-@pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 @pytest.fixture

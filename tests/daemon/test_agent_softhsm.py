@@ -27,15 +27,6 @@ _PROVISION = (
 
 
 @pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
 def token() -> Iterator[SoftHSMToken]:
     with SoftHSMToken() as tok:
         yield tok

@@ -47,15 +47,6 @@ def shared(module_agents: AgentFactory) -> AgentProc:
     return a
 
 
-@pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
 def _assert_closed_without_answer(s: socket.socket) -> None:
     assert recv_all_or_eof(s) == b""
 

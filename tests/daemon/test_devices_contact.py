@@ -9,7 +9,6 @@ that rides on the next message is what tells Bob to include the new device.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
 ALICE_SECRET = b"\xa1" * 32
 BOB_SECRET = b"\xb0" * 32
 MALLORY = MemoryKey(b"\x66" * 32)
-
-
-@pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 class Dev:

@@ -12,20 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 
 from agent.core.identity import contact_code
 from tests.daemon.agentproc import KEYAGENT, REPO, AgentFactory
 from tests.helpers.softhsm import SoftHSMToken
-
-
-@pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 def _needles(vector: dict[str, Any]) -> list[bytes]:

@@ -8,8 +8,6 @@ yet; it is covered in-process by test_multidevice.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +17,6 @@ from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
 
 ALICE_SECRET = b"\xa1" * 32
 BOB_SECRET = b"\xb0" * 32
-
-
-@pytest.fixture
-def agents() -> Iterator[AgentFactory]:
-    factory = AgentFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 def device(agents: AgentFactory, name: str, secret: bytes) -> tuple[AgentProc, AgentClient]:
