@@ -396,6 +396,7 @@ class Pkcs11Backend:
         self._broken = True  # (re)connect before the first operation
         self._sessions: list[Any] = []  # every worker session of the current generation
         self._key_epoch = 0
+        self._spk_pubs: dict[int, bytes] = {}  # version -> public key, as last seen on the token
         self._mechanisms: set[Any] = set()
         self._failures = 0
         self._closed = False
@@ -412,18 +413,25 @@ class Pkcs11Backend:
     def create_signed_prekey(self, version: int) -> KeyOps:
         ref = spk_key_ref(self._ns, _check_version(version))
         pub = self._exclusive(lambda: self._generate(ref), login=True)
+        self._spk_pubs[version] = pub
         return _TokenKey(self, ref, pub)
 
     def signed_prekey(self, version: int) -> KeyOps:
         ref = spk_key_ref(self._ns, _check_version(version))
-        pub = self._exclusive(lambda: self._read_public(ref))
+        pub = self._spk_pubs.get(version)  # no token round trip for a key we created or listed
+        if pub is None:
+            pub = self._exclusive(lambda: self._read_public(ref))
+            self._spk_pubs[version] = pub
         return _TokenKey(self, ref, pub)
 
     def list_signed_prekeys(self) -> list[SignedPrekeyInfo]:
-        return self._exclusive(self._list_spks)
+        infos = self._exclusive(self._list_spks)
+        self._spk_pubs = {i.version: i.public_key for i in infos}  # the token is the truth
+        return infos
 
     def destroy_signed_prekey(self, version: int) -> None:
         ref = spk_key_ref(self._ns, _check_version(version))
+        self._spk_pubs.pop(version, None)  # before: even a failed destroy must not leave a stale handle source
         self._exclusive(lambda: self._destroy(ref), login=True)
 
     def status(self) -> BackendStatus:
@@ -556,7 +564,9 @@ class Pkcs11Backend:
 
     def import_signed_prekey(self, version: int, secret: bytes) -> KeyOps:
         ref = spk_key_ref(self._ns, _check_version(version))
-        return _TokenKey(self, ref, self.import_key(ref, secret))
+        pub = self.import_key(ref, secret)
+        self._spk_pubs[version] = pub
+        return _TokenKey(self, ref, pub)
 
     def private_key_attributes(self, ref: KeyRef | None = None) -> dict[str, bool]:
         """The protection attributes of a private key as the token reports them (for tests and ``status``)."""
