@@ -138,3 +138,27 @@ def test_softhsm_store_moved_away_and_back(softhsm_token: SoftHSMToken) -> None:
         os.rename(tokens + ".away", tokens)
     _sign_ok(b)  # reconnected, re-logged in with the cached PIN, identity re-checked
     b.close()
+
+
+def test_agent_starts_while_token_is_away(served: tuple[SoftHSMToken, P11KitServer, dict[str, Any]]) -> None:
+    tok, srv, cfg = served
+    srv.stop()
+    asked: list[str] = []
+
+    def source(what: str) -> str:
+        asked.append(what)
+        return tok.pin
+
+    b = Pkcs11Backend(
+        cfg["pkcs11"]["module"], cfg["pkcs11"]["token"], namespace=bytes.fromhex(cfg["pkcs11"]["namespace"]),
+        identity=KeyRef(bytes.fromhex(cfg["pkcs11"]["identity_id"]), cfg["pkcs11"]["identity_label"]),
+        identity_public_key=bytes.fromhex(cfg["identity_public_key"]), token_serial=cfg["pkcs11"]["token_serial"],
+        pin_source=source,
+    )
+    with pytest.raises(TokenAbsent):
+        b.identity().sign(keccak256(b"early"))
+    assert asked == [] and not b.status().present  # no PIN asked for a token that is not there
+    srv.start()
+    _sign_ok(b)
+    assert len(asked) == 1
+    b.close()
