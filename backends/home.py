@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+#: the agent's own count of consecutive wrong PINs, kept across restarts: {"serial": "...", "failures": n}
+PIN_FAILURES_NAME = "pin-failures.json"
 CONFIG_VERSION = 1
 _MAX_CONFIG = 1 << 20
 
@@ -186,6 +188,7 @@ def open_backend(
         allow_extractable=bool(p.get("allow_extractable", False)),
         os_locking=bool(p.get("os_locking", False)),
         workers=int(p.get("workers", 1)),
+        failure_file=os.path.join(home, PIN_FAILURES_NAME),
     )
 
 

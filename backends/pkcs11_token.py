@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _thread
 import ctypes
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -366,6 +367,7 @@ class Pkcs11Backend:
         workers: int = 1,
         clock: Callable[[], float] | None = None,
         lib_loader: Callable[[str, bool], Any] = load_lib,
+        failure_file: str | None = None,
     ) -> None:
         if len(namespace) != 8:
             raise BackendConfigError("key namespace must be 8 bytes")
@@ -398,7 +400,10 @@ class Pkcs11Backend:
         self._key_epoch = 0
         self._spk_pubs: dict[int, bytes] = {}  # version -> public key, as last seen on the token
         self._mechanisms: set[Any] = set()
-        self._failures = 0
+        self._failure_file = failure_file
+        self._failures = 0  # consecutive wrong PINs for the token with serial _failures_serial
+        self._failures_serial = ""
+        self._load_failures()
         self._closed = False
         self._rw = _RWLock()
         self._local = _Local()
@@ -785,6 +790,8 @@ class Pkcs11Backend:
             raise PinLocked(f"the user PIN of token {self._label} is locked; unblock it with the SO PIN")
         if flags & TokenFlag.USER_PIN_FINAL_TRY and not force:
             raise PinFinalTry(f"token {self._label} reports that a wrong PIN now locks it; retry with force")
+        if self._failures_serial != self._serial:  # a count belongs to one token
+            self._set_failures(0)
         if self._failures >= self._max_failures and not force and not from_cache:
             raise PinLocked(
                 f"{self._failures} wrong PINs in a row for token {self._label}: the agent refuses more tries "
@@ -794,7 +801,7 @@ class Pkcs11Backend:
         try:
             session = self._token.open(rw=True, user_pin=pin)
         except px.PinIncorrect as exc:
-            self._failures += 1
+            self._set_failures(self._failures + 1)
             _close_all_sessions(self._lib, self._slot_id)
             raise PinIncorrect(
                 f"wrong PIN for token {self._label}", tries_left=max(self._max_failures - self._failures, 0)
@@ -815,13 +822,38 @@ class Pkcs11Backend:
         self._login = session
         if not session_is_login:
             self._sessions.append(session)
-        self._failures = 0
+        self._set_failures(0)
         self._pins.put(self._serial, pin)
         try:
             self._check_identity()
         except BaseException:
             self._drop_sessions(logout=True)
             raise
+
+    def _load_failures(self) -> None:
+        """The persisted count, so restarting the agent does not reset its PIN guard (SoftHSM has none)."""
+        if not self._failure_file:
+            return
+        try:
+            with open(self._failure_file, "rb") as fh:
+                doc = json.loads(fh.read(4096))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            doc = None
+        if (isinstance(doc, dict) and isinstance(doc.get("serial"), str) and isinstance(doc.get("failures"), int)
+                and not isinstance(doc.get("failures"), bool) and doc["failures"] >= 0):
+            self._failures, self._failures_serial = doc["failures"], doc["serial"]
+        else:  # unreadable: fail closed (the user can still force one try)
+            self._failures, self._failures_serial = self._max_failures, self._serial_pinned or ""
+
+    def _set_failures(self, n: int) -> None:
+        changed = n != self._failures or self._failures_serial != self._serial
+        self._failures, self._failures_serial = n, self._serial
+        if self._failure_file and changed:
+            from backends.software import write_atomic
+
+            write_atomic(self._failure_file, json.dumps({"serial": self._serial, "failures": n}).encode())
 
     def _check_identity(self) -> None:
         """After each login: the identity private key is here, acceptable, and matches the configured public key."""

@@ -575,3 +575,26 @@ def test_cli_init_refusals(tmp_path: Any, args: list[str], message: str) -> None
                        capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not (tmp_path / "h" / "config.json").exists()
+
+
+def test_pin_failure_count_survives_a_restart(softhsm_token: SoftHSMToken) -> None:
+    home = _home(softhsm_token)
+    b = open_backend(load_config(home), home=home)
+    for _ in range(3):
+        with pytest.raises(PinIncorrect):
+            b.unlock("0000")
+    b.close()
+    assert json.load(open(os.path.join(home, "pin-failures.json"))) == {"serial": softhsm_token.serial,
+                                                                          "failures": 3}
+    b = open_backend(load_config(home), home=home)  # "restarted agent"
+    with pytest.raises(PinLocked):
+        b.unlock(softhsm_token.pin)
+    b.unlock(softhsm_token.pin, force=True)
+    b.close()
+    assert json.load(open(os.path.join(home, "pin-failures.json")))["failures"] == 0
+    with open(os.path.join(home, "pin-failures.json"), "w") as fh:
+        fh.write("{broken")
+    b = open_backend(load_config(home), home=home)
+    with pytest.raises(PinLocked):  # an unreadable count fails closed
+        b.unlock(softhsm_token.pin)
+    b.close()
