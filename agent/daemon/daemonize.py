@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.service import SessionFactory

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
+from agent.daemon.handling import BadRequest, ClientContext, HandlerHost, Outcome
 from agent.daemon.installations import MAX_INSTALLATIONS, is_installation_id
 from agent.pb.keyagent import agent_pb2 as pb
 
 if TYPE_CHECKING:
-    from agent.daemon.service import ClientContext, Service, _Outcome
     from agent.daemon.sessions import DeviceInfo
 
 __all__ = ["DevicesLike", "DeviceHandlers", "device_handlers", "device_rows", "MAX_PUBLIC_PAYLOAD"]
@@ -43,11 +43,6 @@ class DevicesLike(Protocol):
     def our_bundle(self) -> bytes: ...
     def public_message(self, payload: bytes) -> bytes: ...
 
-
-def _bad_request(message: str) -> Exception:
-    from agent.daemon.service import BadRequest
-
-    return BadRequest(message)
 
 
 def device_rows(devices: Sequence["DeviceInfo"]) -> list[pb.DeviceInfo]:
@@ -73,30 +68,28 @@ def device_rows(devices: Sequence["DeviceInfo"]) -> list[pb.DeviceInfo]:
 class DeviceHandlers:
     """The three handlers of one :class:`Service` (they run in its worker threads)."""
 
-    def __init__(self, service: "Service") -> None:
+    def __init__(self, service: "HandlerHost") -> None:
         self._service = service
 
-    def handlers(self) -> dict[str, Callable[[pb.Request, "ClientContext"], "_Outcome"]]:
+    def handlers(self) -> dict[str, Callable[[pb.Request, ClientContext], Outcome]]:
         return {"devices": self.devices, "set_device": self.set_device, "public_message": self.public_message}
 
     def _manager(self) -> DevicesLike:
         # the service's SessionsLike protocol predates devices; the real SessionManager has these methods
         return cast(DevicesLike, self._service.sessions())
 
-    def devices(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def devices(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
         out = pb.DevicesResponse(devices=device_rows(self._manager().devices()))
-        return _Outcome(pb.Response(devices=out))
+        return Outcome(pb.Response(devices=out))
 
-    def set_device(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def set_device(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         from agent.daemon.sessions import DeviceError
 
         r = req.set_device
         iid = r.installation_id
         if not is_installation_id(iid):
-            raise _bad_request("installation_id must be a printable id of at most 128 characters")
+            raise BadRequest("installation_id must be a printable id of at most 128 characters")
         manager = self._manager()
         try:
             if r.enabled:
@@ -104,22 +97,21 @@ class DeviceHandlers:
             else:
                 manager.disable_device(iid)
         except DeviceError as exc:  # unknown id or our own: nothing changed
-            raise _bad_request(str(exc)) from exc
+            raise BadRequest(str(exc)) from exc
         out = pb.SetDeviceResponse(bundle=manager.our_bundle(), devices=device_rows(manager.devices()))
-        return _Outcome(pb.Response(set_device=out), key="identity",
+        return Outcome(pb.Response(set_device=out), key="identity",
                         detail=f"{'approve' if r.enabled else 'disable'} installation={iid}")
 
-    def public_message(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def public_message(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
         payload = bytes(req.public_message.payload)
         if len(payload) > MAX_PUBLIC_PAYLOAD:
-            raise _bad_request(f"payload is larger than {MAX_PUBLIC_PAYLOAD} bytes")
+            raise BadRequest(f"payload is larger than {MAX_PUBLIC_PAYLOAD} bytes")
         message = self._manager().public_message(payload)
-        return _Outcome(pb.Response(public_message=pb.PublicMessageResponse(message=message)), key="identity",
+        return Outcome(pb.Response(public_message=pb.PublicMessageResponse(message=message)), key="identity",
                         detail="unencrypted")
 
 
-def device_handlers(service: "Service") -> dict[str, Callable[[pb.Request, "ClientContext"], "_Outcome"]]:
+def device_handlers(service: "HandlerHost") -> dict[str, Callable[[pb.Request, ClientContext], Outcome]]:
     """The handler table entries :class:`Service` adds for devices and public messages."""
     return DeviceHandlers(service).handlers()

@@ -18,15 +18,19 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from agent.core import secp256k1
-from agent.core.errors import MalformedKey
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
+from agent.daemon.handling import (
+    BadRequest,
+    ClientContext,
+    Denied,
+    Outcome,
+    peer_public_key,
+)
 from agent.daemon.lock import LockManager
-from agent.daemon.peercred import PeerCred
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -56,18 +60,6 @@ _CODE_ALIASES = {
     "KEY_EXTRACTABLE": "TOKEN_ERROR",
     "BAD_IDENTITY": "BAD_IDENTITY",
 }
-
-
-class BadRequest(ValueError):
-    """A request field is malformed or out of range."""
-
-    code = "BAD_REQUEST"
-
-
-class Denied(PermissionError):
-    """Policy forbids this request for this client."""
-
-    code = "DENIED"
 
 
 class NotReady(RuntimeError):
@@ -125,40 +117,6 @@ def error_code(exc: BaseException) -> int:
     return int(pb.Error.INTERNAL)
 
 
-@dataclass(frozen=True)
-class ClientContext:
-    """Who sent a request: kernel credentials, executable (advisory), connection number, owner or not."""
-
-    cred: PeerCred
-    exe: str
-    conn: int
-    owner: bool
-
-
-def _peer33(data: bytes, what: str) -> bytes:
-    from agent.status_identity import identity_text_key
-
-    text_key = identity_text_key(data)  # 0x04…, compressed hex, zQ3…, status.app link (BAD_IDENTITY if bad)
-    if text_key is not None:
-        return text_key
-    if len(data) not in (33, 65):
-        raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key or a Status key text")
-    try:
-        return secp256k1.compress(data)
-    except (MalformedKey, ValueError) as exc:
-        raise BadRequest(f"{what} is not a valid secp256k1 public key") from exc
-
-
-@dataclass
-class _Outcome:
-    """What a handler returns: the response body and the audit fields it adds."""
-
-    response: pb.Response
-    key: str = ""
-    peer: str = ""
-    detail: str = ""
-
-
 class Service:
     """Dispatches requests; one instance per daemon."""
 
@@ -192,7 +150,7 @@ class Service:
         self._on_release = on_release
         self._connections = connections
         self._started = time.monotonic()
-        self._handlers: dict[str, Callable[[pb.Request, ClientContext], _Outcome]] = {
+        self._handlers: dict[str, Callable[[pb.Request, ClientContext], Outcome]] = {
             "identity": self._identity,
             "bundle": self._bundle,
             "sign": self._sign,
@@ -209,10 +167,14 @@ class Service:
             "release": self._release,
             "stop": self._stop,
         }
-        from agent.daemon.waku_service import waku_handlers  # waku_seal/open/negotiated/contact_code (issue 6)
+        from agent.daemon.waku_service import (
+            waku_handlers,  # waku_seal/open/negotiated/contact_code (issue 6)
+        )
 
         self._handlers.update(waku_handlers(self))
-        from agent.daemon.devices_service import device_handlers  # devices/set_device/public_message (issue 4)
+        from agent.daemon.devices_service import (
+            device_handlers,  # devices/set_device/public_message (issue 4)
+        )
 
         self._handlers.update(device_handlers(self))
 
@@ -272,7 +234,7 @@ class Service:
         """
         kind = request.WhichOneof("request")
         start = time.monotonic()
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         try:
             if kind is None or kind not in self._handlers:
                 raise _Unsupported("unknown request type")
@@ -320,9 +282,9 @@ class Service:
         return response
 
     def _guarded(
-        self, handler: Callable[[pb.Request, ClientContext], _Outcome], kind: str, request: pb.Request,
+        self, handler: Callable[[pb.Request, ClientContext], Outcome], kind: str, request: pb.Request,
         ctx: ClientContext,
-    ) -> _Outcome:
+    ) -> Outcome:
         if kind not in _ALLOWED_LOCKED:
             self.lock.check()
         if kind in self.config.confirm_ops:
@@ -367,7 +329,7 @@ class Service:
         return pb.Response(error=err)
 
     # --- handlers (run in a worker thread) -------------------------------------------------------------------
-    def _identity(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _identity(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         pub = self.backend.identity().public_key()
         out = pb.IdentityResponse(
             identity_public_key=pub,
@@ -392,29 +354,29 @@ class Service:
         out.share_link = share_link(pub)
         out.contact_code_topic = cc["contact_code_topic"]
         out.contact_code_key = bytes.fromhex(cc["contact_code_key"][2:])
-        return _Outcome(pb.Response(identity=out), key="identity")
+        return Outcome(pb.Response(identity=out), key="identity")
 
-    def _bundle(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
-        return _Outcome(pb.Response(bundle=pb.BundleResponse(bundle=self.sessions().our_bundle())), key="identity")
+    def _bundle(self, req: pb.Request, ctx: ClientContext) -> Outcome:
+        return Outcome(pb.Response(bundle=pb.BundleResponse(bundle=self.sessions().our_bundle())), key="identity")
 
-    def _sign(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _sign(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         digest = req.sign.digest
         if len(digest) != 32:
             raise BadRequest("digest must be exactly 32 bytes")
         sig = self.backend.identity().sign(digest)
-        return _Outcome(pb.Response(sign=pb.SignResponse(signature=sig)), key="identity")
+        return Outcome(pb.Response(sign=pb.SignResponse(signature=sig)), key="identity")
 
-    def _encrypt(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
-        peer = _peer33(req.encrypt.peer_identity, "peer_identity")
+    def _encrypt(self, req: pb.Request, ctx: ClientContext) -> Outcome:
+        peer = peer_public_key(req.encrypt.peer_identity, "peer_identity")
         bundle = req.encrypt.peer_bundle or None
         res = self.sessions().encrypt(peer, req.encrypt.payload, bundle)
         out = pb.EncryptResponse(message=res.message, forward_secrecy=res.forward_secrecy,
                                  installations=list(res.installations))
-        return _Outcome(pb.Response(encrypt=out), key="identity", peer=peer.hex(),
+        return Outcome(pb.Response(encrypt=out), key="identity", peer=peer.hex(),
                         detail="" if res.forward_secrecy else "no-forward-secrecy")
 
-    def _decrypt(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
-        sender = _peer33(req.decrypt.sender_identity, "sender_identity")
+    def _decrypt(self, req: pb.Request, ctx: ClientContext) -> Outcome:
+        sender = peer_public_key(req.decrypt.sender_identity, "sender_identity")
         if not req.decrypt.message:
             raise BadRequest("message is empty")
         res = self.sessions().decrypt(sender, req.decrypt.message)
@@ -424,23 +386,23 @@ class Service:
             out.reply = res.reply
         out.public = bool(getattr(res, "public", False))  # unencrypted public_message: say so
         out.forward_secrecy = bool(getattr(res, "forward_secrecy", True))
-        return _Outcome(pb.Response(decrypt=out), key="identity", peer=sender.hex(),
+        return Outcome(pb.Response(decrypt=out), key="identity", peer=sender.hex(),
                         detail=f"installation={res.installation_id}" + (",public" if out.public else ""))
 
-    def _confirm(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _confirm(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         refs = list(req.confirm.refs)
         if len(refs) > 4096:
             raise BadRequest("at most 4096 refs per confirm")
         self.sessions().confirm(refs)
-        return _Outcome(pb.Response(confirm=pb.ConfirmResponse()), detail=f"refs={len(refs)}")
+        return Outcome(pb.Response(confirm=pb.ConfirmResponse()), detail=f"refs={len(refs)}")
 
-    def _add_bundle(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _add_bundle(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         if not req.add_bundle.bundle:
             raise BadRequest("bundle is empty")
         identity = self.sessions().add_peer_bundle(req.add_bundle.bundle)
-        return _Outcome(pb.Response(add_bundle=pb.AddBundleResponse(identity=identity)), peer=identity.hex())
+        return Outcome(pb.Response(add_bundle=pb.AddBundleResponse(identity=identity)), peer=identity.hex())
 
-    def _list_sessions(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _list_sessions(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         out = pb.ListSessionsResponse()
         for info in self.sessions().list_sessions():
             out.sessions.add(
@@ -448,20 +410,20 @@ class Service:
                 confirmed=info.confirmed, expired=info.expired, created_ns=max(0, info.created_ns),
                 last_used_ns=max(0, info.last_used_ns), bundle_id=info.bundle_id,
             )
-        return _Outcome(pb.Response(list_sessions=out))
+        return Outcome(pb.Response(list_sessions=out))
 
-    def _lock(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _lock(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         self.lock.lock(req.lock.password)
-        return _Outcome(pb.Response(lock=pb.LockResponse()), detail="password" if req.lock.password else "")
+        return Outcome(pb.Response(lock=pb.LockResponse()), detail="password" if req.lock.password else "")
 
-    def _unlock(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _unlock(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         if not req.unlock.secret:
             raise BadRequest("secret is empty")
         self.lock.unlock(req.unlock.secret, force=req.unlock.force)
         self.try_open_sessions()
-        return _Outcome(pb.Response(unlock=pb.UnlockResponse()))
+        return Outcome(pb.Response(unlock=pb.UnlockResponse()))
 
-    def _status(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _status(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         st = self.backend.status()
         manager = self.sessions_if_open()
         out = pb.StatusResponse(
@@ -483,29 +445,29 @@ class Service:
             ecdh_allowed=self.config.allow_ecdh,
             detail=st.detail,
         )
-        return _Outcome(pb.Response(status=out))
+        return Outcome(pb.Response(status=out))
 
-    def _rotate(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _rotate(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         manager = self.sessions()
         version = manager.rotate_signed_prekey()
-        return _Outcome(pb.Response(rotate=pb.RotateResponse(bundle=manager.our_bundle())), key=f"spk:{version}")
+        return Outcome(pb.Response(rotate=pb.RotateResponse(bundle=manager.our_bundle())), key=f"spk:{version}")
 
-    def _ecdh(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _ecdh(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         if not self.config.allow_ecdh:
             raise Denied("raw ECDH with the identity key is disabled (set allow_ecdh in agent.json)")
-        peer = _peer33(req.ecdh.peer_public, "peer_public")
+        peer = peer_public_key(req.ecdh.peer_public, "peer_public")
         shared = self.backend.identity().dh(peer)
-        return _Outcome(pb.Response(ecdh=pb.EcdhResponse(shared_x=shared)), key="identity", peer=peer.hex())
+        return Outcome(pb.Response(ecdh=pb.EcdhResponse(shared_x=shared)), key="identity", peer=peer.hex())
 
-    def _release(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _release(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         self._on_release()
-        return _Outcome(pb.Response(release=pb.ReleaseResponse()))
+        return Outcome(pb.Response(release=pb.ReleaseResponse()))
 
-    def _stop(self, req: pb.Request, ctx: ClientContext) -> _Outcome:
+    def _stop(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         if not ctx.owner:
             raise Denied("only the agent's own user (or root) may stop it")
         self._on_stop()
-        return _Outcome(pb.Response(stop=pb.StopResponse()))
+        return Outcome(pb.Response(stop=pb.StopResponse()))
 
 
 class _Unsupported(Exception):

@@ -29,18 +29,20 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from agent import waku_io
 from agent.core import secp256k1
-from agent.core.errors import MalformedKey
 from agent.core.keyops import KeyOps
 from agent.core.waku import MAX_PAYLOAD, open_wire, topics
+from agent.daemon.handling import (
+    BadRequest,
+    ClientContext,
+    HandlerHost,
+    Outcome,
+    peer_public_key,
+)
 from agent.daemon.token_gate import ClientKey, TokenGate
 from agent.pb.keyagent import agent_pb2 as pb
-
-if TYPE_CHECKING:
-    from agent.daemon.service import ClientContext, Service, _Outcome
 
 __all__ = ["WakuHandlers", "GatedKey", "waku_handlers", "gate_limits", "NEGOTIATED_CACHE", "GATE_CAPACITY"]
 
@@ -81,36 +83,18 @@ class GatedKey:
         return self._gate.run(self._key, lambda: self._inner.dh(peer_public))
 
 
-def _bad_request(message: str) -> Exception:
-    from agent.daemon.service import BadRequest
-
-    return BadRequest(message)
-
-
-def _peer33(data: bytes, what: str) -> bytes:
-    from agent.status_identity import identity_text_key
-
-    text_key = identity_text_key(data)  # 0x04…, compressed hex, zQ3…, status.app link (BAD_IDENTITY if bad)
-    if text_key is not None:
-        return text_key
-    if len(data) not in (33, 65):
-        raise _bad_request(f"{what} must be a 33- or 65-byte secp256k1 public key")
-    try:
-        return secp256k1.compress(bytes(data))
-    except (MalformedKey, ValueError) as exc:
-        raise _bad_request(f"{what} is not a valid secp256k1 public key") from exc
 
 
 def _sym_key(data: bytes) -> bytes:
     if len(data) != SYM_KEY_LEN:
-        raise _bad_request(f"sym_key must be exactly {SYM_KEY_LEN} bytes")
+        raise BadRequest(f"sym_key must be exactly {SYM_KEY_LEN} bytes")
     return bytes(data)
 
 
 class WakuHandlers:
     """The four Waku handlers of one :class:`Service` (they run in its worker threads)."""
 
-    def __init__(self, service: "Service") -> None:
+    def __init__(self, service: "HandlerHost") -> None:
         self._service = service
         capacity, per_client = gate_limits(service.config.workers)
         slots = GATE_SLOTS
@@ -121,7 +105,7 @@ class WakuHandlers:
         self._cache: OrderedDict[tuple[bytes, bytes], tuple[bytes, str, bytes]] = OrderedDict()
         self._cache_mu = threading.Lock()
 
-    def handlers(self) -> dict[str, Callable[[pb.Request, "ClientContext"], "_Outcome"]]:
+    def handlers(self) -> dict[str, Callable[[pb.Request, ClientContext], Outcome]]:
         return {
             "waku_seal": self.seal,
             "waku_open": self.open,
@@ -129,37 +113,35 @@ class WakuHandlers:
             "waku_contact_code": self.contact_code,
         }
 
-    def _identity(self, ctx: "ClientContext") -> GatedKey:
+    def _identity(self, ctx: ClientContext) -> GatedKey:
         return GatedKey(self._service.backend.identity(), self.gate, (ctx.cred.uid, ctx.cred.pid, ctx.conn))
 
     # --- handlers ---------------------------------------------------------------------------------------------
-    def seal(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def seal(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
         r = req.waku_seal
         which = r.WhichOneof("key")
         if which is None:
-            raise _bad_request("give the recipient's chat key (to) or a symmetric key (sym_key)")
+            raise BadRequest("give the recipient's chat key (to) or a symmetric key (sym_key)")
         if len(r.payload) > MAX_PAYLOAD:
-            raise _bad_request(f"payload is larger than {MAX_PAYLOAD} bytes")
+            raise BadRequest(f"payload is larger than {MAX_PAYLOAD} bytes")
         signer = self._identity(ctx) if r.sign else None
         if which == "to":
-            to = _peer33(r.to, "to")
+            to = peer_public_key(r.to, "to")
             wire = waku_io.seal(bytes(r.payload), to=to, signer=signer)
             mode, peer = pb.WAKU_ASYMMETRIC, to.hex()
         else:
             wire = waku_io.seal(bytes(r.payload), sym_key=_sym_key(r.sym_key), signer=signer)
             mode, peer = pb.WAKU_SYMMETRIC, ""
         detail = ("asymmetric" if mode == pb.WAKU_ASYMMETRIC else "symmetric") + (",signed" if r.sign else "")
-        return _Outcome(pb.Response(waku_seal=pb.WakuSealResponse(wire=wire, mode=mode)),
+        return Outcome(pb.Response(waku_seal=pb.WakuSealResponse(wire=wire, mode=mode)),
                         key="identity" if r.sign else "", peer=peer, detail=detail)
 
-    def open(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def open(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
         r = req.waku_open
         if not r.wire:
-            raise _bad_request("wire is empty")
+            raise BadRequest("wire is empty")
         if r.HasField("sym_key"):
             opened = open_wire(bytes(r.wire), sym_key=_sym_key(r.sym_key))
             mode, key = pb.WAKU_SYMMETRIC, ""
@@ -168,13 +150,12 @@ class WakuHandlers:
             mode, key = pb.WAKU_ASYMMETRIC, "identity"
         out = pb.WakuOpenResponse(payload=opened.payload, signer_public_key=opened.signer_pub or b"", mode=mode)
         signer = secp256k1.compress(opened.signer_pub).hex() if opened.signer_pub else ""
-        return _Outcome(pb.Response(waku_open=out), key=key, peer=signer,
+        return Outcome(pb.Response(waku_open=out), key=key, peer=signer,
                         detail="asymmetric" if mode == pb.WAKU_ASYMMETRIC else "symmetric")
 
-    def negotiated(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def negotiated(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
-        peer = _peer33(req.waku_negotiated.peer_identity, "peer_identity")
+        peer = peer_public_key(req.waku_negotiated.peer_identity, "peer_identity")
         me = self._identity(ctx)
         slot = (me.public_key(), peer)
         with self._cache_mu:
@@ -192,10 +173,9 @@ class WakuHandlers:
                     self._cache.popitem(last=False)
         key, content_topic, topic = hit
         out = pb.WakuNegotiatedResponse(sym_key=key, content_topic=content_topic, topic=topic)
-        return _Outcome(pb.Response(waku_negotiated=out), key="identity", peer=peer.hex())
+        return Outcome(pb.Response(waku_negotiated=out), key="identity", peer=peer.hex())
 
-    def contact_code(self, req: pb.Request, ctx: "ClientContext") -> "_Outcome":
-        from agent.daemon.service import _Outcome
+    def contact_code(self, req: pb.Request, ctx: ClientContext) -> Outcome:
 
         pub = self._service.backend.identity().public_key()
         name = topics.contact_code_name(pub)
@@ -203,9 +183,9 @@ class WakuHandlers:
             content_topic=topics.content_topic(name), sym_key=topics.key_from_password(name),
             topic=topics.topic_bytes(name), partitioned_topic=topics.partitioned_topic(pub),
         )
-        return _Outcome(pb.Response(waku_contact_code=out))
+        return Outcome(pb.Response(waku_contact_code=out))
 
 
-def waku_handlers(service: "Service") -> dict[str, Callable[[pb.Request, "ClientContext"], "_Outcome"]]:
+def waku_handlers(service: "HandlerHost") -> dict[str, Callable[[pb.Request, ClientContext], Outcome]]:
     """The handler table entries :class:`Service` adds for the Waku requests."""
     return WakuHandlers(service).handlers()
