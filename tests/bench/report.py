@@ -142,7 +142,7 @@ def _token(run: BenchRun) -> list[Row]:
         elif not r.met:
             r.why = ("the backend adds a worker-thread hand-off and host-side low-S/V or peer-point checks to every "
                      "token operation; this ratio moves between runs on the shared VM (the benchmark reports the "
-                     "median of interleaved rounds; see its raw output and the load average)")
+                     "median of interleaved rounds; see its raw output and the load average).")
     return rows
 
 
@@ -197,9 +197,10 @@ def _socket(run: BenchRun) -> list[Row]:
                    f"confirm at B) across two agent processes, each through asyncio, a worker thread and an audit "
                    f"line. ")
             if durable < thr:
-                why += (f"Durability alone is below the target ({durable:.2f} < {thr:g}): no socket could meet it "
-                        f"while every message is made durable before it is handed out (the promise of issue 7); "
-                        f"the core row persists nothing.")
+                why += (f"The durable in-process path alone is below the target ({durable:.2f} < {thr:g}): with this "
+                        f"session manager no socket could meet it. Its cost is fsync'd commits (see bench_sessions' "
+                        f"commits/msg) plus per-message state bookkeeping and serialisation; the core row persists "
+                        f"nothing.")
             else:
                 why += "The socket path is what misses the target here."
         rows.append(Row(run.name, f"1 KiB encrypt+decrypt through two agents, {name[-2:]} client(s), vs in-process "
@@ -239,7 +240,7 @@ def _waku(run: BenchRun) -> list[Row]:
         why = ""
         if token and not met:
             why = ("host work after the token ECDH (envelope parsing, signer recovery) is paid per envelope on top "
-                   "of the ECDH floor" if "decode" in row else "host-side MAC/AES work per envelope on top of the ECDH")
+                   "of the ECDH floor." if "decode" in row else "host-side MAC/AES work per envelope on top of the ECDH.")
         rows.append(Row(run.name, f"Waku open_{row} ({backend}) vs raw ECDH loop" + (" (issue 6)" if token else ""),
                         f"{rate} ops/s", ratio, ">= 0.9" if token else "", met, why))
     return rows
