@@ -24,19 +24,29 @@ import os
 import queue
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.daemon.sessions import DecryptResult
+from backends.base import Backend
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
+from tests.helpers.softhsm import SoftHSMToken
 from tests.proof.common import Peer, PositionLedger, check_store, home_backend
 
 __all__ = ["CrashResult", "run_crash_trials", "main"]
+
+_PROVISION = (
+    "import sys\n"
+    "from backends.home import provision_identity\n"
+    "provision_identity(sys.argv[1], 'pkcs11', module=sys.argv[2], token=sys.argv[3], pin=sys.argv[4])\n"
+)
 
 
 @dataclass
@@ -70,13 +80,19 @@ class _Received:
 
 
 class _Run:
-    def __init__(self, root: Path, clients: int, seed: int, min_run: float, max_run: float) -> None:
+    def __init__(self, root: Path, clients: int, seed: int, min_run: float, max_run: float,
+                 token: bool = False) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.clients = clients
         self.min_run, self.max_run = min_run, max_run
         self.factory = AgentFactory()
-        self.alice: AgentProc = self.factory.new()
+        self._stack = ExitStack()
+        self._backend: Backend | None = None
+        if token:
+            self.alice = self._token_agent()
+        else:
+            self.alice = self.factory.new()
         self.peer = Peer(self.factory.root)
         self.ledger = PositionLedger()
         self.result = CrashResult()
@@ -87,7 +103,25 @@ class _Run:
         self.mu = threading.Lock()
         self.alice_id = b""
         self.peer_counter = 0
-        self._ik = home_backend(self.alice.home, PASSPHRASE).identity()
+        if self._backend is None:
+            self._backend = home_backend(self.alice.home, PASSPHRASE)
+        self._ik = self._backend.identity()
+
+    def _token_agent(self) -> AgentProc:
+        """An agent whose identity and prekeys live on a fresh SoftHSM2 token (same provisioning as init)."""
+        tok = self._stack.enter_context(SoftHSMToken())
+        home = self.factory.root / "token-home"
+        cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), tok.module, f"label:{tok.label}", tok.pin],
+                            env=tok.env, capture_output=True, text=True, timeout=120)
+        if cp.returncode != 0:
+            raise RuntimeError(f"provisioning the token home failed: {cp.stderr.strip()}")
+        agent = self.factory.new(home=home)
+        agent.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin)
+        tok.activate()  # this process opens the same token for the store checks
+        from backends.home import load_config, open_backend
+
+        self._backend = open_backend(load_config(str(home)), home=str(home), pin_source=lambda _: tok.pin)
+        return agent
 
     def violation(self, trial: int, text: str) -> None:
         with self.mu:
@@ -278,14 +312,21 @@ class _Run:
         try:
             self.peer.close()
         finally:
-            self.factory.close()
+            try:
+                self.factory.close()
+            finally:
+                if self._backend is not None:
+                    self._backend.close()
+                self._stack.close()
 
 
 def run_crash_trials(trials: int, *, clients: int = 6, seed: int | None = None, min_run: float = 0.05,
-                     max_run: float = 0.8, root: Path | None = None, progress: bool = False) -> CrashResult:
-    """Run the harness; the result lists every violated promise (empty = all held)."""
+                     max_run: float = 0.8, root: Path | None = None, progress: bool = False,
+                     token: bool = False) -> CrashResult:
+    """Run the harness; the result lists every violated promise (empty = all held). ``token``: the agent's
+    identity and prekeys live on a fresh SoftHSM2 token instead of a software key file."""
     seed = random.SystemRandom().getrandbits(32) if seed is None else seed
-    run = _Run(root or Path("/tmp"), clients, seed, min_run, max_run)
+    run = _Run(root or Path("/tmp"), clients, seed, min_run, max_run, token)
     try:
         run.setup()
         for t in range(1, trials + 1):
@@ -307,11 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--min-run", type=float, default=0.05, help="shortest time before the kill (s)")
     ap.add_argument("--max-run", type=float, default=0.8, help="longest time before the kill (s)")
+    ap.add_argument("--token", action="store_true", help="identity on a fresh SoftHSM2 token (PKCS#11 backend)")
     args = ap.parse_args(argv)
     seed = random.SystemRandom().getrandbits(32) if args.seed is None else args.seed
-    print(f"crash harness: {args.trials} trials, {args.clients} clients, seed {seed}", flush=True)
+    print(f"crash harness: {args.trials} trials, {args.clients} clients, seed {seed}"
+          f"{', SoftHSM2 token' if args.token else ''}", flush=True)
     result = run_crash_trials(args.trials, clients=args.clients, seed=seed, min_run=args.min_run,
-                              max_run=args.max_run, progress=True)
+                              max_run=args.max_run, progress=True, token=args.token)
     print(result.summary())
     for v in result.violations:
         print("VIOLATION:", v)

@@ -7,10 +7,13 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from agent.core.wire import decode_protocol_message, encode
 from agent.daemon.store import PutSession, Store
 from backends.memory import MemoryKey
 from tests.proof.common import Peer, PositionLedger, check_store, dr_positions
+from tests.helpers.softhsm import SOFTHSM_MODULE
 from tests.proof.crash import run_crash_trials
 
 
@@ -23,6 +26,14 @@ def test_five_kill_9_trials_keep_every_promise(tmp_path: Path) -> None:
     assert result.handed_plaintexts > 0
     assert result.rechecked_plaintexts + result.rechecked_confirms > 0
     assert result.requests_cut_by_kill > 0
+
+
+@pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
+def test_three_kill_9_trials_with_the_identity_on_a_softhsm_token(tmp_path: Path) -> None:
+    result = run_crash_trials(3, clients=4, seed=int.from_bytes(os.urandom(4), "big"), max_run=0.5, root=tmp_path,
+                              token=True)
+    assert result.violations == []
+    assert result.trials == 3 and result.handed_ciphertexts > 0 and result.peer_decrypted >= result.handed_ciphertexts
 
 
 def _conversation(tmp_path: Path) -> tuple[Peer, Peer, bytes]:
