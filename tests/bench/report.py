@@ -261,8 +261,8 @@ def _store_scale(run: BenchRun) -> list[Row]:
                    "whole installation dict in ``SessionManager._plan_initiations``: O(stored peers) per encrypt. "
                    "An index of installations by identity would make it O(1).")
         elif r > 2:
-            why = "no session scan in this path; the Python garbage collector walking ~100k live session objects " \
-                  "adds pauses to every request"
+            why = ("no session scan in this path (not profiled further; plausibly the garbage collector walking "
+                   "~100k live session objects)")
         rows.append(Row(run.name, f"{op}: {sizes['big']} stored sessions vs {sizes['small']} (p50 latency ratio)",
                         f"{p50['big'][op]:.2f} ms vs {p50['small'][op]:.2f} ms", r, "", None, why))
     rss = d["rss_mb"]["big"]
