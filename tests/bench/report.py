@@ -117,7 +117,7 @@ def _generic(run: BenchRun) -> list[Row]:
         if not m:
             continue
         ratio, op, thr = float(m["ratio"]), m["op"], float(m["thr"])
-        label = line[:m.start()].strip().rstrip("=").strip()
+        label = " ".join(line[:m.start()].strip().rstrip("=").split())
         rows.append(Row(run.name, label, " ".join(line.split()), ratio, f"{op} {thr:g}", _judge(ratio, op, thr)))
     return rows
 
