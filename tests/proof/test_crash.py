@@ -18,7 +18,8 @@ from tests.proof.crash import run_crash_trials
 
 
 def test_five_kill_9_trials_keep_every_promise(tmp_path: Path) -> None:
-    result = run_crash_trials(5, clients=6, seed=int.from_bytes(os.urandom(4), "big"), max_run=0.5, root=tmp_path)
+    result = run_crash_trials(5, clients=6, seed=int.from_bytes(os.urandom(4), "big"), min_run=0.2, max_run=0.5,
+                              root=tmp_path)
     assert result.violations == []
     assert result.trials == 5
     # the run really did what it claims: traffic both ways and re-checks after restarts
@@ -30,8 +31,8 @@ def test_five_kill_9_trials_keep_every_promise(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
 def test_three_kill_9_trials_with_the_identity_on_a_softhsm_token(tmp_path: Path) -> None:
-    result = run_crash_trials(3, clients=4, seed=int.from_bytes(os.urandom(4), "big"), max_run=0.5, root=tmp_path,
-                              token=True)
+    result = run_crash_trials(3, clients=4, seed=int.from_bytes(os.urandom(4), "big"), min_run=0.2, max_run=0.5,
+                              root=tmp_path, token=True)
     assert result.violations == []
     assert result.trials == 3 and result.handed_ciphertexts > 0 and result.peer_decrypted >= result.handed_ciphertexts
 

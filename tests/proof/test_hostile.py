@@ -36,7 +36,7 @@ def agents() -> Iterator[AgentFactory]:
 def test_slot_exhaustion_by_idle_connections_clears_with_idle_timeout(agents: AgentFactory) -> None:
     """All ``max_connections`` slots held by idle clients: newcomers are refused (BUSY), never queued forever,
     and with ``idle_timeout`` set the slots come back, so a retrying well-behaved client is served."""
-    a = agents.new(config={"max_connections": 4, "idle_timeout": 1.0})
+    a = agents.new(config={"max_connections": 4, "idle_timeout": 3.0})
     a.start()
     held = [raw_connect(a.sock) for _ in range(4)]
     try:
