@@ -55,7 +55,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -271,6 +271,9 @@ class SessionManager:
         self._sessions: dict[bytes, _Live] = {}
         self._by_peer: dict[tuple[bytes, str], list[bytes]] = {}
         self._installations: dict[tuple[bytes, str], InstallationRecord] = {}
+        # the same records by identity: a message's targets are found in O(devices of that identity), not by
+        # scanning every installation ever stored (our own devices are the entry for self.identity)
+        self._by_identity: dict[bytes, dict[str, InstallationRecord]] = {}
         self._spks: dict[int, OwnSpkRecord] = {}
         self._replies: dict[bytes, int] = store.load_peer_replies()
         self._dirty: set[bytes] = set()
@@ -285,7 +288,7 @@ class SessionManager:
         else:
             self.installation_id = iid.decode()
         for inst in store.load_installations():
-            self._installations[(inst.identity, inst.installation_id)] = inst
+            self._put_installation(inst)
         for spk in store.load_own_spks():
             self._spks[spk.version] = spk
         for rec in store.load_sessions():
@@ -311,6 +314,10 @@ class SessionManager:
             s = self._rng(32)
             if secp256k1.valid_secret(s):
                 return s
+
+    def _put_installation(self, rec: InstallationRecord) -> None:
+        self._installations[(rec.identity, rec.installation_id)] = rec
+        self._by_identity.setdefault(rec.identity, {})[rec.installation_id] = rec
 
     def _add_live(self, live: _Live) -> None:
         self._sessions[live.rec.sid] = live
@@ -422,8 +429,8 @@ class SessionManager:
             return None
 
     def _own_devices(self, limit: int) -> list[InstallationRecord]:
-        return select_enabled(self._installations.values(), self.identity, exclude=self.installation_id,
-                              limit=limit)
+        return select_enabled(self._by_identity.get(self.identity, {}).values(), self.identity,
+                              exclude=self.installation_id, limit=limit)
 
     def _bundle(self) -> pb.Bundle:
         """Our signed bundle: self + up to 2 enabled own devices; re-signed when it changes or gets old."""
@@ -449,7 +456,7 @@ class SessionManager:
         up = apply_bundle(self._installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
         for rec in up.records:
-            self._installations[(identity, rec.installation_id)] = rec  # our bundle's cache key notices changes
+            self._put_installation(rec)  # our bundle's cache key notices changes
             ops.append(PutInstallation(replace(rec)))
         for iid in up.rekeyed:
             new_spk = self._installations[(identity, iid)].spk
@@ -500,7 +507,7 @@ class SessionManager:
         with self._lock:
             cur = self._current_spk()
             out = [DeviceInfo(self.installation_id, True, True, self._clock(), cur.version if cur else 0)]
-            others = [i for (ident, _), i in self._installations.items() if ident == self.identity]
+            others = list(self._by_identity.get(self.identity, {}).values())
             others.sort(key=lambda i: (-i.timestamp_ns, i.installation_id))
             out += [DeviceInfo(i.installation_id, False, i.enabled, i.timestamp_ns, i.spk_version) for i in others]
             return out
@@ -514,7 +521,7 @@ class SessionManager:
                 raise DeviceError(f"unknown device {installation_id!r}")
             if rec.enabled != enabled:
                 rec = replace(rec, enabled=enabled)
-                self._installations[(self.identity, installation_id)] = rec
+                self._put_installation(rec)
                 ops.append(PutInstallation(replace(rec)))
                 self._bundle_cache = None  # our bundle changes and rides on the next messages
 
@@ -590,16 +597,30 @@ class SessionManager:
         x3 = x3dh_header(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None
         return encrypted_message(ct, x3dh=x3, dr=dr_header(header.dh, header.n, header.pn, rec.bundle_id))
 
+    def _devices_of(
+        self, identity: bytes, overlay: Mapping[str, InstallationRecord] | None
+    ) -> Iterable[InstallationRecord]:
+        """The stored installations of ``identity``, with ``overlay`` (not yet applied updates) on top."""
+        stored = self._by_identity.get(identity, {})
+        if not overlay:
+            return stored.values()
+        return {**stored, **overlay}.values()
+
     def _targets(
-        self, peer: bytes, installations: dict[tuple[bytes, str], InstallationRecord]
+        self, peer: bytes, overlay: Mapping[bytes, Mapping[str, InstallationRecord]] | None = None
     ) -> list[InstallationRecord]:
-        """Up to 3 of the peer's enabled installations, then up to 2 of our other enabled ones (newest first)."""
+        """Up to 3 of the peer's enabled installations, then up to 2 of our other enabled ones (newest first).
+
+        ``overlay``: installation updates (by identity, then id) to see as if applied; None for the stored ones.
+        """
+        over = overlay or {}
         to_self = peer == self.identity
-        targets = select_enabled(installations.values(), peer, exclude=self.installation_id if to_self else None,
+        targets = select_enabled(self._devices_of(peer, over.get(peer)), peer,
+                                 exclude=self.installation_id if to_self else None,
                                  limit=MAX_INSTALLATIONS - 1 if to_self else MAX_INSTALLATIONS)
         if not to_self:
-            targets += select_enabled(installations.values(), self.identity, exclude=self.installation_id,
-                                      limit=MAX_INSTALLATIONS - 1)
+            targets += select_enabled(self._devices_of(self.identity, over.get(self.identity)), self.identity,
+                                      exclude=self.installation_id, limit=MAX_INSTALLATIONS - 1)
         return targets
 
     def _plan_initiations(self, peer: bytes, verified: pb.Bundle | None) -> dict[tuple[bytes, str, bytes], bytes]:
@@ -607,14 +628,14 @@ class SessionManager:
         session, before taking the state lock; maps (identity, installation, SPK) -> ephemeral secret ‖ SK.
         A wrong guess (state changed meanwhile) only wastes that DH: the locked phase recomputes."""
         with self._lock:
-            view = dict(self._installations)
-            if verified is not None:
-                up = apply_bundle(view, peer, verified, our_identity=self.identity,
+            overlay: dict[bytes, dict[str, InstallationRecord]] = {}
+            if verified is not None:  # the updates the locked phase will apply, seen without applying them
+                up = apply_bundle(self._installations, peer, verified, our_identity=self.identity,
                                   our_installation_id=self.installation_id, now_ns=0)
                 for rec in up.records:
-                    view[(rec.identity, rec.installation_id)] = rec
+                    overlay.setdefault(rec.identity, {})[rec.installation_id] = rec
             need = []
-            for inst in self._targets(peer, view):
+            for inst in self._targets(peer, overlay):
                 lives = [live.rec for live in self._peer_sessions(inst.identity, inst.installation_id)
                          if not live.rec.expired]
                 if inst.spk is not None and not any(not r.initiator or r.bundle_id == inst.spk for r in lives):
@@ -648,7 +669,7 @@ class SessionManager:
                 self._merge_bundle(peer, verified, ops)
             entries: dict[str, pb.EncryptedMessageProtocol] = {}
             peer_ids: list[str] = []
-            for inst in self._targets(peer, self._installations):
+            for inst in self._targets(peer):
                 live = self._sending_session(inst, planned)
                 if live is None:
                     continue  # an installation without a prekey is skipped
