@@ -1,6 +1,6 @@
-"""The performance report: run every benchmark in tests/bench/ and write docs/performance.md.
+"""The performance report: run every benchmark in tests/bench/ and write tests/bench/PERFORMANCE.md.
 
-    .venv/bin/python -m tests.bench.report [--quick] [--out docs/performance.md] [--only NAME ...]
+    .venv/bin/python -m tests.bench.report [--quick] [--out tests/bench/PERFORMANCE.md] [--only NAME ...]
 
 Every ``tests/bench/bench_*.py`` is run as its own process (one after the other, so they do not compete for the
 two cores), its output kept verbatim in the page, and the ratios it measured against its own in-run baselines
@@ -381,7 +381,7 @@ def render(runs: list[BenchRun], rows: list[Row], quick: bool, started: dt.datet
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
-    ap.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
+    ap.add_argument("--out", default=str(REPO / "tests" / "bench" / "PERFORMANCE.md"))
     ap.add_argument("--only", nargs="*", help="run only these bench_*.py files")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
     args = ap.parse_args(argv)
