@@ -28,6 +28,16 @@ Why a message key is never used twice, across kill -9 and power loss
        submitted batch at the time its result was computed (``_finish``), so it also never returns a result
        built on another request's not-yet-durable state.
 
+State lives on disk; memory holds a bounded cache
+    Sessions are loaded on demand, all sessions of one installation at a time, and kept in an LRU of at most
+    ``cache_peers`` installations (installations likewise, by identity, ``cache_identities``); nothing is read
+    at start-up. The sealed SQLite rows are the source of truth, so a cached session may only be dropped when
+    reloading its row gives back exactly what memory holds: nothing of it is waiting to be written (dirty),
+    its latest write is durable (the store reads committed rows only), and its row holds its exact sending
+    position (rule 3 would otherwise skip the reserved positions on reload). A session that does not yet meet
+    the last condition gets an exact-position write first (safe: every position handed out is below it) and is
+    dropped by a later request, once that write is durable. Until then the cache may exceed its bound.
+
 Why nothing a client was handed is undone
     Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a restart
     we continue the same chain beyond it and the peer's state stays compatible. Plaintexts: the ratchet
@@ -54,7 +64,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -105,6 +117,7 @@ from .store import (
     PutPeerReply,
     PutSession,
     SessionRecord,
+    SessionSummary,
     Store,
 )
 
@@ -197,13 +210,19 @@ class DeviceInfo:
 
 
 class _Live:
-    """A session record and its ratchet, as held in memory (the authoritative copy)."""
+    """A cached session record and its ratchet (authoritative while cached).
 
-    __slots__ = ("rec", "ratchet")
+    ``exact``: reloading the stored row gives this very state (nothing unwritten, and the row's mark is the
+    position or the reload's jump to it is already done); ``seq``: the store batch of its latest write.
+    """
 
-    def __init__(self, rec: SessionRecord, ratchet: Ratchet) -> None:
+    __slots__ = ("rec", "ratchet", "exact", "seq")
+
+    def __init__(self, rec: SessionRecord, ratchet: Ratchet, exact: bool = False) -> None:
         self.rec = rec
         self.ratchet = ratchet
+        self.exact = exact
+        self.seq = 0
 
 
 class _PrecomputedDH:
@@ -250,9 +269,13 @@ class SessionManager:
         reply_interval_ns: int = HOUR_NS,
         bundle_refresh_ns: int = HOUR_NS,
         send_reserve: int = 64,
+        cache_peers: int = 1024,
+        cache_identities: int = 1024,
     ) -> None:
         if not 0 < send_reserve < profile.max_skip:
             raise ValueError("send_reserve must be below the peer's MaxSkip")
+        if cache_peers < 1 or cache_identities < 1:
+            raise ValueError("the caches must hold at least one entry")
         self._backend = backend
         self._store = store
         self._clock = clock
@@ -268,12 +291,20 @@ class SessionManager:
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
         self.identity: bytes = self._ik.public_key()
+        # the cache (see "State lives on disk"): sessions by id, and the same by installation in LRU order; a
+        # cached installation always holds *all* its sessions
         self._sessions: dict[bytes, _Live] = {}
-        self._by_peer: dict[tuple[bytes, str], list[bytes]] = {}
+        self._by_peer: OrderedDict[tuple[bytes, str], list[_Live]] = OrderedDict()
+        self._cache_peers = cache_peers
+        self._tombstones: dict[bytes, int] = {}  # deleted sessions -> batch of the delete (until durable)
+        self._written: list[_Live] = []  # sessions written by the current request (their seq is set on submit)
+        # installations of the cached identities, flat and by identity in LRU order (a message's targets are
+        # found in O(devices of that identity)); our own devices are the entry for self.identity, never dropped
         self._installations: dict[tuple[bytes, str], InstallationRecord] = {}
-        # the same records by identity: a message's targets are found in O(devices of that identity), not by
-        # scanning every installation ever stored (our own devices are the entry for self.identity)
-        self._by_identity: dict[bytes, dict[str, InstallationRecord]] = {}
+        self._by_identity: OrderedDict[bytes, dict[str, InstallationRecord]] = OrderedDict()
+        self._cache_identities = cache_identities
+        self._inst_seq: dict[bytes, int] = {}  # identity -> batch of its latest installation write
+        self._inst_written: set[bytes] = set()
         self._spks: dict[int, OwnSpkRecord] = {}
         self._replies: dict[bytes, int] = store.load_peer_replies()
         self._dirty: set[bytes] = set()
@@ -287,21 +318,14 @@ class SessionManager:
             ops.append(PutMeta("installation_id", self.installation_id.encode()))
         else:
             self.installation_id = iid.decode()
-        for inst in store.load_installations():
-            self._put_installation(inst)
         for spk in store.load_own_spks():
             self._spks[spk.version] = spk
-        for rec in store.load_sessions():
-            ratchet = Ratchet.from_bytes(rec.state, keygen=self._keygen)
-            _, pos = ratchet.sending_position()
-            if pos < rec.send_hwm:
-                ratchet.advance_sending_chain(rec.send_hwm - pos)  # rule 3: jump past reserved positions
-            self._add_live(_Live(rec, ratchet))
         with self._lock:
             self._maintain(ops)
             self._flush(ops)
-        if ops:
-            store.write(ops)
+            if ops:
+                self._submit(ops)
+        store.sync()
 
     # ------------------------------------------------------------------ small helpers
 
@@ -315,26 +339,127 @@ class SessionManager:
             if secp256k1.valid_secret(s):
                 return s
 
-    def _put_installation(self, rec: InstallationRecord) -> None:
-        self._installations[(rec.identity, rec.installation_id)] = rec
-        self._by_identity.setdefault(rec.identity, {})[rec.installation_id] = rec
+    # ------------------------------------------------------------------ the cache over the store
 
-    def _add_live(self, live: _Live) -> None:
-        self._sessions[live.rec.sid] = live
-        self._by_peer.setdefault((live.rec.identity, live.rec.installation_id), []).append(live.rec.sid)
+    def _devices(self, identity: bytes) -> dict[str, InstallationRecord]:
+        """The installations of ``identity`` (cached, else read from the store), by installation id."""
+        group = self._by_identity.get(identity)
+        if group is None:
+            group = {rec.installation_id: rec for rec in self._store.load_installations_of(identity)}
+            self._by_identity[identity] = group
+            for rec in group.values():
+                self._installations[(identity, rec.installation_id)] = rec
+        else:
+            self._by_identity.move_to_end(identity)
+        return group
+
+    def _put_installation(self, rec: InstallationRecord) -> None:
+        """Record a changed installation in the cache; the caller writes it (the same request)."""
+        self._devices(rec.identity)[rec.installation_id] = rec
+        self._installations[(rec.identity, rec.installation_id)] = rec
+        self._inst_written.add(rec.identity)
 
     def _peer_sessions(self, identity: bytes, installation_id: str) -> list[_Live]:
-        return [self._sessions[s] for s in self._by_peer.get((identity, installation_id), [])]
+        """All sessions with one installation (cached, else loaded: rule 3 applies to each loaded one)."""
+        key = (identity, installation_id)
+        group = self._by_peer.get(key)
+        if group is not None:
+            self._by_peer.move_to_end(key)
+            return list(group)
+        group = []
+        for rec in self._store.load_peer_sessions(identity, installation_id):
+            if rec.sid in self._tombstones:
+                continue  # its delete is not yet durable
+            ratchet = Ratchet.from_bytes(rec.state, keygen=self._keygen)
+            _, pos = ratchet.sending_position()
+            if pos < rec.send_hwm:
+                ratchet.advance_sending_chain(rec.send_hwm - pos)  # rule 3: jump past reserved positions
+            group.append(_Live(rec, ratchet, exact=True))  # a reload would do exactly the same
+        self._by_peer[key] = group
+        for live in group:
+            self._sessions[live.rec.sid] = live
+        return list(group)
+
+    def _session(self, identity: bytes, installation_id: str, sid: bytes) -> _Live | None:
+        for live in self._peer_sessions(identity, installation_id):
+            if live.rec.sid == sid:
+                return live
+        return None
+
+    def _add_live(self, live: _Live) -> None:
+        self._peer_sessions(live.rec.identity, live.rec.installation_id)  # its installation's others first
+        self._by_peer[(live.rec.identity, live.rec.installation_id)].append(live)
+        self._sessions[live.rec.sid] = live
+
+    def _drop_session(self, sid: bytes, ops: list[Op]) -> None:
+        """Delete a session for good (memory now, disk with this request's batch)."""
+        live = self._sessions.pop(sid, None)
+        if live is not None:
+            self._by_peer[(live.rec.identity, live.rec.installation_id)].remove(live)
+        self._dirty.discard(sid)
+        self._tombstones[sid] = 0  # the batch number is set on submit
+        ops.append(DeleteSession(sid))
+
+    def _evict(self, ops: list[Op]) -> None:
+        """Drop least recently used entries beyond the bounds, if reloading them gives back the same state."""
+        durable = self._store.durable()
+        over = len(self._by_peer) - self._cache_peers
+        if over > 0:
+            for key in list(itertools.islice(self._by_peer, over + 32)):
+                if over <= 0:
+                    break
+                group = self._by_peer[key]
+                if any(live.rec.sid in self._dirty or live.seq > durable for live in group):
+                    continue
+                inexact = [live for live in group if not live.exact]
+                if inexact:  # write exact positions now; dropped by a later request once durable
+                    for live in inexact:
+                        self._write(live, ops, exact=True)
+                    continue
+                del self._by_peer[key]
+                for live in group:
+                    del self._sessions[live.rec.sid]
+                over -= 1
+        over = len(self._by_identity) - self._cache_identities
+        if over > 0:
+            for ident in list(itertools.islice(self._by_identity, over + 32)):
+                if over <= 0:
+                    break
+                if ident == self.identity or ident in self._inst_written or self._inst_seq.get(ident, 0) > durable:
+                    continue
+                for iid in self._by_identity.pop(ident):
+                    del self._installations[(ident, iid)]
+                self._inst_seq.pop(ident, None)
+                over -= 1
+
+    def _write(self, live: _Live, ops: list[Op], *, exact: bool) -> None:
+        _, pos = live.ratchet.sending_position()
+        live.rec.state = live.ratchet.to_bytes()
+        live.rec.send_hwm = pos if exact else pos + self._reserve
+        live.exact = exact
+        ops.append(PutSession(copy.copy(live.rec)))
+        self._written.append(live)
 
     def _flush(self, ops: list[Op]) -> None:
         """Turn every session touched by this request into a write, with a fresh reservation mark (rule 2)."""
         for sid in sorted(self._dirty):
-            live = self._sessions[sid]
-            _, pos = live.ratchet.sending_position()
-            live.rec.state = live.ratchet.to_bytes()
-            live.rec.send_hwm = pos + self._reserve
-            ops.append(PutSession(copy.copy(live.rec)))
+            self._write(self._sessions[sid], ops, exact=False)
         self._dirty.clear()
+
+    def _submit(self, ops: list[Op]) -> None:
+        """Submit this request's batch and note its number on everything it wrote (for the cache)."""
+        try:
+            seq = self._store.submit(ops)
+        finally:
+            written, self._written = self._written, []
+            idents, self._inst_written = self._inst_written, set()
+        for live in written:
+            live.seq = seq
+        for ident in idents:
+            self._inst_seq[ident] = seq
+        for op in ops:
+            if isinstance(op, DeleteSession):
+                self._tombstones[op.sid] = seq
 
     def _run(self, work: Callable[[list[Op]], _T]) -> _T:
         """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
@@ -351,9 +476,11 @@ class SessionManager:
                 result = work(ops)
             except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
                 error = e
+            if error is None:  # a failed request writes nothing it need not (cache upkeep waits for the next)
+                self._evict(ops)
             self._flush(ops)
             if ops:
-                self._store.submit(ops)
+                self._submit(ops)
             seq = self._store.last_submitted()
         self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
         if error is not None:
@@ -384,13 +511,17 @@ class SessionManager:
         if now - self._last_sweep < 60 * 10**9:
             return
         self._last_sweep = now
-        for sid, live in list(self._sessions.items()):
-            # an expired session only serves late messages; after the retention period its kept keys go too
-            if live.rec.expired and now - live.rec.last_used_ns >= self._retention_ns:
-                del self._sessions[sid]
-                self._by_peer[(live.rec.identity, live.rec.installation_id)].remove(sid)
-                self._dirty.discard(sid)
-                ops.append(DeleteSession(sid))
+        durable = self._store.durable()
+        self._tombstones = {sid: seq for sid, seq in self._tombstones.items() if seq == 0 or seq > durable}
+        # an expired session only serves late messages; after the retention period its kept keys go too. The
+        # cached copy decides for a cached session, the stored row for any other.
+        doomed = {sid for sid, live in self._sessions.items()
+                  if live.rec.expired and now - live.rec.last_used_ns >= self._retention_ns}
+        for row in self._store.session_summaries("expired=1 AND last_used_ns<=?", (now - self._retention_ns,)):
+            if row.sid not in self._sessions and row.sid not in self._tombstones:
+                doomed.add(row.sid)
+        for sid in sorted(doomed):
+            self._drop_session(sid, ops)
 
     def _rotate(self, ops: list[Op]) -> OwnSpkRecord:
         version = max(self._spks, default=0) + 1
@@ -403,7 +534,10 @@ class SessionManager:
             if old.expired_ns is None:
                 old.expired_ns = now
                 ops.append(PutOwnSpk(replace(old)))
-                for live in self._sessions.values():  # our responder sessions on it stop being used to send
+                # our responder sessions on it stop being used to send: the stored ones are loaded first
+                for row in self._store.session_summaries("initiator=0 AND expired=0 AND bundle_id=?", (old.public,)):
+                    self._peer_sessions(row.identity, row.installation_id)
+                for live in self._sessions.values():
                     if not live.rec.initiator and live.rec.bundle_id == old.public and not live.rec.expired:
                         live.rec.expired = True
                         self._dirty.add(live.rec.sid)
@@ -429,7 +563,7 @@ class SessionManager:
             return None
 
     def _own_devices(self, limit: int) -> list[InstallationRecord]:
-        return select_enabled(self._by_identity.get(self.identity, {}).values(), self.identity,
+        return select_enabled(self._devices(self.identity).values(), self.identity,
                               exclude=self.installation_id, limit=limit)
 
     def _bundle(self) -> pb.Bundle:
@@ -453,6 +587,7 @@ class SessionManager:
 
     def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op]) -> None:
         """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version."""
+        self._devices(identity)  # apply_bundle looks up this identity's installations only
         up = apply_bundle(self._installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
         for rec in up.records:
@@ -507,7 +642,7 @@ class SessionManager:
         with self._lock:
             cur = self._current_spk()
             out = [DeviceInfo(self.installation_id, True, True, self._clock(), cur.version if cur else 0)]
-            others = list(self._by_identity.get(self.identity, {}).values())
+            others = list(self._devices(self.identity).values())
             others.sort(key=lambda i: (-i.timestamp_ns, i.installation_id))
             out += [DeviceInfo(i.installation_id, False, i.enabled, i.timestamp_ns, i.spk_version) for i in others]
             return out
@@ -516,7 +651,7 @@ class SessionManager:
         def work(ops: list[Op]) -> None:
             if installation_id == self.installation_id:
                 raise DeviceError("this is our own installation")
-            rec = self._installations.get((self.identity, installation_id))
+            rec = self._devices(self.identity).get(installation_id)
             if rec is None:
                 raise DeviceError(f"unknown device {installation_id!r}")
             if rec.enabled != enabled:
@@ -536,11 +671,16 @@ class SessionManager:
         self._set_device(installation_id, False)
 
     def list_sessions(self) -> list[SessionInfo]:
+        """Every session, oldest first: the stored rows, with the cached copies (authoritative) on top."""
         with self._lock:
+            rows: dict[bytes, SessionRecord | SessionSummary] = {
+                r.sid: r for r in self._store.session_summaries() if r.sid not in self._tombstones}
+            for sid, live in self._sessions.items():
+                rows[sid] = live.rec
             return [
                 SessionInfo(r.identity, r.installation_id, r.initiator, r.confirmed, r.expired, r.created_ns,
                             r.last_used_ns, r.bundle_id)
-                for r in (live.rec for live in self._sessions.values())
+                for r in sorted(rows.values(), key=lambda r: (r.created_ns, r.sid))
             ]
 
     # ------------------------------------------------------------------ sending
@@ -555,7 +695,7 @@ class SessionManager:
             rec.expired = True
             self._dirty.add(rec.sid)
         if chosen is not None:
-            return self._sessions[chosen.sid]
+            return next(live for live in lives if live.rec is chosen)
         if inst.spk is None:
             return None
         pre = planned.pop((inst.identity, inst.installation_id, inst.spk), None)
@@ -593,6 +733,7 @@ class SessionManager:
         if pos >= rec.send_hwm:
             self._dirty.add(rec.sid)  # rule 2: reserve the next positions before handing this one out
         header, ct = live.ratchet.encrypt(payload)
+        live.exact = False  # the row is behind memory now (a write happens only at the reservation mark)
         rec.last_used_ns = self._clock()
         x3 = x3dh_header(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None
         return encrypted_message(ct, x3dh=x3, dr=dr_header(header.dh, header.n, header.pn, rec.bundle_id))
@@ -601,7 +742,7 @@ class SessionManager:
         self, identity: bytes, overlay: Mapping[str, InstallationRecord] | None
     ) -> Iterable[InstallationRecord]:
         """The stored installations of ``identity``, with ``overlay`` (not yet applied updates) on top."""
-        stored = self._by_identity.get(identity, {})
+        stored = self._devices(identity)
         if not overlay:
             return stored.values()
         return {**stored, **overlay}.values()
@@ -630,6 +771,7 @@ class SessionManager:
         with self._lock:
             overlay: dict[bytes, dict[str, InstallationRecord]] = {}
             if verified is not None:  # the updates the locked phase will apply, seen without applying them
+                self._devices(peer)
                 up = apply_bundle(self._installations, peer, verified, our_identity=self.identity,
                                   our_installation_id=self.installation_id, now_ns=0)
                 for rec in up.records:
@@ -788,7 +930,7 @@ class SessionManager:
         that). None when the session exists or our SPK is gone."""
         ek, spk_pub = bytes(header.key), bytes(header.id)
         with self._lock:
-            if _session_id(sender, sender_iid, spk_pub, ek) in self._sessions:
+            if self._session(sender, sender_iid, _session_id(sender, sender_iid, spk_pub, ek)) is not None:
                 return None
             rec = self._spk_by_public(spk_pub)
             if rec is None or rec.destroyed:
@@ -814,8 +956,9 @@ class SessionManager:
             ek = require_compressed(bytes(entry.X3DH_header.key), "X3DH ephemeral key")
             spk_pub = bytes(entry.X3DH_header.id)
             sid = _session_id(sender, sender_iid, spk_pub, ek)
-            if sid in self._sessions:
-                candidates = [self._sessions[sid]]
+            known = self._session(sender, sender_iid, sid)
+            if known is not None:
+                candidates = [known]
             else:
                 if x3dh_pre is not None:
                     sk, fresh_spk = x3dh_pre
@@ -873,6 +1016,9 @@ class SessionManager:
         def work(ops: list[Op]) -> None:
             for sid, dh, n in parsed:
                 live = self._sessions.get(sid)
+                if live is None and sid not in self._tombstones:
+                    peer = self._store.session_peer(sid)
+                    live = None if peer is None else self._session(peer[0], peer[1], sid)
                 if live is not None and live.ratchet.has_message_key(dh, n):
                     live.ratchet.delete_message_key(dh, n)
                     self._dirty.add(sid)
@@ -880,7 +1026,8 @@ class SessionManager:
         self._run(work)
 
     def close(self) -> None:
-        """Write exact sending positions (so a clean restart leaves no gap), then close the store."""
+        """Write exact sending positions of the cached sessions (the others' rows already hold theirs, see
+        "State lives on disk"), so a clean restart leaves no gap; then close the store."""
         try:
             with self._lock:
                 ops: list[Op] = []

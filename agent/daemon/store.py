@@ -2,9 +2,10 @@
 
 What lives here: our installation id, our signed-prekey (SPK) metadata, every installation we know (our own other
 devices and our peers'), and the Double Ratchet sessions (ratchet state with its kept message keys, the shared key,
-the sending-chain high-water mark). The session manager keeps the authoritative copy in memory and hands this
-store *write batches*; the store decides when they are durable. Nothing is read back after start-up, so the
-in-memory copy never races the disk.
+the sending-chain high-water mark). The session manager hands this store *write batches*; the store decides when
+they are durable. The manager reads rows back on demand (``load_peer_sessions``, ``load_installations_of``, ...)
+through a second, read-only connection, which in WAL mode sees committed data only; the manager keeps a row in
+its memory cache until its latest write is durable, so such a read never returns a row older than one it had.
 
 Encrypted at rest
     A random 32-byte data key is never stored. It is derived from a Diffie-Hellman of the identity key (held by
@@ -56,6 +57,7 @@ __all__ = [
     "StoreVersionTooNew",
     "StoreCorrupt",
     "SessionRecord",
+    "SessionSummary",
     "InstallationRecord",
     "OwnSpkRecord",
     "PutSession",
@@ -116,6 +118,21 @@ class SessionRecord:
     send_hwm: int
     sk: bytes
     state: bytes
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """The unsealed columns of a session row (listing and upkeep need no keys)."""
+
+    sid: bytes
+    identity: bytes
+    installation_id: str
+    bundle_id: bytes
+    initiator: bool
+    confirmed: bool
+    expired: bool
+    created_ns: int
+    last_used_ns: int
 
 
 @dataclass
@@ -276,9 +293,12 @@ class Store:
             self._conn.execute("PRAGMA synchronous=FULL")  # FULL: the WAL is fsync'd at every COMMIT
             self._migrate(migrations)
             self._aead = AESGCM(self._unwrap_data_key(identity))
+            # on-demand reads go through their own connection: they never see (or disturb) a commit in progress
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except BaseException:
             self._conn.close()
             raise
+        self._read_lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: list[tuple[int, list[_Row]]] = []
         self._submitted = 0
@@ -360,49 +380,80 @@ class Store:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else _blob(row[0])
 
+    _SESSION_COLUMNS = ("SELECT sid, identity, installation_id, bundle_id, ephemeral, initiator, confirmed, expired,"
+                        " created_ns, last_used_ns, send_hwm, sk, state FROM sessions")
+    _INSTALLATION_COLUMNS = ("SELECT identity, installation_id, spk, spk_version, protocol_version, timestamp_ns,"
+                             " enabled, first_seen_ns FROM installations")
+
+    def _session(self, r: Sequence[object]) -> SessionRecord:
+        sid = _blob(r[0])
+        return SessionRecord(
+            sid=sid,
+            identity=_blob(r[1]),
+            installation_id=_text(r[2]),
+            bundle_id=_blob(r[3]),
+            ephemeral=_blob(r[4]),
+            initiator=bool(_int(r[5])),
+            confirmed=bool(_int(r[6])),
+            expired=bool(_int(r[7])),
+            created_ns=_int(r[8]),
+            last_used_ns=_int(r[9]),
+            send_hwm=_int(r[10]),
+            sk=self.unseal(_blob(r[11]), b"sessions", b"sk", sid),
+            state=self.unseal(_blob(r[12]), b"sessions", b"state", sid),
+        )
+
+    @staticmethod
+    def _installation(r: Sequence[object]) -> InstallationRecord:
+        return InstallationRecord(
+            identity=_blob(r[0]),
+            installation_id=_text(r[1]),
+            spk=None if r[2] is None else _blob(r[2]),
+            spk_version=_int(r[3]),
+            protocol_version=_int(r[4]),
+            timestamp_ns=_int(r[5]),
+            enabled=bool(_int(r[6])),
+            first_seen_ns=_int(r[7]),
+        )
+
     def load_sessions(self) -> list[SessionRecord]:
-        out = []
-        for r in self._conn.execute(
-            "SELECT sid, identity, installation_id, bundle_id, ephemeral, initiator, confirmed, expired,"
-            " created_ns, last_used_ns, send_hwm, sk, state FROM sessions ORDER BY created_ns, sid"
-        ):
-            sid = _blob(r[0])
-            out.append(
-                SessionRecord(
-                    sid=sid,
-                    identity=_blob(r[1]),
-                    installation_id=_text(r[2]),
-                    bundle_id=_blob(r[3]),
-                    ephemeral=_blob(r[4]),
-                    initiator=bool(_int(r[5])),
-                    confirmed=bool(_int(r[6])),
-                    expired=bool(_int(r[7])),
-                    created_ns=_int(r[8]),
-                    last_used_ns=_int(r[9]),
-                    send_hwm=_int(r[10]),
-                    sk=self.unseal(_blob(r[11]), b"sessions", b"sk", sid),
-                    state=self.unseal(_blob(r[12]), b"sessions", b"state", sid),
-                )
-            )
-        return out
+        return [self._session(r) for r in self._conn.execute(self._SESSION_COLUMNS + " ORDER BY created_ns, sid")]
 
     def load_installations(self) -> list[InstallationRecord]:
-        return [
-            InstallationRecord(
-                identity=_blob(r[0]),
-                installation_id=_text(r[1]),
-                spk=None if r[2] is None else _blob(r[2]),
-                spk_version=_int(r[3]),
-                protocol_version=_int(r[4]),
-                timestamp_ns=_int(r[5]),
-                enabled=bool(_int(r[6])),
-                first_seen_ns=_int(r[7]),
-            )
-            for r in self._conn.execute(
-                "SELECT identity, installation_id, spk, spk_version, protocol_version, timestamp_ns, enabled,"
-                " first_seen_ns FROM installations ORDER BY identity, installation_id"
-            )
-        ]
+        return [self._installation(r) for r in
+                self._conn.execute(self._INSTALLATION_COLUMNS + " ORDER BY identity, installation_id")]
+
+    # --- on-demand reads (committed rows only; see the module docstring) ----------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Sequence[object]]:
+        with self._read_lock:
+            if self._closed:
+                raise StoreFailed("the store is closed")
+            return list(self._reader.execute(sql, params))
+
+    def load_peer_sessions(self, identity: bytes, installation_id: str) -> list[SessionRecord]:
+        """Every stored session with one installation (the ``sessions_by_peer`` index), oldest first."""
+        rows = self._read(self._SESSION_COLUMNS + " WHERE identity=? AND installation_id=? ORDER BY created_ns, sid",
+                          (identity, installation_id))
+        return [self._session(r) for r in rows]
+
+    def session_peer(self, sid: bytes) -> tuple[bytes, str] | None:
+        """The installation a stored session belongs to, or None."""
+        rows = self._read("SELECT identity, installation_id FROM sessions WHERE sid=?", (sid,))
+        return (_blob(rows[0][0]), _text(rows[0][1])) if rows else None
+
+    def session_summaries(self, where: str = "", params: Sequence[object] = ()) -> list[SessionSummary]:
+        """The unsealed columns of the stored sessions matching ``where`` (a fixed SQL condition), oldest first."""
+        rows = self._read(
+            "SELECT sid, identity, installation_id, bundle_id, initiator, confirmed, expired, created_ns, last_used_ns"
+            f" FROM sessions {'WHERE ' + where if where else ''} ORDER BY created_ns, sid", params)
+        return [SessionSummary(_blob(r[0]), _blob(r[1]), _text(r[2]), _blob(r[3]), bool(_int(r[4])),
+                               bool(_int(r[5])), bool(_int(r[6])), _int(r[7]), _int(r[8])) for r in rows]
+
+    def load_installations_of(self, identity: bytes) -> list[InstallationRecord]:
+        """The stored installations of one identity (the primary key's prefix)."""
+        rows = self._read(self._INSTALLATION_COLUMNS + " WHERE identity=? ORDER BY installation_id", (identity,))
+        return [self._installation(r) for r in rows]
 
     def load_own_spks(self) -> list[OwnSpkRecord]:
         return [
@@ -562,4 +613,6 @@ class Store:
                 pass
         with self._cond:
             self._closed = True
+        with self._read_lock:
+            self._reader.close()
         self._conn.close()

@@ -13,6 +13,7 @@ import pytest
 from agent.core.errors import IdentityMismatch
 from agent.core.wire import decode_bundle, decode_protocol_message
 from agent.daemon.sessions import DecryptResult, NoSession
+from agent.daemon.store import DeleteSession
 from backends.memory import MemoryKey
 from tests.sessions.harness import DAY, HOUR, Device, World, entries, pair
 
@@ -232,7 +233,7 @@ def test_a_peer_that_starts_over_supersedes_the_old_session(world: World) -> Non
     ok(a.recv(b, b.send(a, b"2").message))  # confirmed session
     # Bob loses his state but keeps his installation (old backup): he starts a new X3DH with Alice
     world.reopen(b, crash=True)
-    for s in b.mgr._sessions.values():
+    for s in b.mgr._peer_sessions(ALICE.public_key(), a.iid):  # loaded on demand: load them to change them
         s.rec.expired = True
     m = b.send(a, b"fresh start").message
     assert entries(m)[a.iid].HasField("X3DH_header")
@@ -282,7 +283,9 @@ def test_unknown_session_after_state_loss_is_typed_and_answered(world: World) ->
     ok(b.recv(a, a.send(b, b"1").message))
     ok(a.recv(b, b.send(a, b"2").message))
     m = a.send(b, b"no x3dh header any more").message
-    b.mgr._sessions.clear()  # as if Bob's session rows were lost
+    # as if Bob's session rows were lost: gone from the disk and from the manager's cache over it
+    b.mgr._store.write([DeleteSession(s.sid) for s in b.mgr._store.load_sessions()])
+    b.mgr._sessions.clear()
     b.mgr._by_peer.clear()
     r = b.recv(a, m)
     assert isinstance(r, NoSession) and r.reason == "unknown_session" and r.reply is not None
