@@ -7,6 +7,7 @@ a session from its sealed row and drops another one.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,51 @@ def test_cache_bounds_must_be_positive(tmp_path: Path) -> None:
     w = World(tmp_path, Clock())
     with pytest.raises(ValueError):
         w.device("x", HUB, cache_peers=0)
+
+
+def test_concurrent_requests_with_a_small_cache_never_reuse_a_position(tmp_path: Path) -> None:
+    """Threads share fsyncs (group commit): the cache is dropped and refilled while other requests' writes are
+    still waiting for durability."""
+    _, hub, peers = _world(tmp_path)
+    out: dict[str, list[bytes]] = {p.name: [] for p in peers}
+    errors: list[BaseException] = []
+
+    def sender(p: Device) -> None:
+        try:
+            for r in range(30):
+                out[p.name].append(hub.send(p, b"%s %d" % (p.name.encode(), r)).message)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=sender, args=(p,)) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for p in peers:
+        positions = [_position(m, p) for m in out[p.name]]
+        assert len(set(positions)) == len(positions), p.name
+        for r, m in enumerate(out[p.name]):
+            assert _ok(p.recv(hub, m)).payload == b"%s %d" % (p.name.encode(), r)
+
+
+def test_a_session_is_not_dropped_before_its_latest_write_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store reads committed rows only: dropping a session whose write is still queued would let the next
+    request reload an older row (a ratchet step or a deleted message key undone)."""
+    _, hub, peers = _world(tmp_path)
+    for p in peers:
+        hub.send(p, b"x")
+    assert len(hub.mgr._by_peer) < len(peers)  # normally the cache is trimmed
+    monkeypatch.setattr(hub.mgr._store, "durable", lambda: 0)  # as if no commit had finished since
+    for r in range(2):
+        for p in peers:
+            got = _ok(hub.recv(p, p.send(hub, b"reply %d" % r).message))  # a DH ratchet step: a new chain
+            hub.mgr.confirm([got.confirm_ref])
+    assert len(hub.mgr._by_peer) == len(peers)  # nothing written since "durable" may be dropped
+    monkeypatch.undo()
+    for p in peers:
+        hub.send(p, b"y")
+    assert len(hub.mgr._by_peer) <= 3
