@@ -517,7 +517,7 @@ class SessionManager:
         # cached copy decides for a cached session, the stored row for any other.
         doomed = {sid for sid, live in self._sessions.items()
                   if live.rec.expired and now - live.rec.last_used_ns >= self._retention_ns}
-        for row in self._store.session_summaries("expired=1 AND last_used_ns<=?", (now - self._retention_ns,)):
+        for row in self._store.expired_before(now - self._retention_ns):
             if row.sid not in self._sessions and row.sid not in self._tombstones:
                 doomed.add(row.sid)
         for sid in sorted(doomed):

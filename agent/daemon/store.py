@@ -241,7 +241,11 @@ _V2 = """
 CREATE TABLE peer_replies(identity BLOB PRIMARY KEY, at_ns INTEGER NOT NULL);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_V3 = """
+CREATE INDEX sessions_by_expiry ON sessions(expired, last_used_ns);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _CHECK_PLAINTEXT = b"keyagent store key check v1"
@@ -449,6 +453,11 @@ class Store:
             f" FROM sessions {'WHERE ' + where if where else ''} ORDER BY created_ns, sid", params)
         return [SessionSummary(_blob(r[0]), _blob(r[1]), _text(r[2]), _blob(r[3]), bool(_int(r[4])),
                                bool(_int(r[5])), bool(_int(r[6])), _int(r[7]), _int(r[8])) for r in rows]
+
+    def expired_before(self, cutoff_ns: int) -> list[SessionSummary]:
+        """Expired sessions last used at or before ``cutoff_ns`` (the ``sessions_by_expiry`` index: the periodic
+        retention sweep must not scan every row while the session manager holds its lock)."""
+        return self.session_summaries("expired=1 AND last_used_ns<=?", (cutoff_ns,))
 
     def load_installations_of(self, identity: bytes) -> list[InstallationRecord]:
         """The stored installations of one identity (the primary key's prefix)."""

@@ -177,7 +177,7 @@ def test_migrates_a_version_1_database(tmp_path: Path) -> None:
         old.write([PutPeerReply(OTHER.public_key(), 1)])  # the v2 table does not exist yet
     old._conn.close()
     new = Store(db, IK)
-    assert new.schema_version() == SCHEMA_VERSION == 2
+    assert new.schema_version() == SCHEMA_VERSION == 3
     assert new.load_sessions() == [session(1)]
     new.write([PutPeerReply(OTHER.public_key(), 7)])
     assert new.load_peer_replies() == {OTHER.public_key(): 7}
@@ -337,3 +337,35 @@ def test_waiting_for_an_unsubmitted_batch_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         s.wait(1)
     s.close()
+
+
+def test_retention_sweep_query_uses_an_index(tmp_path: Path) -> None:
+    s = Store(tmp_path / "state.db", IK)
+    s.write([PutSession(session(1)), PutSession(session(2, expired=True))])
+    assert [r.sid for r in s.expired_before(1 << 62)] == [session(2).sid]
+    assert s.expired_before(-1) == []
+    plan = " ".join(str(r) for r in s._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT sid FROM sessions WHERE expired=1 AND last_used_ns<=?", (0,)))
+    assert "sessions_by_expiry" in plan
+    s.close()
+
+
+def test_on_demand_reads_see_committed_rows_only(tmp_path: Path) -> None:
+    s = Store(tmp_path / "state.db", IK)
+    s.write([PutSession(session(1)), PutSession(session(2)), PutInstallation(inst("a")), PutInstallation(inst("b"))])
+    assert s.load_peer_sessions(OTHER.public_key(), "inst-1") == [session(1)]  # unsealed, other rows excluded
+    assert s.load_peer_sessions(OTHER.public_key(), "inst-9") == []
+    assert s.session_peer(session(2).sid) == (OTHER.public_key(), "inst-2")
+    assert s.session_peer(b"\x00" * 16) is None
+    assert s.load_installations_of(OTHER.public_key()) == [inst("a"), inst("b")]
+    assert s.load_installations_of(IK.public_key()) == []
+    assert [r.sid for r in s.session_summaries()] == [session(1).sid, session(2).sid]
+    seq = s.submit([PutSession(session(1, confirmed=True)), DeleteSession(session(2).sid)])
+    assert s.load_peer_sessions(OTHER.public_key(), "inst-1") == [session(1)]  # queued, not yet durable
+    assert s.session_peer(session(2).sid) is not None
+    s.wait(seq)
+    assert s.load_peer_sessions(OTHER.public_key(), "inst-1") == [session(1, confirmed=True)]
+    assert s.session_peer(session(2).sid) is None
+    s.close()
+    with pytest.raises(StoreFailed):
+        s.load_installations_of(OTHER.public_key())
