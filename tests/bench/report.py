@@ -256,10 +256,8 @@ def _store_scale(run: BenchRun) -> list[Row]:
         p50 = d["p50_ms"]
         why = ""
         if op == "encrypt" and r > 2:
-            why = ("profiled: every encrypt scans all stored installations (``installations.select_enabled`` runs "
-                   "over the whole dict for the peer, for our own devices and again for our bundle) and copies the "
-                   "whole installation dict in ``SessionManager._plan_initiations``: O(stored peers) per encrypt. "
-                   "An index of installations by identity would make it O(1).")
+            why = ("a regression: since installations are indexed by identity and sessions load on demand, an "
+                   "encrypt touches only the devices of its peer; profile the encrypt path.")
         elif r > 2:
             why = ("no session scan in this path (not profiled further; plausibly the garbage collector walking "
                    "~100k live session objects)")
@@ -270,11 +268,9 @@ def _store_scale(run: BenchRun) -> list[Row]:
     rows.append(Row(run.name, f"agent resident memory with {sizes['big']} stored sessions (issue 8)",
                     f"{rss:.0f} MB (10 sessions: {d['rss_mb']['small']:.0f} MB)", None, f"<= {d['target_rss_mb']:g} MB",
                     met, "" if met else
-                    f"the session manager loads every session record and its ratchet into memory at start-up "
-                    f"(store.py: 'Nothing is read back after start-up'): "
                     f"{(rss - d['rss_mb']['small']) * 1024 / max(1, sizes['big'] - sizes['small']):.1f} KiB per "
-                    f"session. Meeting the target needs sessions loaded on demand (an LRU of live ratchets over the "
-                    f"SQLite rows) — state lives on disk, but today it is also all in memory."))
+                    f"stored session: sessions should load on demand into a bounded LRU (sessions.py, 'State lives on "
+                    f"disk'), so something keeps per-session state in memory; profile it."))
     ready = d["start_to_ready_s"]
     rows.append(Row(run.name, f"start-to-ready with {sizes['big']} stored sessions vs {sizes['small']}",
                     f"{ready['big']:.2f} s vs {ready['small']:.2f} s", ready["big"] / ready["small"], "", None))
