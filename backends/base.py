@@ -82,6 +82,11 @@ class Backend(Protocol):
         """Unlock with a PIN or passphrase. One attempt, never retried; ``force`` allows a final PIN try."""
         ...
 
+    def release(self) -> None:
+        """Let other programs use the token (SIGHUP, ``keyagent release``): close our sessions and log out, but keep
+        the PIN cached within its TTL so the next operation logs in again on its own."""
+        ...
+
     def close(self) -> None:
         """Release the token or key material; the object is unusable afterwards."""
         ...

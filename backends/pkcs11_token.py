@@ -455,6 +455,11 @@ class Pkcs11Backend:
 
         return self._worker.call(lambda: self._locked_inline(probe))  # probe connects itself, errors caught
 
+    def release(self) -> None:
+        # Closing the login session logs out (C_Logout), which is what lets another program's session in on a
+        # card that allows one login at a time. The PIN cache is kept (TTL), so the next operation logs in again.
+        self._worker.call(lambda: self._locked_inline(lambda: self._drop_sessions(logout=True)))
+
     def lock(self) -> None:
         def do() -> None:
             self._pins.clear()

@@ -344,6 +344,9 @@ class SoftwareBackend:
                 detail=self._path,
             )
 
+    def release(self) -> None:
+        """Nothing to release: a key file holds no device other programs could wait for."""
+
     def lock(self) -> None:
         with self._mu:
             self._keys = None

@@ -280,11 +280,7 @@ class AgentServer:
 
     def release_token(self) -> None:
         """Close the token session so other programs can use it (SIGHUP); the backend reconnects when needed."""
-        release = getattr(self.backend, "release", None)
-        if callable(release):
-            release()
-        else:  # a backend without a separate release: forgetting the secret is the closest equivalent
-            self.backend.lock()
+        self.backend.release()
         log.info("token released")
 
     # --- main loop ----------------------------------------------------------------------------------------------

@@ -219,3 +219,17 @@ def test_threads_share_one_backend(env: Env) -> None:
     for th in threads:
         th.join()
     assert errors == [] and done == [25] * 4
+
+
+def test_release_logs_out_and_the_next_operation_logs_in_again(env: Env) -> None:
+    b = env.backend
+    ik = b.identity()
+    digest = keccak256(b"release")
+    b.release()
+    # a token backend has logged out (its sessions are closed); a key file has nothing to release
+    assert b.status().unlocked is (b.kind == "software")
+    secp256k1.verify(digest, ik.sign(digest), ik.public_key())  # the cached PIN logs in again, no unlock needed
+    assert b.status().unlocked
+    b.lock()  # lock, unlike release, forgets the PIN
+    with pytest.raises(Locked):
+        ik.sign(digest)

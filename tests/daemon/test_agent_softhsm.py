@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -108,6 +110,23 @@ def test_token_agent_and_software_agent_converse_and_survive_restarts(
             assert ca.decrypt(b33, r.message).payload == f"after restart {i}".encode()
             back = ca.encrypt(b33, f"reply {i}".encode())
             assert cb.decrypt(a33, back.message).payload == f"reply {i}".encode()
+
+
+def test_sighup_logs_out_of_the_token_and_the_cached_pin_logs_in_again(
+        agents: AgentFactory, token: SoftHSMToken) -> None:
+    alice = _token_agent(agents, token)
+    _start_with_pin(alice, token.pin)
+    with alice.client() as c:
+        assert c.status().backend_unlocked
+    os.kill(alice.pid, signal.SIGHUP)
+    with alice.client() as c:
+        for _ in range(200):  # the release runs on the token worker right after the signal
+            if not c.status().backend_unlocked:
+                break
+            time.sleep(0.01)
+        assert not c.status().backend_unlocked  # logged out: another program can have the token now
+        assert len(c.sign(b"\x07" * 32)) == 65  # no unlock needed: the PIN is cached within its TTL
+        assert c.status().backend_unlocked
 
 
 def test_token_agent_lock_needs_the_pin(agents: AgentFactory, token: SoftHSMToken) -> None:

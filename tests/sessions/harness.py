@@ -64,6 +64,9 @@ class MemoryBackend:
     def status(self) -> BackendStatus:
         return BackendStatus("memory", True, True, self._ik.public_key(), "memory")
 
+    def release(self) -> None:
+        pass
+
     def lock(self) -> None:
         pass
 
