@@ -447,6 +447,9 @@ class Pkcs11Backend:
                 self._token_flags()
             except BackendError:
                 present = False
+            except px.PKCS11Error:  # gone under an open session (not yet noticed): say so, reconnect on next use
+                self._mark_broken()
+                present = False
             return BackendStatus(
                 kind=self.kind, present=present, unlocked=self._login is not None and not self._broken,
                 identity_public_key=self._ik_pub or b"", detail=f"{self._label} (serial {self._serial})",

@@ -162,3 +162,21 @@ def test_agent_starts_while_token_is_away(served: tuple[SoftHSMToken, P11KitServ
     _sign_ok(b)
     assert len(asked) == 1
     b.close()
+
+
+def test_status_first_after_unplug_answers_absent(served: tuple[SoftHSMToken, P11KitServer, dict[str, Any]]) -> None:
+    """The first call after an unplug may be ``status`` (no failed operation has noticed the loss yet): it must
+    report the token absent rather than raise, and the next operation after the replug reconnects."""
+    tok, srv, cfg = served
+    clock = Clock()
+    b = _backend(cfg, clock)
+    b.unlock(tok.pin)
+    _sign_ok(b)
+    srv.stop()  # unplug; nothing has touched the token since
+    st = b.status()
+    assert not st.present and not st.unlocked
+    srv.start()
+    clock.now += 30
+    _sign_ok(b)
+    assert b.status().present
+    b.close()

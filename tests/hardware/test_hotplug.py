@@ -132,11 +132,8 @@ def test_unplug_replug_while_clients_send(setup: tuple[P11KitServer, dict[str, s
         unplugged = time.monotonic()
         srv.stop()  # unplug: the server and its per-connection children are gone
         time.sleep(0.75)
-        with AgentClient(sock) as c:  # status answers (typed) while the token is away
-            try:
-                assert c.status().token_present is False
-            except AgentError as exc:
-                assert exc.code == "TOKEN_ABSENT"
+        with AgentClient(sock) as c:  # status always answers while the token is away, and says so
+            assert c.status().token_present is False
         time.sleep(0.75)
         replugged = time.monotonic()  # recovery is counted from here, so it includes p11-kit's own start
         srv.start()
