@@ -16,14 +16,6 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
-def _default_home() -> str:
-    env = os.environ.get("KEYAGENT_HOME")
-    if env:
-        return env
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "keyagent")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every ``cmd_*`` module's sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -49,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "home"):
-        args.home = _default_home()
+        from agent.daemon.config import default_home
+
+        args.home = default_home()
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

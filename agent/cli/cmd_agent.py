@@ -151,6 +151,15 @@ def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, sort_keys=True))
 
 
+def _print_doc(doc: dict[str, Any], as_json: bool) -> None:
+    """A flat data document as JSON (``--json``) or as ``key: value`` lines for a person."""
+    if as_json:
+        _print_json(doc)
+    else:
+        for key, value in doc.items():
+            print(f"{key}: {value}")
+
+
 def _fail(message: str, code: int) -> int:
     print(f"keyagent: {message}", file=sys.stderr)
     return code
@@ -294,11 +303,7 @@ def _status(args: argparse.Namespace, c: AgentClient) -> int:
         "sessions_open": st.sessions_open, "connections": st.connections,
         "unlock_ttl_remaining": st.unlock_ttl_remaining, "ecdh_allowed": st.ecdh_allowed, "detail": st.detail,
     }
-    if args.json:
-        _print_json(doc)
-    else:
-        for key, value in doc.items():
-            print(f"{key}: {value}")
+    _print_doc(doc, args.json)
     return 0
 
 

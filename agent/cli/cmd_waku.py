@@ -10,11 +10,10 @@ commands: 1 the agent refused (e.g. ``DECRYPT_FAILED``, ``BUSY``), 2 bad input, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from agent.cli.cmd_agent import _client_command, _InputError
+from agent.cli.cmd_agent import _client_command, _InputError, _print_doc, _print_json
 from agent.client import AgentClient
 
 __all__ = ["register", "parse_sym_key"]
@@ -58,10 +57,6 @@ def _out(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=True))
-
-
 def _seal(args: argparse.Namespace, c: AgentClient) -> int:
     if args.to is not None:
         to, sym = _chat_key(args.to), None
@@ -93,11 +88,7 @@ def _open(args: argparse.Namespace, c: AgentClient) -> int:
 def _negotiated(args: argparse.Namespace, c: AgentClient) -> int:
     res = c.waku_negotiated(_chat_key(args.peer))
     doc = {"sym_key": res.sym_key.hex(), "content_topic": res.content_topic, "topic": "0x" + res.topic.hex()}
-    if args.json:
-        _print_json(doc)
-    else:
-        for k, v in doc.items():
-            print(f"{k}: {v}")
+    _print_doc(doc, args.json)
     return 0
 
 
@@ -105,11 +96,7 @@ def _contact_code(args: argparse.Namespace, c: AgentClient) -> int:
     res = c.waku_contact_code()
     doc = {"sym_key": res.sym_key.hex(), "content_topic": res.content_topic, "topic": "0x" + res.topic.hex(),
            "partitioned_topic": res.partitioned_topic}
-    if args.json:
-        _print_json(doc)
-    else:
-        for k, v in doc.items():
-            print(f"{k}: {v}")
+    _print_doc(doc, args.json)
     return 0
 
 
