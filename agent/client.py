@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
+from agent.paths import default_home, socket_path_for
 from agent.pb.keyagent import agent_pb2 as pb
 
 __all__ = [
@@ -106,15 +107,11 @@ def resolve_socket(socket_path: str | None = None, home: str | None = None) -> s
     """Explicit socket, else the socket of an explicit home, else ``$KEYAGENT_SOCK``, else the default home's."""
     if socket_path:
         return socket_path
-    from agent.daemon.socketdir import socket_path_for
-
     if home:
         return str(socket_path_for(home))
     env = os.environ.get("KEYAGENT_SOCK")
     if env:
         return env
-    from agent.daemon.config import default_home
-
     return str(socket_path_for(default_home()))
 
 

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "home"):
-        from agent.daemon.config import default_home
+        from agent.paths import default_home
 
         args.home = default_home()
     try:

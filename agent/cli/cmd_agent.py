@@ -122,7 +122,7 @@ def read_bundle_file(path: str) -> bytes:
 
 def _home_given(args: argparse.Namespace) -> bool:
     """Was --home given (it differs from $KEYAGENT_HOME / the XDG default the CLI fills in otherwise)?"""
-    from agent.daemon.config import default_home
+    from agent.paths import default_home
 
     home: str = args.home
     return os.path.abspath(os.path.expanduser(home)) != os.path.abspath(default_home())
@@ -205,7 +205,7 @@ def _read_stdin(limit: int) -> bytes:
 def _cmd_start(args: argparse.Namespace) -> int:
     from agent.daemon.config import ConfigError, Home, load_config
     from agent.daemon.daemonize import StartError, shell_lines, spawn_background
-    from agent.daemon.socketdir import socket_path_for
+    from agent.paths import socket_path_for
 
     home = Home.at(args.home)
     try:

@@ -1,6 +1,6 @@
 """The agent's home and policy: where its files live and what the daemon allows.
 
-One home per identity (``--home DIR`` / ``KEYAGENT_HOME``, default ``$XDG_DATA_HOME/keyagent``), so several agents
+One home per identity (``--home DIR`` / ``KEYAGENT_HOME``, default in :mod:`agent.paths`), so several agents
 run side by side. The daemon's policy lives in ``agent.json`` in the home (every key optional); command-line
 options override it. The backend's own configuration (token or key file) is read by :mod:`backends`, not here.
 
@@ -27,7 +27,6 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "load_config",
     "CONFIRMABLE_OPS",
-    "default_home",
 ]
 
 #: ssh-agent's AGENT_MAX_LEN: large enough for any bundle or 1:1 message, small enough to bound memory per client.
@@ -38,15 +37,6 @@ class ConfigError(ValueError):
     """``agent.json`` or an option is malformed: fix it (the daemon refuses to start rather than guess)."""
 
     code = "BAD_CONFIG"
-
-
-def default_home() -> str:
-    """``$KEYAGENT_HOME``, else ``$XDG_DATA_HOME/keyagent`` (``~/.local/share/keyagent``)."""
-    env = os.environ.get("KEYAGENT_HOME")
-    if env:
-        return env
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "keyagent")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,6 @@
-"""Where the agent's socket lives and how it is claimed without ever stealing a live one.
+"""How the agent's socket is claimed without ever stealing a live one.
 
-Location: ``$XDG_RUNTIME_DIR/keyagent/`` when XDG_RUNTIME_DIR is set (a per-login tmpfs owned by the user),
-otherwise ``/tmp/keyagent-$UID/``. Inside, each home gets its own socket, ``agent-<hash>.sock`` where the hash is
-of the home's real path, so several agents (one per identity) run side by side and the path stays well under the
-108-byte ``sun_path`` limit. The directory must be a real directory owned by us with mode 0700 (gnupg's check:
+Location: :mod:`agent.paths` (shared with the client). The directory must be a real directory owned by us with mode 0700 (gnupg's check:
 nobody else may create, rename or delete files in it); otherwise we refuse to start.
 
 Claiming (OpenSSH ``socket_is_stale`` / gnupg): an existing path is probed with ``connect()``; if something
@@ -15,19 +12,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import socket
 import stat
 from pathlib import Path
 
+from agent.paths import socket_answers
+
 __all__ = [
     "SocketDirError",
     "AgentRunning",
-    "runtime_dir",
-    "socket_path_for",
     "ensure_private_dir",
-    "probe",
     "claim_socket",
     "ClaimedSocket",
 ]
@@ -43,21 +38,6 @@ class AgentRunning(RuntimeError):
     """A live agent already answers on this socket: use it (or stop it) instead of starting another."""
 
     code = "AGENT_RUNNING"  # start-up only, never a wire code
-
-
-def runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/keyagent`` if XDG_RUNTIME_DIR is an existing directory, else ``/tmp/keyagent-$UID``."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "keyagent"
-    return Path("/tmp") / f"keyagent-{os.getuid()}"
-
-
-def socket_path_for(home: str | os.PathLike[str]) -> Path:
-    """The default socket of the agent serving ``home``."""
-    real = os.path.realpath(os.path.expanduser(os.fspath(home)))
-    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return runtime_dir() / f"agent-{digest}.sock"
 
 
 def ensure_private_dir(path: Path, *, shared: bool = False) -> None:
@@ -89,19 +69,6 @@ def ensure_private_dir(path: Path, *, shared: bool = False) -> None:
         raise SocketDirError(
             f"socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (chmod 700 it)"
         )
-
-
-def probe(path: Path, timeout: float = 1.0) -> bool:
-    """True if something accepts a connection on ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(os.fspath(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class ClaimedSocket:
@@ -156,7 +123,7 @@ def claim_socket(path: Path, backlog: int = 128, *, shared: bool = False) -> Cla
             st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
                 raise SocketDirError(f"{path} exists and is not a socket; remove it by hand")
-            if probe(path):
+            if socket_answers(path):
                 raise AgentRunning(f"an agent is already listening on {path}")
             os.unlink(path)  # stale: nothing answers and we hold the lock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -11,8 +11,6 @@ Any module can add a check without touching this file::
 
 Checks run in ``order`` (then name). A check may read facts earlier checks left in ``ctx.facts`` (e.g. the
 token inspection) and returns SKIP when its prerequisite failed, so one root cause gives one FAIL, not five.
-Modules named in :data:`EXTRA_CHECK_MODULES` are imported (if they exist) before a run, so the daemon or the
-backends can ship checks in a ``doctor_checks`` module of their own.
 
 Checks never change anything (no chmod, no key creation) and never send a PIN unless the user gave one for this
 run; a token whose flags say the PIN is locked or on its final try is never sent a PIN at all.
@@ -21,10 +19,8 @@ run; a token whose flags say the PIN is locked or on its final try is never sent
 from __future__ import annotations
 
 import enum
-import importlib
 import json
 import os
-import socket
 import sqlite3
 import stat
 import time
@@ -33,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from agent.hardware import udev
+from agent.paths import socket_answers, socket_path_for
 
 __all__ = [
     "Status",
@@ -47,12 +44,9 @@ __all__ = [
     "run_checks",
     "exit_code",
     "format_results",
-    "EXTRA_CHECK_MODULES",
     "EARLIEST_SANE_TIME",
 ]
 
-#: Modules imported before a run so they can register checks; a missing one is simply not there yet.
-EXTRA_CHECK_MODULES = ("agent.daemon.doctor_checks", "backends.doctor_checks", "agent.core.doctor_checks")
 #: 2025-01-01T00:00:00Z. A wall clock before this is certainly wrong (RTC reset, no NTP yet).
 EARLIEST_SANE_TIME = 1735689600
 #: 2100-01-01T00:00:00Z. Beyond this, SPK timestamps (nanoseconds in an int64) and rotation math are suspect.
@@ -161,18 +155,8 @@ def registered_checks() -> list[str]:
     return [r.name for r in sorted(_REGISTRY.values(), key=lambda r: (r.order, r.name))]
 
 
-def _load_extra_modules() -> None:
-    for mod in EXTRA_CHECK_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:  # the module exists but one of its imports is missing: that is a bug, show it
-                raise
-
-
 def run_checks(ctx: DoctorContext, only: Iterable[str] | None = None) -> list[NamedResult]:
     """Run every registered check (or those in ``only``, in registry order); a crashing check is a FAIL."""
-    _load_extra_modules()
     wanted = set(only) if only is not None else None
     if wanted is not None:
         unknown = wanted - set(_REGISTRY)
@@ -425,8 +409,6 @@ def _check_key_file(ctx: DoctorContext, cfg: dict[str, Any]) -> CheckResult:
 def _socket_path(ctx: DoctorContext) -> Path:
     if ctx.socket_path:
         return Path(ctx.socket_path)
-    from agent.daemon.socketdir import socket_path_for
-
     return Path(socket_path_for(ctx.home))
 
 
@@ -460,23 +442,11 @@ def _check_socket_dir(ctx: DoctorContext) -> CheckResult:
     if smode & 0o077 or sst.st_uid != os.getuid():
         return CheckResult(Status.FAIL, f"socket {sock} has mode {smode:04o}, owner uid {sst.st_uid}",
                            "stop the agent, remove the socket and start it again (it creates it 0600)")
-    if not _answers(sock):
+    if not socket_answers(sock):
         return CheckResult(Status.WARN, f"{sock} is a stale socket: no agent answers on it",
                            "keyagent start (it replaces a socket nobody listens on)")
     return CheckResult(Status.OK, f"{directory} is yours, mode 0700; agent answers on {sock.name} "
                        f"(mode {smode:04o})")
-
-
-def _answers(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 @check("store", order=70, title="session store readable")
@@ -546,7 +516,7 @@ def _check_pcscd(ctx: DoctorContext) -> CheckResult:
     if not os.path.exists(path):
         return CheckResult(Status.WARN, f"no pcscd socket at {path}: OpenSC reaches USB readers through pcscd",
                            "install and start pcscd (apt-get install pcscd; systemctl enable --now pcscd.socket)")
-    if not _answers(Path(path)):
+    if not socket_answers(path):
         return CheckResult(Status.WARN, f"pcscd socket {path} exists but nothing answers",
                            "restart pcscd (systemctl restart pcscd)")
     return CheckResult(Status.OK, f"pcscd answers on {path}")

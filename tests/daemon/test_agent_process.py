@@ -14,7 +14,7 @@ import time
 import pytest
 
 from agent.client import AgentClient, AgentError, AgentUnavailable
-from agent.daemon.socketdir import socket_path_for
+from agent.paths import socket_path_for
 from tests.daemon.agentproc import (
     PASSPHRASE,
     AgentFactory,

@@ -505,7 +505,7 @@ def test_idle_upkeep_runs_only_while_unlocked(tmp: Path) -> None:
 
 
 def test_runtime_dir_prefers_xdg_and_falls_back_to_tmp(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.daemon.socketdir import runtime_dir, socket_path_for
+    from agent.paths import runtime_dir, socket_path_for
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
     assert runtime_dir() == tmp / "keyagent"
@@ -521,7 +521,7 @@ def test_runtime_dir_prefers_xdg_and_falls_back_to_tmp(tmp: Path, monkeypatch: p
 
 def test_client_socket_resolution_order(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.client import resolve_socket
-    from agent.daemon.socketdir import socket_path_for
+    from agent.paths import socket_path_for
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
     monkeypatch.setenv("KEYAGENT_SOCK", "/run/env.sock")
@@ -536,8 +536,8 @@ def test_client_socket_resolution_order(tmp: Path, monkeypatch: pytest.MonkeyPat
 def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.cli import build_parser
     from agent.cli.cmd_agent import _socket
-    from agent.daemon.config import default_home
-    from agent.daemon.socketdir import socket_path_for
+    from agent.paths import default_home
+    from agent.paths import socket_path_for
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
     monkeypatch.setenv("KEYAGENT_HOME", str(tmp / "env-home"))

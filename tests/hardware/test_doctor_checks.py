@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -97,7 +98,7 @@ def test_warn_and_fail_need_a_fix() -> None:
     assert CheckResult(Status.OK, "fine").fix is None
 
 
-def test_extra_check_modules_are_imported(home: Path, tmp_path: Path, clean_registry: None,
+def test_a_module_registers_checks_by_importing_check(home: Path, tmp_path: Path, clean_registry: None,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = tmp_path / "extra_pkg"
     pkg.mkdir()
@@ -110,7 +111,7 @@ def test_extra_check_modules_are_imported(home: Path, tmp_path: Path, clean_regi
             return CheckResult(Status.WARN, "plugin says hi", "nothing to fix")
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(doctor, "EXTRA_CHECK_MODULES", ("extra_pkg.doctor_checks", "extra_pkg.absent_module"))
+    importlib.import_module("extra_pkg.doctor_checks")  # whoever imports doctor can add checks; no registry of names
     results = doctor.run_checks(ctx_for(home, tmp_path), only=["from-plugin"])
     assert [(r.name, r.result.status, r.result.summary) for r in results] == [
         ("from-plugin", Status.WARN, "plugin says hi")]
@@ -244,7 +245,7 @@ def test_socket_dir_symlink_and_file(home: Path, tmp_path: Path) -> None:
 
 
 def test_socket_dir_default_follows_the_daemon(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.daemon.socketdir import socket_path_for
+    from agent.paths import socket_path_for
 
     run = tmp_path / "xdg"
     run.mkdir()
