@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 from dataclasses import dataclass
 from typing import Sequence
 
+from agent.framing import MAX_FRAME, FrameDecoder, FrameError, encode_frame
 from agent.paths import default_home, socket_path_for
 from agent.pb.keyagent import agent_pb2 as pb
 
@@ -31,11 +31,8 @@ __all__ = [
     "Identity",
     "Device",
     "resolve_socket",
-    "DEFAULT_MAX_FRAME",
 ]
 
-DEFAULT_MAX_FRAME = 256 * 1024
-_LEN = struct.Struct(">I")
 
 
 class AgentUnavailable(ConnectionError):
@@ -119,7 +116,7 @@ class AgentClient:
     """One connection to one agent."""
 
     def __init__(self, socket_path: str | os.PathLike[str] | None = None, *, timeout: float | None = 60.0,
-                 max_frame: int = 16 * 1024 * 1024, max_request: int = DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = 16 * 1024 * 1024, max_request: int = MAX_FRAME) -> None:
         self.socket_path = os.fspath(socket_path) if socket_path is not None else resolve_socket()
         self._timeout = timeout
         self._max_frame = max_frame
@@ -127,7 +124,7 @@ class AgentClient:
         # so here is clearer than the bare close the agent must answer with.
         self._max_request = max_request
         self._sock: socket.socket | None = None
-        self._buf = bytearray()
+        self._frames = FrameDecoder(max_frame)
         self._mu = threading.Lock()
 
     # --- connection -------------------------------------------------------------------------------------------
@@ -147,7 +144,7 @@ class AgentClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._buf.clear()
+        self._frames = FrameDecoder(self._max_frame)
 
     def __enter__(self) -> "AgentClient":
         return self.connect()
@@ -155,22 +152,19 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _recv_frame(self, sock: socket.socket) -> bytes:
+    def _read_response(self, sock: socket.socket) -> bytes:
         """One response frame; usually a single recv (header and body arrive together)."""
-        buf = self._buf
         while True:
-            if len(buf) >= 4:
-                (length,) = _LEN.unpack_from(buf)
-                if length == 0 or length > self._max_frame:
-                    raise AgentUnavailable(f"the agent sent a frame of {length} bytes")
-                if len(buf) >= 4 + length:
-                    data = bytes(buf[4:4 + length])
-                    del buf[:4 + length]
-                    return data
+            try:
+                frame = self._frames.next()
+            except FrameError as exc:
+                raise AgentUnavailable(f"the agent broke the framing: {exc}") from exc
+            if frame is not None:
+                return frame
             chunk = sock.recv(1 << 16)
             if not chunk:
                 raise AgentUnavailable("the agent closed the connection")
-            buf += chunk
+            self._frames.feed(chunk)
 
     def call(self, request: pb.Request) -> pb.Response:
         """Send one request, return the response (errors are returned, not raised)."""
@@ -182,8 +176,8 @@ class AgentClient:
             sock = self.connect()._sock
             assert sock is not None
             try:
-                sock.sendall(_LEN.pack(len(payload)) + payload)
-                data = self._recv_frame(sock)
+                sock.sendall(encode_frame(payload))
+                data = self._read_response(sock)
             except OSError as exc:
                 self.close()
                 if isinstance(exc, AgentUnavailable):

@@ -20,17 +20,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from agent.framing import MAX_FRAME
+
 __all__ = [
     "AgentConfig",
     "ConfigError",
     "Home",
-    "DEFAULT_MAX_FRAME",
     "load_config",
     "CONFIRMABLE_OPS",
 ]
-
-#: ssh-agent's AGENT_MAX_LEN: large enough for any bundle or 1:1 message, small enough to bound memory per client.
-DEFAULT_MAX_FRAME = 256 * 1024
 
 
 class ConfigError(ValueError):
@@ -70,7 +68,7 @@ class Home:
 class AgentConfig:
     """Daemon policy. Every limit exists so one client cannot starve or exhaust the agent."""
 
-    max_frame: int = DEFAULT_MAX_FRAME  # bytes per request frame; 0 or more closes the connection
+    max_frame: int = MAX_FRAME  # bytes per request frame; 0 or more closes the connection
     max_connections: int = 64  # concurrent client connections; more are closed at once
     request_timeout: float = 30.0  # seconds a request may take (a slow token cannot hang a client forever)
     frame_timeout: float = 10.0  # seconds a started frame may take to arrive (slow-loris)

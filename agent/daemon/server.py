@@ -1,9 +1,9 @@
-"""The Unix-socket server: framing, peer credentials, limits, signals and shutdown.
+"""The Unix-socket server: peer credentials, limits, signals and shutdown.
 
-Frames are a 4-byte big-endian length and one protobuf message (ssh-agent's framing without the type byte: the
-type is the Request oneof). A length of 0 or above ``max_frame`` closes the connection, as does a frame that
-does not parse; nothing a client sends can affect another connection. Limits, so one client cannot starve the
-agent: ``max_connections`` (further connections are closed at once), one request at a time per connection (the
+Frames (agent/framing.py) are a 4-byte big-endian length and one protobuf message (ssh-agent's framing without the
+type byte: the type is the Request oneof). A length of 0 or above ``max_frame`` closes the connection, as does a
+frame that does not parse; nothing a client sends can affect another connection. Limits, so one client cannot
+starve the agent: ``max_connections`` (further connections are closed at once), one request at a time per connection (the
 next frame is not read until the reply is written: backpressure), ``frame_timeout`` from a frame's first byte to
 its last (slow-loris), ``idle_timeout`` between frames (0 = none) and ``request_timeout`` per request.
 
@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,97 +41,18 @@ from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
 from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
 from agent.daemon.token_gate import BUSY_BACKOFF
+from agent.framing import FrameError, FrameReader, encode_frame
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
-__all__ = ["AgentServer", "FrameReader", "read_frame", "encode_frame", "FrameError"]
+__all__ = ["AgentServer"]
 
 log = logging.getLogger("keyagent.server")
 
-_LEN = struct.Struct(">I")
 #: Seconds between idle upkeep runs (SPK rotation is due every 24 h; requests also trigger it).
 _UPKEEP_INTERVAL = 600.0
 #: Seconds between watchdog scans for requests past their time limit (the TIMEOUT answer is this late at most).
 _WATCHDOG_TICK = 0.1
-_RECV = 1 << 16
-
-
-class FrameError(Exception):
-    """A frame that breaks the framing rules; the connection is closed."""
-
-
-def encode_frame(payload: bytes) -> bytes:
-    return _LEN.pack(len(payload)) + payload
-
-
-async def read_frame(
-    reader: asyncio.StreamReader, *, max_frame: int, frame_timeout: float, idle_timeout: float
-) -> bytes | None:
-    """Read one frame; None at a clean end of stream. Raises FrameError / asyncio.TimeoutError to close."""
-    try:
-        if idle_timeout > 0:
-            first = await asyncio.wait_for(reader.readexactly(1), idle_timeout)
-        else:
-            first = await reader.readexactly(1)
-    except asyncio.IncompleteReadError:
-        return None  # closed between frames: the normal way to hang up
-
-    try:
-        async with asyncio.timeout(frame_timeout):  # no extra task per frame (wait_for would make one)
-            head = first + await reader.readexactly(3)
-            (length,) = _LEN.unpack(head)
-            if length == 0 or length > max_frame:
-                raise FrameError(f"frame length {length} outside 1..{max_frame}")
-            return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise FrameError("truncated frame") from exc
-
-
-class FrameReader:
-    """Blocking frame reader for one connection thread; the same rules as :func:`read_frame`.
-
-    Reads up to 64 KiB per ``recv`` and keeps what follows a frame (a pipelining client's next request).
-    """
-
-    def __init__(self, sock: socket.socket, *, max_frame: int, frame_timeout: float, idle_timeout: float) -> None:
-        self._sock = sock
-        self._max = max_frame
-        self._frame_timeout = frame_timeout
-        self._idle_timeout = idle_timeout
-        self._buf = bytearray()
-
-    def read(self) -> bytes | None:
-        """One frame; None at a clean end of stream (or an idle timeout). Raises FrameError to close."""
-        if not self._buf:
-            self._sock.settimeout(self._idle_timeout if self._idle_timeout > 0 else None)
-            try:
-                data = self._sock.recv(_RECV)
-            except TimeoutError:
-                return None  # idle too long: hang up like a clean close
-            if not data:
-                return None  # closed between frames: the normal way to hang up
-            self._buf += data
-        deadline = time.monotonic() + self._frame_timeout
-        while True:
-            if len(self._buf) >= 4:
-                (length,) = _LEN.unpack_from(self._buf)
-                if length == 0 or length > self._max:
-                    raise FrameError(f"frame length {length} outside 1..{self._max}")
-                if len(self._buf) >= 4 + length:
-                    frame = bytes(self._buf[4:4 + length])
-                    del self._buf[:4 + length]
-                    return frame
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FrameError("frame timeout")
-            self._sock.settimeout(left)
-            try:
-                data = self._sock.recv(_RECV)
-            except TimeoutError as exc:
-                raise FrameError("frame timeout") from exc
-            if not data:
-                raise FrameError("truncated frame")
-            self._buf += data
 
 
 class _Connection:

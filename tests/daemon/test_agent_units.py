@@ -1,5 +1,5 @@
-"""In-process tests of the daemon's parts: config parsing, socket directory rules, the lock, bundle JSON, frame
-reading under arbitrary bytes, error-code mapping and the eval lines."""
+"""In-process tests of the daemon's parts: config parsing, socket directory rules, the lock, bundle JSON,
+error-code mapping and the eval lines."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from agent.cli.cmd_agent import _InputError, bundle_from_json, bundle_to_json
 from agent.core import errors as core_errors
@@ -23,7 +21,6 @@ from agent.core.wire import encode_bundle
 from agent.daemon.config import AgentConfig, ConfigError, Home, load_config
 from agent.daemon.daemonize import shell_lines
 from agent.daemon.lock import AgentLocked, LockManager, UnlockFailed, failure_delay
-from agent.daemon.server import FrameError, encode_frame, read_frame
 from agent.daemon.service import error_code
 from agent.daemon.socketdir import AgentRunning, SocketDirError, claim_socket, ensure_private_dir
 from agent.pb.keyagent import agent_pb2 as pb
@@ -33,7 +30,6 @@ from backends.memory import MemoryKey
 from tests.daemon.agentproc import short_tmpdir
 
 if TYPE_CHECKING:
-    from agent.daemon.server import FrameReader
     from agent.daemon.service import ClientContext, Service
 
 
@@ -313,49 +309,6 @@ def test_bundle_json_rejects_non_objects() -> None:
             bundle_from_json(doc)
 
 
-# --- frames -------------------------------------------------------------------------------------------------------
-
-
-async def _frames_from(data: bytes, max_frame: int) -> list[bytes]:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    out: list[bytes] = []
-    while True:
-        frame = await read_frame(reader, max_frame=max_frame, frame_timeout=1.0, idle_timeout=0)
-        if frame is None:
-            return out
-        out.append(frame)
-
-
-def test_frames_are_split_by_length() -> None:
-    data = encode_frame(b"abc") + encode_frame(b"\x00" * 10)
-    assert asyncio.run(_frames_from(data, 64)) == [b"abc", b"\x00" * 10]
-
-
-@pytest.mark.parametrize("data", [b"\x00\x00\x00\x00", b"\x00\x00\x00\x41" + b"a" * 65, b"\x00\x00", b"\x00\x00\x00\x05ab",
-                                  b"\xff\xff\xff\xff"])
-def test_bad_frames_raise(data: bytes) -> None:
-    with pytest.raises(FrameError):
-        asyncio.run(_frames_from(data, 64))
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=300))
-def test_arbitrary_bytes_give_frames_or_frame_error(data: bytes) -> None:
-    try:
-        frames = asyncio.run(_frames_from(data, 64))
-    except FrameError:
-        return
-    assert sum(len(f) + 4 for f in frames) == len(data)
-    for f in frames:
-        assert 1 <= len(f) <= 64
-        try:  # whatever parses as a Request is dispatched by type; the rest closes the connection
-            pb.Request.FromString(f).WhichOneof("request")
-        except Exception as exc:
-            assert type(exc).__name__ == "DecodeError"
-
-
 # --- errors and shells --------------------------------------------------------------------------------------------
 
 
@@ -504,35 +457,6 @@ def test_idle_upkeep_runs_only_while_unlocked(tmp: Path) -> None:
     assert calls == ["maintain"]
 
 
-def test_runtime_dir_prefers_xdg_and_falls_back_to_tmp(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.paths import runtime_dir, socket_path_for
-
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
-    assert runtime_dir() == tmp / "keyagent"
-    a, b = socket_path_for(tmp / "home-a"), socket_path_for(tmp / "home-b")
-    assert a.parent == b.parent == tmp / "keyagent" and a != b  # one socket per home: agents side by side
-    assert socket_path_for(tmp / "home-a" / ".." / "home-a") == a  # the same home, however it is spelled
-    assert len(str(socket_path_for("/" + "x" * 200))) < 108 + len(str(tmp))  # the home's length never matters
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "missing"))
-    assert runtime_dir() == Path(f"/tmp/keyagent-{os.getuid()}")
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert runtime_dir() == Path(f"/tmp/keyagent-{os.getuid()}")
-
-
-def test_client_socket_resolution_order(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.client import resolve_socket
-    from agent.paths import socket_path_for
-
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
-    monkeypatch.setenv("KEYAGENT_SOCK", "/run/env.sock")
-    monkeypatch.setenv("KEYAGENT_HOME", str(tmp / "env-home"))
-    assert resolve_socket("/explicit.sock", home=str(tmp / "h")) == "/explicit.sock"
-    assert resolve_socket(None, home=str(tmp / "h")) == str(socket_path_for(tmp / "h"))
-    assert resolve_socket() == "/run/env.sock"
-    monkeypatch.delenv("KEYAGENT_SOCK")
-    assert resolve_socket() == str(socket_path_for(tmp / "env-home"))
-
-
 def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.cli import build_parser
     from agent.cli.cmd_agent import _socket
@@ -557,66 +481,3 @@ def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkey
     assert sock_for("status") == str(socket_path_for(tmp / "env-home"))
 
 
-# --- blocking frame reader (the server's connection threads) ------------------------------------------------------
-
-
-def _reader_pair(**kw: float) -> tuple["FrameReader", socket.socket]:
-    from agent.daemon.server import FrameReader
-
-    ours, theirs = socket.socketpair()
-    opts = {"max_frame": 64, "frame_timeout": 1.0, "idle_timeout": 0.0}
-    opts.update(kw)
-    return FrameReader(ours, max_frame=int(opts["max_frame"]), frame_timeout=opts["frame_timeout"],
-                       idle_timeout=opts["idle_timeout"]), theirs
-
-
-def test_frame_reader_splits_pipelined_frames_and_ends_cleanly() -> None:
-    reader, peer = _reader_pair()
-    peer.sendall(encode_frame(b"one") + encode_frame(b"two") + encode_frame(b"x" * 64))
-    peer.shutdown(socket.SHUT_WR)
-    assert [reader.read(), reader.read(), reader.read(), reader.read()] == [b"one", b"two", b"x" * 64, None]
-
-
-@pytest.mark.parametrize("data, reason", [
-    (b"\x00\x00\x00\x00", "outside"), (b"\x00\x00\x00\x41" + b"a" * 65, "outside"),
-    (b"\x00\x00", "truncated"), (b"\x00\x00\x00\x05ab", "truncated"), (b"\xff\xff\xff\xff", "outside"),
-])
-def test_frame_reader_rejects_bad_frames(data: bytes, reason: str) -> None:
-    reader, peer = _reader_pair()
-    peer.sendall(data)
-    peer.shutdown(socket.SHUT_WR)
-    with pytest.raises(FrameError, match=reason):
-        reader.read()
-
-
-def test_frame_reader_cuts_off_a_slow_frame_and_an_idle_peer() -> None:
-    reader, peer = _reader_pair(frame_timeout=0.05)
-    peer.sendall(b"\x00\x00")  # half a length, then nothing
-    with pytest.raises(FrameError, match="frame timeout"):
-        reader.read()
-    idle, peer2 = _reader_pair(idle_timeout=0.05)
-    assert idle.read() is None  # nothing at all within the idle limit: hang up
-    peer.close()
-    peer2.close()
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=300), st.integers(min_value=1, max_value=7))
-def test_frame_reader_agrees_with_the_asyncio_reader(data: bytes, chunk: int) -> None:
-    reader, peer = _reader_pair()
-    for i in range(0, len(data), chunk):  # arbitrary segmentation must not matter
-        peer.sendall(data[i:i + chunk])
-    peer.shutdown(socket.SHUT_WR)
-    got: list[bytes] = []
-    sync_error = False
-    try:
-        while (frame := reader.read()) is not None:
-            got.append(frame)
-    except FrameError:
-        sync_error = True
-    peer.close()
-    try:
-        expected = asyncio.run(_frames_from(data, 64))
-        assert not sync_error and got == expected
-    except FrameError:
-        assert sync_error

@@ -16,7 +16,7 @@ Targets:
 * ``decoder``: ``decode_protocol_message`` → a message (which must survive re-encoding) or MalformedMessage;
 * ``bundle``: parse and verify a bundle → the genuine identity with unchanged signed content, or a typed
   ProtocolError (seeded with a real signed bundle, so mutations start from a valid signature);
-* ``request``: the agent's frame parser ``read_frame`` and ``Request`` decoding in process, as the server does
+* ``request``: the agent's frame codec (agent/framing.py) and ``Request`` decoding in process, as the server does
   them (frames, length prefixes, caps);
 * ``agent``: every input is sent as-is to a live agent on its own connection; the agent process is not
   instrumented, so this one is libFuzzer-mutated but not coverage-guided. It checks liveness and that the
@@ -27,7 +27,6 @@ The pure-Python equivalent without atheris is ``python -m tests.proof.fuzz``.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import sys
@@ -63,18 +62,15 @@ def _bundle() -> Callable[[bytes], None]:
 def _request() -> Callable[[bytes], None]:
     from google.protobuf.message import DecodeError
 
-    from agent.daemon.server import FrameError, read_frame
+    from agent.framing import FrameDecoder, FrameError
     from agent.pb.keyagent import agent_pb2 as pb
 
-    loop = asyncio.new_event_loop()
-
-    async def frames(data: bytes) -> None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(data)
-        reader.feed_eof()
+    def one(data: bytes) -> None:
+        frames = FrameDecoder(max_frame=4096)  # the decoder the server's FrameReader runs
+        frames.feed(data)
         while True:
             try:
-                frame = await read_frame(reader, max_frame=4096, frame_timeout=1.0, idle_timeout=0)
+                frame = frames.next()
             except FrameError:
                 return
             if frame is None:
@@ -83,9 +79,6 @@ def _request() -> Callable[[bytes], None]:
                 pb.Request.FromString(frame).WhichOneof("request")
             except (DecodeError, RuntimeWarning, ValueError):
                 return
-
-    def one(data: bytes) -> None:
-        loop.run_until_complete(frames(data))
 
     return one
 
