@@ -16,16 +16,15 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 import sys
 from typing import BinaryIO, Literal
 
 from agent.core.identity import DerivedIdentity, derive_identity
+from agent.pinentry import PinentryError, getpin
 
 __all__ = ["MAX_PHRASE_BYTES", "PhraseInputError", "read_phrase", "read_and_derive"]
 
 MAX_PHRASE_BYTES = 1024  # 24 words of 8 letters are 215 bytes; more is a wrong file, not a phrase
-_MAX_ASSUAN_RESPONSE = 16 * 1024
 _PROMPT = "Recovery phrase (12-24 words, not shown): "
 _DESC = (
     "Enter the Status recovery phrase (12 to 24 words) of the identity to import into keyagent. "
@@ -111,128 +110,14 @@ def _read_tty(fd: int) -> bytearray:
             pass
 
 
-def _hexval(c: int) -> int:
-    """Value of one ASCII hex digit, -1 if it is not one (no temporary bytes objects)."""
-    if 0x30 <= c <= 0x39:
-        return c - 0x30
-    if 0x41 <= c <= 0x46 or 0x61 <= c <= 0x66:
-        return (c | 0x20) - 0x61 + 10
-    return -1
-
-
-def _assuan_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-class _Pinentry:
-    """Just enough of the Assuan protocol to ask pinentry for one secret."""
-
-    def __init__(self, program: str, ttyname: str | None) -> None:
-        argv = [program] + (["--ttyname", ttyname] if ttyname else [])
-        try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0
-            )
-        except OSError as exc:
-            raise PhraseInputError(f"cannot start pinentry ({program}): {exc.strerror}") from None
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdin = self.proc.stdin
-        self.fd = self.proc.stdout.fileno()
-        self.buf = bytearray(_MAX_ASSUAN_RESPONSE)
-
-    def response(self) -> tuple[int, bool]:
-        """Read until a line starting OK or ERR ends the response; return (bytes in self.buf, ok)."""
-        n = 0
-        view = memoryview(self.buf)
-        try:
-            while True:
-                if n == len(self.buf):
-                    raise PhraseInputError("pinentry response is too long")
-                got = os.readv(self.fd, [view[n:]])
-                if got == 0:
-                    raise PhraseInputError("pinentry exited without an answer")
-                n += got
-                if self.buf[n - 1] != 0x0A:
-                    continue
-                last = self.buf.rfind(b"\n", 0, n - 1) + 1
-                if self.buf.startswith(b"OK", last):
-                    return n, True
-                if self.buf.startswith(b"ERR", last):
-                    return n, False
-        finally:
-            view.release()
-
-    def command(self, line: str) -> bool:
-        self.stdin.write(line.encode("utf-8") + b"\n")
-        n, ok = self.response()
-        _zero(self.buf)
-        return ok
-
-    def getpin(self) -> bytearray:
-        """Send GETPIN and percent-decode the ``D`` lines straight into a new bytearray."""
-        self.stdin.write(b"GETPIN\n")
-        n, ok = self.response()
-        try:
-            if not ok:
-                raise PhraseInputError("pinentry was cancelled or failed; no phrase was read")
-            out = bytearray()
-            pos = 0
-            while pos < n:
-                end = self.buf.find(b"\n", pos, n)
-                end = n if end < 0 else end
-                if self.buf.startswith(b"D ", pos, end):
-                    i = pos + 2
-                    while i < end:
-                        c = self.buf[i]
-                        if c == 0x25:  # %XX escape (Assuan escapes %, CR and LF)
-                            hi = _hexval(self.buf[i + 1]) if i + 1 < end else -1
-                            lo = _hexval(self.buf[i + 2]) if i + 2 < end else -1
-                            if hi < 0 or lo < 0:
-                                _zero(out)
-                                raise PhraseInputError("pinentry sent a malformed escape")
-                            out.append(hi * 16 + lo)
-                            i += 3
-                        else:
-                            out.append(c)
-                            i += 1
-                pos = end + 1
-            return out
-        finally:
-            _zero(self.buf)
-
-    def close(self) -> None:
-        try:
-            self.stdin.write(b"BYE\n")
-            self.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 def _read_pinentry(program: str, ttyname: str | None) -> bytearray:
-    pin = _Pinentry(program, ttyname)
     try:
-        greeting, ok = pin.response()
-        _zero(pin.buf)
-        if not ok:
-            raise PhraseInputError("pinentry did not greet with OK")
-        term = os.environ.get("TERM")
-        if term:
-            pin.command(f"OPTION ttytype={term}")  # pinentry-curses needs it; an ERR here is harmless
-        pin.command("SETTITLE keyagent")
-        pin.command("SETDESC " + _assuan_escape(_DESC))
-        pin.command("SETPROMPT Phrase:")
-        phrase = pin.getpin()
-    except BrokenPipeError:
-        raise PhraseInputError("pinentry exited early") from None
-    finally:
-        pin.close()
+        phrase = getpin(program, description=_DESC, prompt="Phrase:", title="keyagent", ttyname=ttyname,
+                        ttytype=os.environ.get("TERM"))
+    except PinentryError as exc:
+        raise PhraseInputError(str(exc)) from None
+    if phrase is None:
+        raise PhraseInputError("pinentry was cancelled or failed; no phrase was read")
     if not any(c not in b" \t\r\n" for c in phrase):
         _zero(phrase)
         raise PhraseInputError("no recovery phrase was given")

@@ -1,8 +1,8 @@
 """Where PINs and passphrases come from, and how long the agent may keep one.
 
 Sources are callables ``(what: str) -> str | None`` (:data:`backends.base.SecretSource`): the environment
-(``KEYAGENT_PIN`` / ``KEYAGENT_PASSPHRASE``), a file (``--pin-file`` / ``--passphrase-file``), pinentry over the
-Assuan protocol when a display or terminal exists, or the OS keyring when the user opted in. ``keyagent
+(``KEYAGENT_PIN`` / ``KEYAGENT_PASSPHRASE``), a file (``--pin-file`` / ``--passphrase-file``), or the OS keyring
+when the user opted in; the CLI asks pinentry (:func:`ask_pinentry`) when a display or terminal exists. ``keyagent
 unlock`` does not need a source: the daemon passes the PIN it received straight to ``Backend.unlock``.
 
 A source is asked at most once per operation and the answer is never retried (a wrong PIN burns a token try).
@@ -11,11 +11,11 @@ A source is asked at most once per operation and the answer is never retried (a 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from typing import Callable
 
+from agent.pinentry import DEFAULT_TIMEOUT, PinentryError, getpin
 from backends.base import SecretSource
 from backends.errors import BackendConfigError, KeyringUnavailable
 
@@ -25,8 +25,7 @@ __all__ = [
     "file_source",
     "chain_sources",
     "pinentry_available",
-    "pinentry_source",
-    "assuan_getpin",
+    "ask_pinentry",
     "keyring_source",
     "read_secret_file",
 ]
@@ -131,100 +130,24 @@ def pinentry_available(program: str = "pinentry") -> bool:
                 or sys.stdin.isatty())
 
 
-def _assuan_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def ask_pinentry(program: str, description: str, prompt: str = "PIN:", timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """Ask a pinentry (agent/pinentry.py) for a PIN or passphrase; None when the user cancels.
 
-
-def _assuan_unescape(data: bytes) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        if data[i] == 0x25 and i + 2 < len(data):
-            try:
-                out.append(int(data[i + 1:i + 3], 16))
-            except ValueError as exc:
-                raise ValueError("bad Assuan escape") from exc
-            i += 3
-        else:
-            out.append(data[i])
-            i += 1
-    return bytes(out)
-
-
-def assuan_getpin(program: str, description: str, prompt: str = "PIN:", timeout: float = 120.0) -> str | None:
-    """Ask ``program`` (a pinentry) for a secret over Assuan; None when the user cancels.
-
-    Protocol: greeting ``OK``, then ``SETDESC``/``SETPROMPT``/``GETPIN``; the PIN comes back as ``D`` lines
-    (percent-escaped) followed by ``OK``; ``ERR`` means cancelled or failed.
+    The terminal is ``$GPG_TTY`` (gpg-agent's convention), else our standard input when it is one.
     """
-    env = dict(os.environ)
-    args = [program]
     tty = os.environ.get("GPG_TTY")
     if tty is None and sys.stdin.isatty():
         tty = os.ttyname(sys.stdin.fileno())
-    if tty:
-        args += ["--ttyname", tty]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env)
-    assert proc.stdin is not None and proc.stdout is not None
-    deadline = time.monotonic() + timeout
-
-    def read_reply() -> tuple[bool, bytes]:
-        data = b""
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError("pinentry timed out")
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise EOFError("pinentry closed the connection")
-            line = line.rstrip(b"\r\n")
-            if line.startswith(b"D "):
-                data += _assuan_unescape(line[2:])
-            elif line == b"OK" or line.startswith(b"OK "):
-                return True, data
-            elif line.startswith(b"ERR"):
-                return False, b""
-            # status (S), comments (#) and inquiries are ignored
-
-    def command(cmd: str) -> tuple[bool, bytes]:
-        proc.stdin.write(cmd.encode("utf-8") + b"\n")  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
-        return read_reply()
-
     try:
-        ok, _ = read_reply()
-        if not ok:
-            return None
-        command(f"SETDESC {_assuan_escape(description)}")
-        command(f"SETPROMPT {_assuan_escape(prompt)}")
-        ok, pin = command("GETPIN")
-        try:
-            command("BYE")
-        except (EOFError, BrokenPipeError):
-            pass
-        if not ok:
-            return None
-        return pin.decode("utf-8")
+        secret = getpin(program, description=description, prompt=prompt, ttyname=tty, timeout=timeout)
+    except PinentryError as exc:
+        raise BackendConfigError(f"no secret from pinentry: {exc}") from None
+    if secret is None:
+        return None
+    try:
+        return secret.decode("utf-8")
     finally:
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-
-
-def pinentry_source(program: str = "pinentry") -> SecretSource:
-    """Ask through pinentry; the description names the token (label and serial) so the user sees which."""
-
-    def source(what: str) -> str | None:
-        return assuan_getpin(program, f"keyagent needs the {what}", "PIN:")
-
-    return source
+        secret[:] = bytes(len(secret))
 
 
 def keyring_source(service: str, username: str, backend: str | None = None) -> SecretSource:

@@ -19,7 +19,7 @@ __all__ = ["register"]
 
 def _secret(path: str | None, env: str, what: str, *, confirm: bool = False, pinentry: bool = False) -> str:
     from backends.errors import BackendConfigError
-    from backends.pin import assuan_getpin, pinentry_available, read_secret_file
+    from backends.pin import ask_pinentry, pinentry_available, read_secret_file
 
     if path:
         return read_secret_file(path)
@@ -27,7 +27,7 @@ def _secret(path: str | None, env: str, what: str, *, confirm: bool = False, pin
     if value:
         return value
     if pinentry and pinentry_available():
-        got = assuan_getpin("pinentry", f"keyagent needs the {what}")
+        got = ask_pinentry("pinentry", f"keyagent needs the {what}")
         if got:
             return got
         raise BackendConfigError(f"no {what} given (pinentry cancelled)")

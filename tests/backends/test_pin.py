@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backends.errors import BackendConfigError
-from backends.pin import PinCache, assuan_getpin, chain_sources, env_source, file_source, read_secret_file
+from backends.pin import PinCache, ask_pinentry, chain_sources, env_source, file_source, read_secret_file
 
 FAKE_PINENTRY = r'''#!{python}
 import sys
@@ -45,7 +45,7 @@ def _fake(tmp_path: Path, pin: str, cancel: bool = False) -> tuple[str, Path]:
 
 def test_pinentry_assuan_roundtrip(tmp_path: Path) -> None:
     prog, log = _fake(tmp_path, "12%2534")  # percent-escaped "%" on the wire
-    assert assuan_getpin(prog, "token kt-1 (serial 42)\nsecond line", "PIN:") == "12%34"
+    assert ask_pinentry(prog, "token kt-1 (serial 42)\nsecond line", "PIN:") == "12%34"
     sent = log.read_text().splitlines()
     assert sent[0] == "SETDESC token kt-1 (serial 42)%0Asecond line"  # newline escaped, not sent raw
     assert sent[1] == "SETPROMPT PIN:" and sent[2] == "GETPIN" and sent[3] == "BYE"
@@ -53,7 +53,7 @@ def test_pinentry_assuan_roundtrip(tmp_path: Path) -> None:
 
 def test_pinentry_cancel_is_none(tmp_path: Path) -> None:
     prog, _ = _fake(tmp_path, "x", cancel=True)
-    assert assuan_getpin(prog, "d") is None
+    assert ask_pinentry(prog, "d") is None
 
 
 def test_pin_cache_ttl_and_serial_binding() -> None:
