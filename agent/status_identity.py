@@ -38,6 +38,7 @@ from agent.core.identity import (
     zq3_encode,
 )
 from agent.identity_input import Mode, read_and_derive
+from backends.files import FileTooLarge, read_capped
 
 __all__ = [
     "STATUS_SECTION",
@@ -128,11 +129,8 @@ def provision_from_phrase(home: str, backend_kind: str, derived: DerivedIdentity
 def _read_config(home: str) -> dict[str, Any] | None:
     path = os.path.join(home, CONFIG_NAME)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_CONFIG + 1)
-    except OSError:
-        return None
-    if len(raw) > _MAX_CONFIG:
+        raw = read_capped(path, _MAX_CONFIG)
+    except (OSError, FileTooLarge):
         return None
     try:
         doc = json.loads(raw)

@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 from backends.base import Backend, SecretSource
 from backends.errors import BackendConfigError, KeyExists, PinRequired
+from backends.files import FileTooLarge, read_capped
 from backends.software import DEFAULT_SCRYPT_N, SoftwareBackend, write_atomic
 
 __all__ = [
@@ -66,12 +67,11 @@ def load_config(home: str) -> dict[str, Any]:
     """Read and validate ``<home>/config.json``; BackendConfigError on anything wrong."""
     path = config_path(home)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_CONFIG + 1)
+        raw = read_capped(path, _MAX_CONFIG)
     except FileNotFoundError as exc:
         raise BackendConfigError(f"{path} does not exist: run keyagent init") from exc
-    if len(raw) > _MAX_CONFIG:
-        raise BackendConfigError(f"{path} is too large")
+    except FileTooLarge as exc:
+        raise BackendConfigError(f"{path} is too large") from exc
     try:
         cfg = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -18,6 +18,7 @@ from typing import Callable
 from agent.pinentry import DEFAULT_TIMEOUT, PinentryError, getpin
 from backends.base import SecretSource
 from backends.errors import BackendConfigError, KeyringUnavailable
+from backends.files import FileTooLarge, read_capped
 
 __all__ = [
     "PinCache",
@@ -69,12 +70,11 @@ def read_secret_file(path: str) -> str:
         st = os.stat(path)
         if st.st_mode & 0o077:
             raise BackendConfigError(f"{path} is readable by others; chmod 600 it")
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_SECRET + 1)
+        raw = read_capped(path, _MAX_SECRET)
     except OSError as exc:
         raise BackendConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if len(raw) > _MAX_SECRET:
-        raise BackendConfigError(f"secret file {path} is too large")
+    except FileTooLarge as exc:
+        raise BackendConfigError(f"secret file {path} is too large") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

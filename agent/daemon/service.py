@@ -20,6 +20,7 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable, Protocol, Sequence
 
+from agent import __version__
 from agent.core import secp256k1
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
@@ -43,12 +44,9 @@ __all__ = [
     "Denied",
     "NotReady",
     "error_code",
-    "VERSION",
 ]
 
 log = logging.getLogger("keyagent.service")
-
-VERSION = "0.1.0"
 
 #: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata.
 _ALLOWED_LOCKED = frozenset({"identity", "bundle", "status", "lock", "unlock", "release", "stop"})
@@ -434,7 +432,7 @@ class Service:
             identity_public_key=st.identity_public_key,
             installation_id=manager.installation_id if manager else "",
             pid=os.getpid(),
-            version=VERSION,
+            version=__version__,
             home=str(self.home.path),
             socket=self.socket_path,
             unlock_failures=self.lock.failures,

@@ -1,0 +1,24 @@
+"""Reading the small files a home holds (config.json, PIN files) without trusting their size.
+
+A file the agent reads whole is read at most ``limit + 1`` bytes, so a huge or endless file (``/dev/zero`` named
+as a PIN file, a corrupted config) costs a bounded read and a clear error instead of the agent's memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["FileTooLarge", "read_capped"]
+
+
+class FileTooLarge(ValueError):
+    """The file holds more than its limit: it is not the file the agent expects (point at the right one)."""
+
+
+def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The whole file if it holds at most ``limit`` bytes; FileTooLarge otherwise, OSError as open/read raise it."""
+    with open(path, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise FileTooLarge(f"{os.fspath(path)} is larger than {limit} bytes")
+    return raw
