@@ -9,7 +9,8 @@ Entry points for the rest of the agent:
   identity onto a token (``keyagent migrate``).
 * :mod:`backends.errors`: typed errors, each with a stable ``code`` for the wire.
 
-Only this package imports python-pkcs11, and only :mod:`backends.pkcs11_token` calls it (from its worker thread).
+Only this package imports python-pkcs11, and only :mod:`backends.pkcs11` calls it (the backend from its worker
+thread).
 """
 
 from agent.core.keyops import KeyOps as KeyOps

@@ -168,7 +168,8 @@ def open_backend(
 
             raise IdentityChanged(f"key file {path} holds another identity than the config names")
         return sw
-    from backends.pkcs11_token import KeyRef, Pkcs11Backend
+    from backends.pkcs11.backend import Pkcs11Backend
+    from backends.pkcs11.keys import KeyRef
 
     p = config["pkcs11"]
     pk = p.get("pin_keyring")
@@ -256,7 +257,8 @@ def provision_identity(
         raise BackendConfigError(f"unknown backend {backend_kind!r} (pkcs11 or software)")
     if not module or not token:
         raise BackendConfigError("the pkcs11 backend needs --module and --token")
-    from backends.pkcs11_token import KeyRef, Pkcs11Backend, identity_key_ref, spk_key_ref
+    from backends.pkcs11.backend import Pkcs11Backend
+    from backends.pkcs11.keys import KeyRef, identity_key_ref, spk_key_ref
 
     namespace = secrets.token_bytes(8)
     adopted = adopt_id is not None or adopt_label is not None
@@ -342,7 +344,8 @@ def migrate_to_token(
     assert isinstance(sw, SoftwareBackend)
     ik_secret, spk_secrets = sw.export_secrets()
     sw.close()
-    from backends.pkcs11_token import Pkcs11Backend, identity_key_ref, spk_key_ref
+    from backends.pkcs11.backend import Pkcs11Backend
+    from backends.pkcs11.keys import identity_key_ref, spk_key_ref
 
     namespace = secrets.token_bytes(8)
     ik_ref = identity_key_ref(namespace)

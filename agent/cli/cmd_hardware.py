@@ -128,7 +128,7 @@ def _configured_module(home: str) -> str | None:
 def _pkcs11_listing(module: str | None) -> dict[str, Any]:
     if module is None:
         return {"module": None, "slots": [], "error": None}
-    from backends import inventory
+    from backends.pkcs11 import inventory
 
     try:
         slots = inventory.list_slots(module)

@@ -246,7 +246,7 @@ def _check_module(ctx: DoctorContext) -> CheckResult:
     p11 = ctx.pkcs11
     if p11 is None:
         return CheckResult(Status.SKIP, "no PKCS#11 backend configured" if ctx.config else "no usable config")
-    from backends import inventory  # the only way to python-pkcs11
+    from backends.pkcs11 import inventory  # the only way to python-pkcs11
 
     module = str(p11["module"])
     try:
@@ -333,7 +333,7 @@ def _check_identity(ctx: DoctorContext) -> CheckResult:
     if p11 is None or token is None:
         return CheckResult(Status.SKIP, "needs the token")
     from backends import errors as berr
-    from backends import inventory
+    from backends.pkcs11 import inventory
 
     key_id_hex = p11.get("identity_id")
     try:

@@ -36,7 +36,9 @@ from backends.errors import (
 )
 from backends.home import load_config, open_backend, provision_identity, write_config
 from backends.memory import MemoryKey
-from backends.pkcs11_token import Pkcs11Backend, identity_key_ref, load_lib
+from backends.pkcs11.backend import Pkcs11Backend
+from backends.pkcs11.keys import identity_key_ref
+from backends.pkcs11.lib import load_lib
 from tests.helpers.softhsm import SoftHSMToken
 
 

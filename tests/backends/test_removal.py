@@ -17,7 +17,8 @@ from agent.core import secp256k1
 from agent.core.hashing import keccak256
 from backends.errors import IdentityChanged, PinRequired, TokenAbsent
 from backends.home import load_config, provision_identity
-from backends.pkcs11_token import KeyRef, Pkcs11Backend
+from backends.pkcs11.backend import Pkcs11Backend
+from backends.pkcs11.keys import KeyRef
 from tests.helpers.softhsm import P11KitServer, SoftHSMToken
 
 # python-pkcs11's search iterator finalises in __del__ and raises DeviceError there when the server vanished

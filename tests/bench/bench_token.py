@@ -156,7 +156,7 @@ def part_locking(module: str, label: str, pin: str, seconds: float, rounds: int)
     # sign/dh mix without the backend. It shows what the machine allows at this moment.
     from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass
 
-    from backends.pkcs11_token import load_lib
+    from backends.pkcs11.lib import load_lib
 
     token = load_lib(module, True).get_token(token_label=label)
     kid = bytes.fromhex(cfg["pkcs11"]["identity_id"])

@@ -100,7 +100,7 @@ def bench(label: str, key: KeyOps, n: int, rounds: int) -> None:
 @contextmanager
 def _token_identity() -> Iterator[KeyOps | None]:
     try:
-        from backends.pkcs11_token import Pkcs11Backend
+        from backends.pkcs11.backend import Pkcs11Backend
         from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
     except ImportError as exc:
         print(f"softhsm2: skipped ({exc})")

@@ -45,7 +45,7 @@ from agent.core import secp256k1  # noqa: E402
 from agent.daemon.waku_service import gate_limits  # noqa: E402
 from agent.daemon.config import AgentConfig  # noqa: E402
 from backends.memory import MemoryKey  # noqa: E402
-from backends.pkcs11_token import Pkcs11Backend  # noqa: E402
+from backends.pkcs11.backend import Pkcs11Backend  # noqa: E402
 from tests.daemon.agentproc import REPO, AgentFactory, AgentProc  # noqa: E402
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken  # noqa: E402
 

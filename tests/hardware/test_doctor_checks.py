@@ -16,7 +16,7 @@ import pytest
 
 from agent.hardware import doctor, udev
 from agent.hardware.doctor import CheckResult, DoctorContext, Status
-from backends.inventory import TokenInfo
+from backends.pkcs11.inventory import TokenInfo
 from backends.memory import MemoryKey
 
 NOW = 1_790_000_000.0  # 2026-09-21, a sane wall clock

@@ -191,7 +191,7 @@ def test_random_round_trips_both_ways(peer: Peer, payload: bytes, signed: bool, 
 @pytest.fixture
 def token_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyOps]:
     """A fresh SoftHSM2 token with a freshly generated identity key, through the real PKCS#11 backend."""
-    from backends.pkcs11_token import Pkcs11Backend
+    from backends.pkcs11.backend import Pkcs11Backend
     from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
 
     with SoftHSMToken() as tok:

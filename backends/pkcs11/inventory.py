@@ -1,15 +1,14 @@
 """Read-only PKCS#11 inventory for ``keyagent devices`` and ``keyagent doctor``: slots, tokens, flags, key attributes.
 
-Lives in ``backends/`` because only the backends import python-pkcs11. It never creates, changes or deletes an
-object and never logs in unless the caller hands it a PIN; before using a PIN it refuses when the token reports
-the PIN locked or on its final try (a doctor must not be what locks a user out). Meant for short-lived CLI
+Lives in ``backends/pkcs11/`` because only the backends import python-pkcs11. It never creates, changes or
+deletes an object and never logs in unless the caller hands it a PIN; before using a PIN it refuses when the token
+reports the PIN locked or on its final try (a doctor must not be what locks a user out). Meant for short-lived CLI
 processes: it loads the module with python-pkcs11's per-path cache and does not reinitialise a module the
 process already uses, so do not call it inside the daemon while the token worker runs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import pkcs11.exceptions as px
 from pkcs11 import Attribute, ObjectClass, SlotFlag, TokenFlag
 
 from backends.errors import BackendConfigError, PinFinalTry, PinIncorrect, PinLocked, TokenAbsent
+from backends.pkcs11.lib import close_all_sessions, is_pkcs11_module
 
 __all__ = [
     "SECP256K1_OID_DER",
@@ -158,7 +158,7 @@ def load_module(module: str) -> Any:
         raise ModuleLoadError(f"PKCS#11 module {module} does not exist")
     try:
         # dlopen first: python-pkcs11 turns a non-library file into an opaque PKCS11Error.
-        if not hasattr(ctypes.CDLL(module), "C_GetFunctionList"):
+        if not is_pkcs11_module(module):
             raise ModuleLoadError(f"{module} is a shared library but not a PKCS#11 module (no C_GetFunctionList)")
     except OSError as exc:
         raise ModuleLoadError(f"cannot load PKCS#11 module {module}: {exc}") from None
@@ -244,15 +244,6 @@ def _key_info(obj: Any, cls: str) -> KeyInfo:
                    public_point=point, attributes=attrs)
 
 
-def _close_all_sessions(lib: Any, slot_id: int) -> None:
-    # python-pkcs11 leaks the session it opened when C_Login fails (pkcs11-probe.md §9); close it so a later
-    # SO login is not blocked by a read-only session nobody can reach.
-    try:
-        ctypes.CDLL(lib.so).C_CloseAllSessions(ctypes.c_ulong(slot_id))
-    except OSError:
-        pass
-
-
 def inspect_keys(
     module: str,
     *,
@@ -302,10 +293,10 @@ def inspect_keys(
     try:
         session = tok.open(user_pin=pin) if pin is not None else tok.open()
     except px.PinIncorrect:
-        _close_all_sessions(lib, int(slot.slot_id))
+        close_all_sessions(lib, int(slot.slot_id))
         raise PinIncorrect("the token rejected the PIN") from None
     except (px.PinLocked, px.PinExpired) as exc:
-        _close_all_sessions(lib, int(slot.slot_id))
+        close_all_sessions(lib, int(slot.slot_id))
         raise PinLocked(f"the token refused the login: {type(exc).__name__}") from None
     except px.PKCS11Error as exc:
         raise TokenAbsent(f"cannot open a session: {type(exc).__name__}") from None
