@@ -25,7 +25,7 @@ ROOT = str(Path(__file__).resolve().parents[2])
 def test_threads_hammer_one_backend(softhsm_token: SoftHSMToken, locking: str, workers: str) -> None:
     home = tempfile.mkdtemp(dir=softhsm_token.dir)
     res = subprocess.run(
-        [sys.executable, "-m", "tests.backends.hammer", softhsm_token.module, softhsm_token.label,
+        [sys.executable, "-m", "tests.backends.pkcs11.hammer", softhsm_token.module, softhsm_token.label,
          softhsm_token.pin, home, str(THREADS), str(OPS), locking, workers],
         env=softhsm_token.env, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )

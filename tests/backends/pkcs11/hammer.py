@@ -1,6 +1,6 @@
 """Subprocess body of the thread hammer (run by test_hammer.py so a crash cannot take pytest down).
 
-Usage: python -m tests.backends.hammer MODULE TOKEN_LABEL PIN HOME THREADS OPS OS_LOCKING WORKERS
+Usage: python -m tests.backends.pkcs11.hammer MODULE TOKEN_LABEL PIN HOME THREADS OPS OS_LOCKING WORKERS
 Prints one JSON line with per-kind counts; exit code 0 only when every result verified.
 """
 
