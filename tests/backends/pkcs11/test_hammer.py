@@ -18,7 +18,7 @@ import pytest
 from tests.helpers.softhsm import SoftHSMToken
 
 THREADS, OPS = 6, 30
-ROOT = str(Path(__file__).resolve().parents[2])
+ROOT = str(Path(__file__).resolve().parents[3])
 
 
 @pytest.mark.parametrize("locking,workers", [("0", "1"), ("1", "3")])
