@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from agent.cli.cmd_installations import EXIT_INPUT, InputError, client_command
+from agent.cli.common import EXIT_INPUT, InputError, client_command
 from agent.client import AgentClient
 from agent.daemon.contact import PREFIX
 
@@ -34,19 +34,15 @@ def fingerprint(identity: bytes) -> dict[str, Any]:
     """What two people compare face to face: the Status chat key (zQ3…), Status's three-word name and emoji
     hash (what the Status app shows), and our 60-digit safety number (easy to read aloud)."""
     from agent.core import secp256k1
+    from agent.core.identity import visual_fields
     from agent.core.identity.formats import zq3_encode
     from agent.daemon.contact import safety_number
 
     doc: dict[str, Any] = {"identity": identity.hex(), "chat_key": zq3_encode(identity),
                            "public_key": "0x" + secp256k1.decompress(identity).hex(),
                            "safety_number": safety_number(identity)}
-    try:
-        from agent.core.identity import visual_fields
-
-        vf = visual_fields(identity)
-        doc.update(name=vf["alias"], emoji_hash=vf["emoji_hash"])
-    except ImportError:  # pragma: no cover - partial checkout without the Status word lists
-        pass
+    vf = visual_fields(identity)
+    doc.update(name=vf["alias"], emoji_hash=vf["emoji_hash"])
     return doc
 
 

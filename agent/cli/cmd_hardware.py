@@ -69,12 +69,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                                 description="With no sub-command: list USB smart-card readers and tokens, and the "
                                             "PKCS#11 slots of the configured module.")
     _listing_args(dev)
-    dev.set_defaults(func=_cmd_devices)
+    dev.set_defaults(func=_cmd_list_hardware)
     group = dev.add_subparsers(dest="devices_command", metavar="SUBCOMMAND")
     group.required = False
     lst = group.add_parser("list", parents=[common], help="the listing (same as plain `keyagent devices`)")
     _listing_args(lst)
-    lst.set_defaults(func=_cmd_devices)
+    lst.set_defaults(func=_cmd_list_hardware)
     _current["group"], _current["common"] = group, common
     for sub in list(_DEVICE_SUBS.values()):
         _apply(group, common, sub)
@@ -158,7 +158,7 @@ _FLAG_TEXT = {"LOGIN_REQUIRED": "login required", "USER_PIN_COUNT_LOW": "PIN COU
               "TOKEN_INITIALIZED": "initialised", "PROTECTED_AUTHENTICATION_PATH": "PIN pad"}
 
 
-def _cmd_devices(args: argparse.Namespace) -> int:
+def _cmd_list_hardware(args: argparse.Namespace) -> int:
     scan = usbscan.scan_usb(include_all=bool(getattr(args, "all_usb", False)))
     module = getattr(args, "module", None) or _configured_module(args.home)
     p11 = _pkcs11_listing(module)

@@ -10,7 +10,7 @@ of what we send and it is listed in our bundle, which rides on our next messages
 part (this one and the newest 2 approved others); the listing marks them ``active``.
 
 An ID may be given as a unique prefix (at least 4 characters) of the installation id. Exit codes as for the
-agent commands: 0 ok, 1 the agent refused, 2 bad input, 3 no agent reachable.
+agent commands (:mod:`agent.cli.common`): 0 ok, 1 the agent refused, 2 bad input, 3 no agent reachable.
 """
 
 from __future__ import annotations
@@ -18,57 +18,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import sys
 from typing import Any, Callable
 
-from agent.client import AgentClient, AgentError, AgentUnavailable, Device, resolve_socket
+from agent.cli.common import InputError, client_command
+from agent.client import AgentClient, Device
 
-__all__ = ["register", "client_command", "InputError", "device_json", "resolve_device_id",
-           "EXIT_REFUSED", "EXIT_INPUT", "EXIT_UNREACHABLE"]
+__all__ = ["register", "installation_json", "resolve_installation_id"]
 
-EXIT_REFUSED, EXIT_INPUT, EXIT_UNREACHABLE = 1, 2, 3
 MIN_PREFIX = 4
 
 
-class InputError(ValueError):
-    """Bad input on the client side (unknown or ambiguous device id, unreadable code or file)."""
-
-
-def _socket(args: argparse.Namespace) -> str:
-    """The agent commands' choice (--socket, else --home's agent, else $KEYAGENT_SOCK, else the home's): one
-    rule for every command, so it is taken from cmd_agent; a stand-in only if that helper ever moves."""
-    try:
-        from agent.cli.cmd_agent import _socket as agent_socket
-    except ImportError:  # pragma: no cover - cmd_agent reorganised: same rule, simplified
-        explicit = getattr(args, "socket", None)
-        if explicit:
-            return str(explicit)
-        return resolve_socket(home=None if os.environ.get("KEYAGENT_SOCK") else args.home)
-    return agent_socket(args)
-
-
-def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Callable[[argparse.Namespace], int]:
-    """Connect, run, and turn agent/transport/input errors into one line on stderr and an exit code."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            with AgentClient(_socket(args)) as client:
-                return func(args, client)
-        except AgentError as exc:
-            print(f"keyagent: {exc.code}: {exc.message}", file=sys.stderr)
-            return EXIT_REFUSED
-        except AgentUnavailable as exc:
-            print(f"keyagent: {exc} (is the agent running? keyagent start)", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        except InputError as exc:
-            print(f"keyagent: {exc}", file=sys.stderr)
-            return EXIT_INPUT
-
-    return run
-
-
-def device_json(d: Device) -> dict[str, Any]:
+def installation_json(d: Device) -> dict[str, Any]:
+    """One installation as JSON (the agent's wire calls it a Device; the CLI shows it under ``devices``)."""
     return {"installation_id": d.installation_id, "is_self": d.is_self, "enabled": d.enabled,
             "active": d.active, "last_activity_ns": d.last_activity_ns, "spk_version": d.spk_version}
 
@@ -87,7 +48,7 @@ def _state(d: Device) -> str:
     return "approved, active" if d.active else "approved, not used (only the newest 2 others take part)"
 
 
-def _print_devices(devices: list[Device]) -> None:
+def _print_installations(devices: list[Device]) -> None:
     width = max(len(d.installation_id) for d in devices)
     for d in devices:
         mark = "*" if d.active else " "
@@ -98,7 +59,7 @@ def _print_devices(devices: list[Device]) -> None:
         print(f"approve one of ours with: keyagent devices approve {waiting[0]}")
 
 
-def resolve_device_id(text: str, devices: list[Device]) -> str:
+def resolve_installation_id(text: str, devices: list[Device]) -> str:
     """The installation id ``text`` names: an exact id, or a unique prefix of at least 4 characters."""
     ids = [d.installation_id for d in devices]
     if text in ids:
@@ -116,22 +77,22 @@ def resolve_device_id(text: str, devices: list[Device]) -> str:
 def _installations(args: argparse.Namespace, c: AgentClient) -> int:
     devices = c.devices()
     if args.json:
-        print(json.dumps([device_json(d) for d in devices], indent=2, sort_keys=True))
+        print(json.dumps([installation_json(d) for d in devices], indent=2, sort_keys=True))
     else:
-        _print_devices(devices)
+        _print_installations(devices)
     return 0
 
 
-def _set(enabled: bool) -> Callable[[argparse.Namespace, AgentClient], int]:
+def _set_installation(enabled: bool) -> Callable[[argparse.Namespace, AgentClient], int]:
     def run(args: argparse.Namespace, c: AgentClient) -> int:
-        iid = resolve_device_id(args.id, c.devices())
+        iid = resolve_installation_id(args.id, c.devices())
         bundle, devices = c.set_device(iid, enabled)
         if args.json:
             from agent.daemon.contact import encode_contact
 
             print(json.dumps({"installation_id": iid, "enabled": enabled, "bundle": bundle.hex(),
                               "contact_code": encode_contact(bundle),
-                              "devices": [device_json(d) for d in devices]}, indent=2, sort_keys=True))
+                              "devices": [installation_json(d) for d in devices]}, indent=2, sort_keys=True))
             return 0
         row = next(d for d in devices if d.installation_id == iid)
         if enabled and row.active:
@@ -140,7 +101,7 @@ def _set(enabled: bool) -> Callable[[argparse.Namespace, AgentClient], int]:
             print(f"approved {iid}, but it is not used: only the newest 2 approved devices take part")
         else:
             print(f"disabled {iid}: no more messages to it; it left our bundle (sent with the next message)")
-        _print_devices(devices)
+        _print_installations(devices)
         return 0
 
     return run
@@ -162,14 +123,14 @@ def _setup_approve(p: argparse.ArgumentParser) -> None:
     _setup_common(p)
     p.add_argument("id", metavar="ID", help="installation id (or a unique prefix of at least 4 characters)")
     p.description = "Pair one of our own devices: it receives copies of our messages and joins our bundle."
-    p.set_defaults(func=client_command(_set(True)))
+    p.set_defaults(func=client_command(_set_installation(True)))
 
 
 def _setup_disable(p: argparse.ArgumentParser) -> None:
     _setup_common(p)
     p.add_argument("id", metavar="ID", help="installation id (or a unique prefix of at least 4 characters)")
     p.description = "Unpair one of our own devices: no more messages to it, and it leaves our bundle."
-    p.set_defaults(func=client_command(_set(False)))
+    p.set_defaults(func=client_command(_set_installation(False)))
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:

@@ -9,11 +9,10 @@ A separate command (not an ``encrypt`` flag) so a secret is never sent in the cl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
-from agent.cli.cmd_installations import InputError, client_command
+from agent.cli.common import InputError, client_command, read_stdin, write_bytes
 from agent.client import AgentClient
 
 __all__ = ["register"]
@@ -22,21 +21,13 @@ MAX_INPUT = 200 * 1024
 
 
 def _public(args: argparse.Namespace, c: AgentClient) -> int:
-    payload = sys.stdin.buffer.read(MAX_INPUT + 1)
-    if len(payload) > MAX_INPUT:
-        raise InputError(f"input is larger than {MAX_INPUT} bytes")
+    payload = read_stdin(MAX_INPUT)
     message = c.public_message(payload)
     print("keyagent: warning: PUBLIC message: the payload is NOT encrypted", file=sys.stderr)
-    if args.out and args.out != "-":
-        try:
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(message)
-        except OSError as exc:
-            raise InputError(f"cannot write {args.out}: {exc.strerror}") from exc
-    else:
-        sys.stdout.buffer.write(message)
-        sys.stdout.buffer.flush()
+    try:
+        write_bytes(message, args.out)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror}") from exc
     return 0
 
 

@@ -10,10 +10,9 @@ commands: 1 the agent refused (e.g. ``DECRYPT_FAILED``, ``BUSY``), 2 bad input, 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from agent.cli.cmd_agent import _client_command, _InputError, _print_doc, _print_json
+from agent.cli.common import InputError, client_command, parse_peer, print_doc, print_json, read_stdin, write_bytes
 from agent.client import AgentClient
 
 __all__ = ["register", "parse_sym_key"]
@@ -30,65 +29,44 @@ def parse_sym_key(text: str) -> bytes:
     try:
         key = bytes.fromhex(body)
     except ValueError as exc:
-        raise _InputError("--sym-key must be hex") from exc
+        raise InputError("--sym-key must be hex") from exc
     if len(key) != 32:
-        raise _InputError(f"--sym-key must be 32 bytes (64 hex digits), not {len(key)}")
+        raise InputError(f"--sym-key must be 32 bytes (64 hex digits), not {len(key)}")
     return key
-
-
-def _chat_key(text: str) -> bytes:
-    from agent.core.identity import parse_peer_identity
-
-    try:
-        return parse_peer_identity(text)
-    except ValueError as exc:  # BadIdentity: the parser's reason
-        raise _InputError(str(exc)) from exc
-
-
-def _stdin(limit: int) -> bytes:
-    data = sys.stdin.buffer.read(limit + 1)
-    if len(data) > limit:
-        raise _InputError(f"input is larger than {limit} bytes")
-    return data
-
-
-def _out(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
 
 
 def _seal(args: argparse.Namespace, c: AgentClient) -> int:
     if args.to is not None:
-        to, sym = _chat_key(args.to), None
+        to, sym = parse_peer(args.to), None
     else:
         to, sym = None, parse_sym_key(args.sym_key)
-    wire = c.waku_seal(_stdin(args.max_input), to=to, sym_key=sym, sign=args.sign)
+    wire = c.waku_seal(read_stdin(args.max_input), to=to, sym_key=sym, sign=args.sign)
     if args.json:
-        _print_json({"wire": wire.hex(), "mode": "asymmetric" if to is not None else "symmetric",
-                     "signed": bool(args.sign)})
+        print_json({"wire": wire.hex(), "mode": "asymmetric" if to is not None else "symmetric",
+                    "signed": bool(args.sign)})
     else:
-        _out(wire)
+        write_bytes(wire, None)
     return 0
 
 
 def _open(args: argparse.Namespace, c: AgentClient) -> int:
     sym = parse_sym_key(args.sym_key) if args.sym_key is not None else None
-    wire = _stdin(args.max_input)
+    wire = read_stdin(args.max_input)
     if not wire:
-        raise _InputError("no wire bytes on stdin")
+        raise InputError("no wire bytes on stdin")
     res = c.waku_open(wire, sym_key=sym)
     if args.json:
         signer = "0x" + res.signer_public_key.hex() if res.signer_public_key else None
-        _print_json({"payload": res.payload.hex(), "signer": signer, "mode": res.mode})
+        print_json({"payload": res.payload.hex(), "signer": signer, "mode": res.mode})
     else:
-        _out(res.payload)
+        write_bytes(res.payload, None)
     return 0
 
 
 def _negotiated(args: argparse.Namespace, c: AgentClient) -> int:
-    res = c.waku_negotiated(_chat_key(args.peer))
+    res = c.waku_negotiated(parse_peer(args.peer))
     doc = {"sym_key": res.sym_key.hex(), "content_topic": res.content_topic, "topic": "0x" + res.topic.hex()}
-    _print_doc(doc, args.json)
+    print_doc(doc, args.json)
     return 0
 
 
@@ -96,7 +74,7 @@ def _contact_code(args: argparse.Namespace, c: AgentClient) -> int:
     res = c.waku_contact_code()
     doc = {"sym_key": res.sym_key.hex(), "content_topic": res.content_topic, "topic": "0x" + res.topic.hex(),
            "partitioned_topic": res.partitioned_topic}
-    _print_doc(doc, args.json)
+    print_doc(doc, args.json)
     return 0
 
 
@@ -117,18 +95,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     key.add_argument("--sym-key", metavar="HEX", help="32-byte symmetric key (public chat, contact code, ...)")
     p.add_argument("--sign", action="store_true", help="sign the envelope with our identity key")
     p.add_argument("--max-input", type=int, default=_MAX_INPUT, help=argparse.SUPPRESS)
-    p.set_defaults(func=_client_command(_seal))
+    p.set_defaults(func=client_command(_seal))
 
     p = sub.add_parser("open", parents=[common, conn], help="open wire bytes on stdin; payload on stdout")
     p.add_argument("--sym-key", metavar="HEX", help="32-byte symmetric key (default: our identity key, ECIES)")
     p.add_argument("--max-input", type=int, default=_MAX_INPUT, help=argparse.SUPPRESS)
-    p.set_defaults(func=_client_command(_open))
+    p.set_defaults(func=client_command(_open))
 
     p = sub.add_parser("negotiated", parents=[common, conn],
                        help="the negotiated topic's key and content topic with a peer (secret stays in the agent)")
     p.add_argument("--with", dest="peer", required=True, metavar="CHATKEY")
-    p.set_defaults(func=_client_command(_negotiated))
+    p.set_defaults(func=client_command(_negotiated))
 
     p = sub.add_parser("contact-code", parents=[common, conn],
                        help="our contact-code channel (key, topic) and our partitioned 1:1 topic")
-    p.set_defaults(func=_client_command(_contact_code))
+    p.set_defaults(func=client_command(_contact_code))

@@ -1,4 +1,4 @@
-"""In-process tests of the daemon's parts: config parsing, socket directory rules, the lock, bundle JSON,
+"""In-process tests of the daemon's parts: config parsing, socket directory rules, the lock,
 error-code mapping and the eval lines."""
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from agent.cli.cmd_agent import _InputError, bundle_from_json, bundle_to_json
 from agent.core import errors as core_errors
-from agent.core.bundle import sign_bundle
-from agent.core.wire import encode_bundle
 from agent.daemon.config import AgentConfig, ConfigError, Home, load_config
 from agent.daemon.daemonize import shell_lines
 from agent.daemon.lock import AgentLocked, LockManager, UnlockFailed, failure_delay
@@ -264,51 +261,6 @@ def test_ttl_locks_after_expiry_and_restarts_on_unlock() -> None:
     assert lm.ttl_remaining() == 60 and not lm.locked
 
 
-# --- bundle JSON --------------------------------------------------------------------------------------------------
-
-
-def _bundle_bytes() -> bytes:
-    ik, spk = MemoryKey.generate(), MemoryKey.generate()
-    return encode_bundle(sign_bundle(ik, {"inst-1": (spk.public_key(), 3, 1)}, 1_700_000_000_000_000_000))
-
-
-def test_bundle_json_round_trips_byte_for_byte() -> None:
-    raw = _bundle_bytes()
-    doc = bundle_to_json(raw)
-    assert set(doc) == {"identity", "signed_pre_keys", "timestamp", "signature"}
-    assert doc["signed_pre_keys"]["inst-1"]["version"] == 3
-    assert bundle_from_json(json.loads(json.dumps(doc))) == raw
-    doc["identity"] = "0x" + doc["identity"]  # 0x prefixes are accepted
-    assert bundle_from_json(doc) == raw
-
-
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.update(identity=5),
-    lambda d: d.update(identity="xyz"),
-    lambda d: d.update(extra=1),
-    lambda d: d.update(timestamp="1"),
-    lambda d: d.update(timestamp=True),
-    lambda d: d.update(timestamp=1 << 63),
-    lambda d: d.update(signed_pre_keys=[]),
-    lambda d: d["signed_pre_keys"].update({"x": 1}),
-    lambda d: d["signed_pre_keys"]["inst-1"].update(version=-1),
-    lambda d: d["signed_pre_keys"]["inst-1"].update(version=1 << 32),
-    lambda d: d["signed_pre_keys"]["inst-1"].update(colour="red"),
-])
-def test_bundle_json_rejects_malformed_documents(mutate: object) -> None:
-    doc = bundle_to_json(_bundle_bytes())
-    mutate(doc)  # type: ignore[operator]
-    with pytest.raises(_InputError):
-        bundle_from_json(doc)
-
-
-def test_bundle_json_rejects_non_objects() -> None:
-    docs: list[object] = [[], "x", 1, None]
-    for doc in docs:
-        with pytest.raises(_InputError):
-            bundle_from_json(doc)
-
-
 # --- errors and shells --------------------------------------------------------------------------------------------
 
 
@@ -455,29 +407,5 @@ def test_idle_upkeep_runs_only_while_unlocked(tmp: Path) -> None:
     svc.lock.lock()
     svc.maintain()
     assert calls == ["maintain"]
-
-
-def test_cli_picks_the_agent_from_home_flag_then_keyagent_sock(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.cli import build_parser
-    from agent.cli.cmd_agent import _socket
-    from agent.paths import default_home
-    from agent.paths import socket_path_for
-
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp))
-    monkeypatch.setenv("KEYAGENT_HOME", str(tmp / "env-home"))
-    monkeypatch.setenv("KEYAGENT_SOCK", "/run/from-env.sock")
-
-    def sock_for(*argv: str) -> str:
-        args = build_parser().parse_args(list(argv))
-        if not hasattr(args, "home"):
-            args.home = default_home()
-        return _socket(args)
-
-    assert sock_for("status") == "/run/from-env.sock"  # only KEYAGENT_SOCK: that agent
-    assert sock_for("status", "--home", str(tmp / "other")) == str(socket_path_for(tmp / "other"))
-    assert sock_for("--home", str(tmp / "other"), "status") == str(socket_path_for(tmp / "other"))
-    assert sock_for("status", "--socket", "/x.sock", "--home", str(tmp / "other")) == "/x.sock"
-    monkeypatch.delenv("KEYAGENT_SOCK")
-    assert sock_for("status") == str(socket_path_for(tmp / "env-home"))
 
 

@@ -1,0 +1,206 @@
+"""``keyagent start | stop | status | lock | unlock | release``: run the agent and manage its state over its socket.
+
+Which agent and the exit codes: see :mod:`agent.cli.common` (0 success, 1 the agent refused, 2 bad input on
+our side, 3 no agent reachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+from typing import Any
+
+from agent.cli.common import (EXIT_INPUT, EXIT_REFUSED, InputError, agent_socket, client_command, command_adder,
+                              fail, print_doc)
+from agent.client import AgentClient
+
+__all__ = ["register"]
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from agent.daemon.config import ConfigError, Home, load_config
+    from agent.daemon.daemonize import StartError, shell_lines, spawn_background
+    from agent.paths import socket_path_for
+
+    home = Home.at(args.home)
+    try:
+        config = load_config(home).with_overrides(
+            allow_uids=tuple(args.allow_uid) if args.allow_uid else None,
+            allow_gids=tuple(args.allow_gid) if args.allow_gid else None,
+            max_frame=args.max_frame, allow_ecdh=True if args.allow_ecdh else None, unlock_ttl=args.unlock_ttl,
+        )
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_INPUT)
+    sock = args.socket or str(socket_path_for(home.path))
+    if args.foreground:
+        return _run_foreground(args, home, config, sock)
+    shell = "csh" if args.csh else "fish" if args.fish else "sh" if args.sh else _guess_shell()
+    child = [sys.executable, "-m", "agent", "start", "-D", "--home", str(home.path), "--socket", sock]
+    for uid in args.allow_uid or ():
+        child += ["--allow-uid", str(uid)]
+    for gid in args.allow_gid or ():
+        child += ["--allow-gid", str(gid)]
+    if args.max_frame is not None:
+        child += ["--max-frame", str(args.max_frame)]
+    if args.allow_ecdh:
+        child.append("--allow-ecdh")
+    if args.unlock_ttl is not None:
+        child += ["--unlock-ttl", str(args.unlock_ttl)]
+    for opt in ("pin_file", "passphrase_file"):
+        value = getattr(args, opt)
+        if value:
+            child += ["--" + opt.replace("_", "-"), os.path.abspath(value)]
+    try:
+        pid, path = spawn_background(child, home)
+    except StartError as exc:
+        return fail(str(exc), EXIT_REFUSED)
+    sys.stdout.write(shell_lines(path, pid, shell))
+    return 0
+
+
+def _guess_shell() -> str:
+    shell = os.path.basename(os.environ.get("SHELL", ""))
+    return "csh" if shell.endswith("csh") else "fish" if shell == "fish" else "sh"
+
+
+def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str) -> int:
+    import logging
+
+    from agent.daemon.daemonize import run_foreground, take_start_secret, write_ready
+
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s keyagent[%(process)d] %(levelname)s %(name)s: %(message)s")
+    ready_fd: int | None = args.ready_fd
+    try:
+        home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secret = take_start_secret(args.pin_file, args.passphrase_file)
+
+        def ready(path: str) -> None:
+            if ready_fd is not None:
+                write_ready(ready_fd, f"READY {path}")
+
+        return run_foreground(home, config, socket_path=sock, secret=secret, ready=ready)
+    except Exception as exc:
+        code = getattr(type(exc), "code", type(exc).__name__)
+        line = f"{code}: {exc}"
+        logging.getLogger("keyagent").error("cannot start: %s", line)
+        if ready_fd is not None:
+            write_ready(ready_fd, f"ERROR {line}")
+            ready_fd = None
+        return fail(f"cannot start: {line}", EXIT_REFUSED)
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    path = agent_socket(args)
+    def stop(a: argparse.Namespace, c: AgentClient) -> int:
+        c.stop()
+        return 0
+
+    rc = client_command(stop)(args)
+    if rc != 0:
+        return rc
+    deadline = time.monotonic() + 30
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if os.path.exists(path):
+        return fail(f"the agent accepted stop but {path} still exists", EXIT_REFUSED)
+    print("agent stopped", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace, c: AgentClient) -> int:
+    st = c.status()
+    doc = {
+        "locked": st.locked, "backend": st.backend, "token_present": st.token_present,
+        "backend_unlocked": st.backend_unlocked, "identity": st.identity_public_key.hex(),
+        "installation_id": st.installation_id, "pid": st.pid, "version": st.version, "home": st.home,
+        "socket": st.socket, "unlock_failures": st.unlock_failures, "uptime_seconds": st.uptime_seconds,
+        "sessions_open": st.sessions_open, "connections": st.connections,
+        "unlock_ttl_remaining": st.unlock_ttl_remaining, "ecdh_allowed": st.ecdh_allowed, "detail": st.detail,
+    }
+    print_doc(doc, args.json)
+    return 0
+
+
+def _lock(args: argparse.Namespace, c: AgentClient) -> int:
+    password = ""
+    if args.password:
+        password = getpass.getpass("lock password: ")
+        if password != getpass.getpass("again: "):
+            raise InputError("the passwords differ")
+    c.lock(password)
+    print("agent locked", file=sys.stderr)
+    return 0
+
+
+def _unlock(args: argparse.Namespace, c: AgentClient) -> int:
+    if args.secret_file:
+        from backends.pin import read_secret_file
+
+        try:
+            secret = read_secret_file(args.secret_file)
+        except Exception as exc:
+            raise InputError(str(exc)) from exc
+    else:
+        secret = os.environ.get("KEYAGENT_PIN") or os.environ.get("KEYAGENT_PASSPHRASE") or ""
+        if not secret:
+            if not sys.stdin.isatty():
+                secret = sys.stdin.readline().rstrip("\r\n")
+            else:
+                secret = getpass.getpass("PIN, passphrase or lock password: ")
+    if not secret:
+        raise InputError("no secret given")
+    c.unlock(secret, force=args.force)
+    print("agent unlocked", file=sys.stderr)
+    return 0
+
+
+def _release(args: argparse.Namespace, c: AgentClient) -> int:
+    c.release()
+    print("token released", file=sys.stderr)
+    return 0
+
+
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the agent's lifecycle sub-commands."""
+    add = command_adder(subparsers, common)
+
+    p = add("start", "start the agent (prints shell lines to eval)", _cmd_start)
+    p.description = "Start the agent for --home (eval \"$(keyagent start)\"), or run it in the foreground (-D)."
+    p.epilog = (
+        "Socket: $XDG_RUNTIME_DIR/keyagent/agent-<hash of home>.sock, or /tmp/keyagent-$UID/ when "
+        "XDG_RUNTIME_DIR is unset; the directory must be yours with mode 0700. A live agent on the socket is "
+        "never replaced; a stale socket file is. The PIN/passphrase for unlocking at start comes from "
+        "--pin-file/--passphrase-file or KEYAGENT_PIN/KEYAGENT_PASSPHRASE; without one the agent starts locked "
+        "(keyagent unlock). Policy lives in HOME/agent.json (max_frame, max_connections, request_timeout, "
+        "frame_timeout, idle_timeout, allow_uids, allow_gids, allow_ecdh, unlock_ttl, confirm_command, "
+        "confirm_ops)."
+    )
+    p.add_argument("-D", "--foreground", action="store_true", help="stay in the foreground (systemd)")
+    shells = p.add_mutually_exclusive_group()
+    shells.add_argument("-s", "--sh", action="store_true", help="Bourne shell lines (default unless $SHELL is csh)")
+    shells.add_argument("-c", "--csh", action="store_true", help="csh lines")
+    shells.add_argument("--fish", action="store_true", help="fish lines")
+    p.add_argument("--allow-uid", type=int, action="append", metavar="UID", help="also admit this uid")
+    p.add_argument("--allow-gid", type=int, action="append", metavar="GID", help="also admit this primary gid")
+    p.add_argument("--max-frame", type=int, metavar="BYTES", help="request frame cap (default 262144)")
+    p.add_argument("--allow-ecdh", action="store_true", help="allow raw ECDH with the identity key (oracle!)")
+    p.add_argument("--unlock-ttl", type=float, metavar="SECONDS", help="lock again this long after an unlock")
+    p.add_argument("--pin-file", metavar="FILE", help="unlock at start with the PIN in this 0600 file")
+    p.add_argument("--passphrase-file", metavar="FILE", help="unlock at start with the passphrase in this file")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    add("stop", "stop the agent", _cmd_stop)
+    add("status", "show the agent's state", client_command(_status), json_out=True)
+    p = add("lock", "lock the agent (secret-using requests are refused until unlock)", client_command(_lock))
+    p.add_argument("--password", action="store_true", help="lock with a password instead of dropping the PIN")
+    p = add("unlock", "unlock with the PIN, passphrase or lock password", client_command(_unlock))
+    p.add_argument("--secret-file", metavar="FILE", help="read the secret from this 0600 file")
+    p.add_argument("--force", action="store_true", help="allow the token's final PIN try")
+    add("release", "release the token so other programs can use it (like SIGHUP)", client_command(_release))
