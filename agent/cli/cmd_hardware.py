@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from agent.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from agent.hardware import doctor, udev, usbscan
 
 __all__ = ["register", "add_devices_subcommand", "devices_subcommands"]
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
 
 @dataclass(frozen=True)
 class _DevicesSub:
@@ -212,7 +210,7 @@ def _cmd_install_udev(args: argparse.Namespace) -> int:
         udev.validate_group(args.group)
     except ValueError as exc:
         print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_INPUT
     if args.print_only:
         sys.stdout.write(udev.render_rules(args.group))
         return EXIT_OK
@@ -220,7 +218,7 @@ def _cmd_install_udev(args: argparse.Namespace) -> int:
         dest = udev.install_rules(args.group, args.dest)
     except udev.UdevInstallError as exc:
         print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     print(f"installed {dest} (group {args.group})")
     reload_cmds = [["udevadm", "control", "--reload"], ["udevadm", "trigger", "--subsystem-match=usb",
                                                         "--action=add"]]
@@ -264,13 +262,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         pin = _doctor_pin(args)
     except (OSError, ValueError) as exc:
         print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_INPUT
     ctx = doctor.DoctorContext(home=os.path.abspath(os.path.expanduser(args.home)), pin=pin, socket_path=args.socket)
     try:
         results = doctor.run_checks(ctx, only=args.check)
     except ValueError as exc:
         print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_INPUT
     if args.json:
         print(json.dumps({"results": [r.to_json() for r in results], "exit": doctor.exit_code(results)},
                          indent=2))

@@ -18,8 +18,8 @@ import json
 import sys
 from typing import Any
 
-from agent.cli.common import (EXIT_REFUSED, EXIT_UNREACHABLE, InputError, agent_socket, client_command,
-                              command_adder, fail, print_json)
+from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, InputError, agent_socket,
+                              client_command, command_adder, fail, print_json)
 from agent.client import AgentClient, AgentError, AgentUnavailable
 
 __all__ = ["register"]
@@ -43,7 +43,7 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
             doc.update(contact_code_topic=ident.contact_code_topic,
                        contact_code_key="0x" + ident.contact_code_key.hex())
     except AgentError as exc:
-        return fail(f"{exc.code}: {exc.message}", EXIT_REFUSED)
+        return fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
     except AgentUnavailable as exc:
         if getattr(args, "socket", None):
             return fail(f"{exc} (is the agent running? keyagent start)", EXIT_UNREACHABLE)
@@ -85,7 +85,7 @@ def _cmd_inspect_key(args: argparse.Namespace) -> int:
         doc = peer_document(args.identity, contact=not args.no_contact_code)
     except BadIdentity as exc:
         print(f"keyagent: BAD_IDENTITY: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
     else:

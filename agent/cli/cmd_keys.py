@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from agent.cli.common import EXIT_INPUT
+
 __all__ = ["register"]
 
 
@@ -47,7 +49,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if args.backend == "pkcs11":
         if not args.module or not args.token:
             print("keyagent: init --backend pkcs11 needs --module PATH and --token TOKEN", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         kw.update(module=args.module, token=args.token, os_locking=args.os_locking, force=args.force,
                   pin=_secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True))
         if args.keyring:
@@ -57,13 +59,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
                 kw["adopt_id"] = bytes.fromhex(args.adopt_id)
             except ValueError:
                 print("keyagent: --adopt-id must be hex", file=sys.stderr)
-                return 2
+                return EXIT_INPUT
         if args.adopt_label:
             kw["adopt_label"] = args.adopt_label
     else:
         if args.adopt_id or args.adopt_label:
             print("keyagent: adopting a key needs --backend pkcs11", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         if args.keyring:
             kw.update(use_keyring=True, keyring_backend=args.keyring_backend)
         else:
@@ -74,7 +76,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if args.from_phrase:  # issue 9: a Status recovery phrase, read from stdin/pinentry/terminal only
         if "adopt_id" in kw or "adopt_label" in kw:
             print("keyagent: --from-phrase imports a key; it cannot also adopt one", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         from agent.status_identity import IMPORTED_NOTICE, init_from_phrase
 
         imp = init_from_phrase(args.home, args.backend, mode=args.phrase_from, **kw)

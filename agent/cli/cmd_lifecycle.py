@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from agent.cli.common import (EXIT_INPUT, EXIT_REFUSED, InputError, agent_socket, client_command, command_adder,
+from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, InputError, agent_socket, client_command, command_adder,
                               fail, print_doc)
 from agent.client import AgentClient
 
@@ -56,7 +56,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     try:
         pid, path = spawn_background(child, home)
     except StartError as exc:
-        return fail(str(exc), EXIT_REFUSED)
+        return fail(str(exc), EXIT_FAILED)
     sys.stdout.write(shell_lines(path, pid, shell))
     return 0
 
@@ -90,7 +90,7 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
         if ready_fd is not None:
             write_ready(ready_fd, f"ERROR {line}")
             ready_fd = None
-        return fail(f"cannot start: {line}", EXIT_REFUSED)
+        return fail(f"cannot start: {line}", EXIT_FAILED)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -106,7 +106,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.05)
     if os.path.exists(path):
-        return fail(f"the agent accepted stop but {path} still exists", EXIT_REFUSED)
+        return fail(f"the agent accepted stop but {path} still exists", EXIT_FAILED)
     print("agent stopped", file=sys.stderr)
     return 0
 

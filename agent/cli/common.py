@@ -16,10 +16,14 @@ from typing import Any, Callable
 
 from agent.client import AgentClient, AgentError, AgentUnavailable, resolve_socket
 
-__all__ = ["EXIT_REFUSED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
            "fail", "print_json", "print_doc", "write_bytes", "read_stdin", "parse_peer", "read_bundle_file"]
 
-EXIT_REFUSED, EXIT_INPUT, EXIT_UNREACHABLE = 1, 2, 3
+#: The exit codes of every ``keyagent`` command (each command's docstring says which it uses).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the agent refused (its error code is printed), or a check / installation failed
+EXIT_INPUT = 2  # bad input or options on our side: nothing was done
+EXIT_UNREACHABLE = 3  # no agent answered on the socket
 
 
 class InputError(ValueError):
@@ -58,7 +62,7 @@ def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Ca
             with AgentClient(agent_socket(args)) as client:
                 return func(args, client)
         except AgentError as exc:
-            return fail(f"{exc.code}: {exc.message}", EXIT_REFUSED)
+            return fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
         except AgentUnavailable as exc:
             return fail(f"{exc} (is the agent running? keyagent start)", EXIT_UNREACHABLE)
         except InputError as exc:
