@@ -1,7 +1,7 @@
 """``keyagent contact [import CODE]``: exchange contacts face to face (contact code text and QR code).
 
 ``keyagent contact`` prints our signed bundle (this device and our approved devices) as a compact contact code
-(``kac1`` + Base58Check, :mod:`agent.daemon.contact`), a QR code of it in the terminal, and our fingerprint
+(``kac1`` + Base58Check, :mod:`agent.daemon.contact_card`), a QR code of it in the terminal, and our fingerprint
 (chat key, three-word name, emoji hash, safety number); ``--png FILE`` / ``--svg FILE`` also write the QR code
 as an image. ``keyagent contact import CODE`` (or ``keyagent contact --import CODE``; ``-`` reads stdin)
 checks the code here first - prefix, Base58 alphabet, checksum, protobuf, and the bundle's signature by the
@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.cli.common import EXIT_INPUT, InputError, client_command
 from agent.client import AgentClient
-from agent.daemon.contact import PREFIX
+from agent.daemon.contact_card import PREFIX
 
 __all__ = ["register", "fingerprint", "read_code"]
 
@@ -36,7 +36,7 @@ def fingerprint(identity: bytes) -> dict[str, Any]:
     from agent.core import secp256k1
     from agent.core.identity import visual_fields
     from agent.core.identity.formats import zq3_encode
-    from agent.daemon.contact import safety_number
+    from agent.daemon.contact_card import safety_number
 
     doc: dict[str, Any] = {"identity": identity.hex(), "chat_key": zq3_encode(identity),
                            "public_key": "0x" + secp256k1.decompress(identity).hex(),
@@ -75,12 +75,12 @@ def _write_file(path: str, data: bytes) -> None:
 
 def _show(args: argparse.Namespace, c: AgentClient) -> int:
     from agent.core.wire import decode_bundle
-    from agent.daemon.contact import encode_contact, render_qr
+    from agent.daemon.contact_card import encode_card, render_qr
 
     if args.import_code is not None:
         return _import(args, c, args.import_code)
     bundle = c.bundle()
-    code = encode_contact(bundle)
+    code = encode_card(bundle)
     identity = bytes(decode_bundle(bundle).identity)
     for path, kind in ((args.png, "png"), (args.svg, "svg")):
         if path:
@@ -104,10 +104,10 @@ def _show(args: argparse.Namespace, c: AgentClient) -> int:
 
 def _import(args: argparse.Namespace, c: AgentClient, raw: str) -> int:
     from agent.core.errors import BadSignature, ProtocolError
-    from agent.daemon.contact import decode_contact
+    from agent.daemon.contact_card import decode_card
 
     try:
-        contact = decode_contact(read_code(raw))  # verified here: a bad code never reaches the agent
+        contact = decode_card(read_code(raw))  # verified here: a bad code never reaches the agent
     except BadSignature as exc:  # well-formed, but not signed by the key it names: forged or altered
         raise InputError(f"invalid contact code: not signed by the identity key it names ({exc})") from exc
     except ProtocolError as exc:

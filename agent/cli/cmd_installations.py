@@ -88,10 +88,10 @@ def _set_installation(enabled: bool) -> Callable[[argparse.Namespace, AgentClien
         iid = resolve_installation_id(args.id, c.devices())
         bundle, devices = c.set_device(iid, enabled)
         if args.json:
-            from agent.daemon.contact import encode_contact
+            from agent.daemon.contact_card import encode_card
 
             print(json.dumps({"installation_id": iid, "enabled": enabled, "bundle": bundle.hex(),
-                              "contact_code": encode_contact(bundle),
+                              "contact_code": encode_card(bundle),
                               "devices": [installation_json(d) for d in devices]}, indent=2, sort_keys=True))
             return 0
         row = next(d for d in devices if d.installation_id == iid)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
-from agent.daemon.handling import BadRequest, ClientContext, HandlerHost, Outcome
+from agent.daemon.handler_api import BadRequest, ClientContext, HandlerHost, Outcome
 from agent.daemon.installations import MAX_INSTALLATIONS, is_installation_id
 from agent.pb.keyagent import agent_pb2 as pb
 

@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
-from agent.daemon.lock import LockManager
+from agent.daemon.agent_lock import LockManager
 from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
 from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
 from agent.daemon.socketdir import ClaimedSocket, claim_socket

@@ -24,14 +24,14 @@ from agent import __version__
 from agent.core import secp256k1
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
-from agent.daemon.handling import (
+from agent.daemon.handler_api import (
     BadRequest,
     ClientContext,
     Denied,
     Outcome,
     peer_public_key,
 )
-from agent.daemon.lock import LockManager
+from agent.daemon.agent_lock import LockManager
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 

@@ -34,7 +34,7 @@ from agent import waku_io
 from agent.core import secp256k1
 from agent.core.keyops import KeyOps
 from agent.core.waku import MAX_PAYLOAD, open_wire, topics
-from agent.daemon.handling import (
+from agent.daemon.handler_api import (
     BadRequest,
     ClientContext,
     HandlerHost,

@@ -11,7 +11,7 @@ interleaved batch by batch so machine load affects both alike.
   ``bundle`` (the row includes that ``bundle`` call: what a caller who publishes the new bundle pays).
 * ``public_message``: an unencrypted 200-byte ProtocolMessage (our cached bundle rides along).
 * ``encrypt 200 B to Bob``: for scale: the ratchet path to Bob's installation plus 2 own devices.
-* ``decode_contact`` (in process, no socket): Base58Check + protobuf + signature recovery of a contact code.
+* ``decode_card`` (in process, no socket): Base58Check + protobuf + signature recovery of a contact code.
 
 Also printed: contact-code length and QR version for 1 and 3 installations. Not a test: nothing asserts.
 """
@@ -28,7 +28,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.client import AgentClient  # noqa: E402
-from agent.daemon.contact import decode_contact, encode_contact  # noqa: E402
+from agent.daemon.contact_card import decode_card, encode_card  # noqa: E402
 from backends.home import provision_identity  # noqa: E402
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory  # noqa: E402
 
@@ -65,11 +65,11 @@ def main() -> None:
         a2 = _agent(factory, "a2", b"\xa1" * 32)
         a3 = _agent(factory, "a3", b"\xa1" * 32)
         b = _agent(factory, "b", b"\xb0" * 32)
-        one = encode_contact(a.bundle())
+        one = encode_card(a.bundle())
         for other in (a2, a3):
             a.add_bundle(other.bundle())
             a.approve_device(other.identity().installation_id)
-        three = encode_contact(a.bundle())
+        three = encode_card(a.bundle())
         bob = b.identity().identity_public_key
         a.add_bundle(b.bundle())
         a2_id = a2.identity().installation_id
@@ -102,7 +102,7 @@ def main() -> None:
         for name in rows:
             print(f"{name:40s} {statistics.median(rates[name]):8.0f} req/s   ratio to status "
                   f"{statistics.median(ratios[name]):.3f} (best {max(ratios[name]):.3f})")
-        dec = _rate(lambda: decode_contact(three), args.n)
+        dec = _rate(lambda: decode_card(three), args.n)
         print(f"{'decode_contact (in process, 3 inst.)':40s} {dec:8.0f} /s      ratio to status {dec / base:.3f}")
         for label, code in (("1 installation", one), ("3 installations", three)):
             print(f"contact code, {label}: {len(code)} characters, QR version {_qr_version(code)} (EC level M)")

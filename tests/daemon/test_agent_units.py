@@ -17,7 +17,7 @@ import pytest
 from agent.core import errors as core_errors
 from agent.daemon.config import AgentConfig, ConfigError, Home, load_config
 from agent.daemon.daemonize import shell_lines
-from agent.daemon.lock import AgentLocked, LockManager, UnlockFailed, failure_delay
+from agent.daemon.agent_lock import AgentLocked, LockManager, UnlockFailed, failure_delay
 from agent.daemon.service import error_code
 from agent.daemon.socketdir import AgentRunning, SocketDirError, claim_socket, ensure_private_dir
 from agent.pb.keyagent import agent_pb2 as pb

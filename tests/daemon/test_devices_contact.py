@@ -21,7 +21,7 @@ from agent.core.errors import ProtocolError
 from agent.core.identity import visual_fields
 from agent.core.identity.formats import zq3_encode
 from agent.core.wire import decode_bundle, decode_protocol_message, encode
-from agent.daemon.contact import PREFIX, decode_contact, encode_contact, safety_number
+from agent.daemon.contact_card import PREFIX, decode_card, encode_card, safety_number
 from backends.memory import MemoryKey
 from backends.home import provision_identity
 from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
@@ -44,7 +44,7 @@ class Dev:
         return cp.returncode, cp.stdout.decode("utf-8"), cp.stderr.decode("utf-8")
 
     def code(self) -> str:
-        return encode_contact(self.c.bundle())
+        return encode_card(self.c.bundle())
 
 
 def device(agents: AgentFactory, name: str, secret: bytes) -> Dev:
@@ -228,7 +228,7 @@ def test_contact_round_trip_between_two_agents(agents: AgentFactory, tmp_path: P
     code = next(line for line in lines if line.startswith(PREFIX))
     assert sum("█" in line or "▀" in line or "▄" in line for line in lines) > 20  # the terminal QR code
     assert png.read_bytes().startswith(b"\x89PNG") and b"<svg" in svg.read_bytes()
-    assert decode_contact(code).identity == b.identity
+    assert decode_card(code).identity == b.identity
     # Bob's own screen shows his fingerprint ...
     names = visual_fields(b.identity)
     for want in (zq3_encode(b.identity), str(names["alias"]), safety_number(b.identity)):
@@ -277,7 +277,7 @@ def test_bad_contact_codes_are_refused_and_store_nothing(agents: AgentFactory) -
         "wrong prefix": "kac2" + code[len(PREFIX):],
         "no prefix": code[len(PREFIX):],
         "not base58": code[:20] + "0OIl" + code[24:],
-        "someone else's signature": encode_contact(_forged(b.c.bundle())),
+        "someone else's signature": encode_card(_forged(b.c.bundle())),
         "prefix only": PREFIX,
         "oversize": code * 20,
     }
@@ -305,7 +305,7 @@ def test_bad_contact_codes_are_refused_and_store_nothing(agents: AgentFactory) -
     assert rc == 2 and "needs the CODE" in err
 
 
-_CODE = encode_contact(encode(sign_bundle(MemoryKey(b"\x0b" * 32), {
+_CODE = encode_card(encode(sign_bundle(MemoryKey(b"\x0b" * 32), {
     "3f1c2a4e-0000-4000-8000-000000000001": (MemoryKey(b"\x0c" * 32).public_key(), 1, 1)}, 1_700_000_000_000_000_000)))
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
@@ -319,14 +319,14 @@ def test_any_changed_character_is_refused(pos: int, char: str) -> None:
     if changed == _CODE:
         return  # the same character drawn: no change (a blank is a deletion: whitespace is ignored)
     with pytest.raises(ProtocolError):
-        decode_contact(changed)
+        decode_card(changed)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=0, max_value=len(_CODE) - 1))
 def test_any_truncation_is_refused(n: int) -> None:
     with pytest.raises(ProtocolError):
-        decode_contact(_CODE[:n])
+        decode_card(_CODE[:n])
 
 
 # --- public messages ---------------------------------------------------------------------------------------------

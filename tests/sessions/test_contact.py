@@ -7,7 +7,7 @@ import pytest
 from agent.core.errors import BadSignature, MalformedMessage
 from agent.core.identity.formats import zq3_decode
 from agent.core.wire import decode_bundle, encode
-from agent.daemon.contact import PREFIX, decode_contact, encode_contact, import_contact, render_qr, safety_number
+from agent.daemon.contact_card import PREFIX, decode_card, encode_card, import_card, render_qr, safety_number
 from backends.memory import MemoryKey
 from tests.sessions.harness import World
 
@@ -17,9 +17,9 @@ BOB = MemoryKey(b"\xb0" * 32)
 
 def test_contact_code_round_trip_and_import_enables_x3dh(world: World) -> None:
     a, b = world.device("a", ALICE), world.device("b", BOB)
-    code = encode_contact(b.mgr.our_bundle())
+    code = encode_card(b.mgr.our_bundle())
     assert code.startswith(PREFIX) and code.isascii() and len(code) < 400
-    contact = import_contact(a.mgr, "  " + code[:50] + "\n" + code[50:] + "\n")  # wrapped lines are fine
+    contact = import_card(a.mgr, "  " + code[:50] + "\n" + code[50:] + "\n")  # wrapped lines are fine
     assert contact.identity == BOB.public_key()
     assert zq3_decode(contact.chat_key) == BOB.public_key()
     assert contact.installations == (b.iid,)
@@ -36,22 +36,22 @@ def test_safety_number_is_stable_and_identity_specific() -> None:
 def test_damaged_or_forged_codes_are_rejected(world: World) -> None:
     b = world.device("b", BOB)
     raw = b.mgr.our_bundle()
-    code = encode_contact(raw)
+    code = encode_card(raw)
     flipped = code[:-5] + ("2" if code[-5] != "2" else "3") + code[-4:]
     for bad in ("", "hello", PREFIX, code[:-1], flipped, "x" + code, PREFIX + "0OIl", code * 20):
         with pytest.raises(MalformedMessage):
-            decode_contact(bad)
+            decode_card(bad)
     with pytest.raises(MalformedMessage):
-        decode_contact(b"bytes")  # type: ignore[arg-type]
+        decode_card(b"bytes")  # type: ignore[arg-type]
     forged = decode_bundle(raw)
     forged.identity = ALICE.public_key()  # Bob's signature, Alice's key: checksum fine, signature not
     with pytest.raises(BadSignature):
-        decode_contact(encode_contact(encode(forged)))
+        decode_card(encode_card(encode(forged)))
     assert [d.is_self for d in world.device("a", ALICE).mgr.devices()] == [True]
 
 
 def test_qr_renders_text_svg_png(world: World) -> None:
-    code = encode_contact(world.device("b", BOB).mgr.our_bundle())
+    code = encode_card(world.device("b", BOB).mgr.our_bundle())
     text = render_qr(code, "text").decode()
     assert "█" in text and len(text.splitlines()) > 20
     assert render_qr(code, "svg").lstrip().startswith(b"<?xml")

@@ -1,6 +1,8 @@
-"""Contact exchange: our signed bundle as a compact contact code (text and QR), and importing one.
+"""Contact exchange: our signed bundle as a compact contact card (``kac1`` text and QR), and importing one.
 
-Contact code = ``"kac1"`` + Base58Check(Bundle protobuf). Base58 survives copy-paste and chat apps, the
+This is keyagent's own card format, not Status's contact-code topic (:mod:`agent.core.waku.topics`,
+:mod:`agent.core.identity.contact_code`); the CLI still calls the text a "contact code".
+Contact card = ``"kac1"`` + Base58Check(Bundle protobuf). Base58 survives copy-paste and chat apps, the
 checksum catches typos before the signature check, and the prefix versions the format. A bundle with one
 prekey is ~190 bytes, so the code is ~270 characters: a version 10-12 QR code at medium error correction.
 
@@ -24,7 +26,7 @@ from agent.core.wire import decode_bundle
 if TYPE_CHECKING:
     from .sessions import SessionManager
 
-__all__ = ["PREFIX", "Contact", "encode_contact", "decode_contact", "safety_number", "import_contact", "render_qr"]
+__all__ = ["PREFIX", "Contact", "encode_card", "decode_card", "safety_number", "import_card", "render_qr"]
 
 PREFIX = "kac1"
 _MAX_CODE = 4096  # a bundle has at most 3 prekeys; anything longer is not ours
@@ -41,7 +43,7 @@ class Contact:
     bundle: bytes
 
 
-def encode_contact(bundle: bytes) -> str:
+def encode_card(bundle: bytes) -> str:
     """The contact code of a serialised Bundle."""
     return PREFIX + b58check_encode(bundle)
 
@@ -57,7 +59,7 @@ def safety_number(identity: bytes) -> str:
     return " ".join(groups)
 
 
-def decode_contact(code: str) -> Contact:
+def decode_card(code: str) -> Contact:
     """Parse and verify a contact code (surrounding whitespace ignored); MalformedMessage or a signature error."""
     if not isinstance(code, str):
         raise MalformedMessage("a contact code is text")
@@ -74,9 +76,9 @@ def decode_contact(code: str) -> Contact:
                    tuple(sorted(bundle.signed_pre_keys)), raw)
 
 
-def import_contact(manager: "SessionManager", code: str) -> Contact:
+def import_card(manager: "SessionManager", code: str) -> Contact:
     """Verify a contact code and store its bundle (a peer, or one of our own devices awaiting approval)."""
-    contact = decode_contact(code)
+    contact = decode_card(code)
     manager.add_peer_bundle(contact.bundle)
     return contact
 
