@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any, BinaryIO, Callable
 
 from agent.core import secp256k1
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.identity import (
     DerivedIdentity,
     contact_code,
@@ -68,10 +69,10 @@ _KEY_UID_RE = re.compile(r"0x[0-9a-f]{64}", re.ASCII)
 _MAX_CONFIG = 1 << 20
 
 
-class IdentityMismatchError(ValueError):
+class IdentityMismatchError(CodedError, ValueError):
     """The home's key is not the key the phrase derives: nothing is recorded."""
 
-    code = "IDENTITY_CHANGED"
+    code = ErrorCode.IDENTITY_CHANGED
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from agent.core.error_codes import CodedError, ErrorCode
+
 __all__ = [
     "ProtocolError",
     "MalformedMessage",
@@ -21,10 +23,10 @@ __all__ = [
 ]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(CodedError, ValueError):
     """Base of every error the core raises for bad input; state is never changed when one is raised."""
 
-    code = "BAD_REQUEST"
+    code = ErrorCode.BAD_REQUEST
 
 
 class MalformedMessage(ProtocolError):
@@ -38,7 +40,7 @@ class MalformedKey(ProtocolError):
 class BadSignature(ProtocolError):
     """A signature that does not verify or cannot be recovered: do not trust the signed data."""
 
-    code = "BAD_SIGNATURE"
+    code = ErrorCode.BAD_SIGNATURE
 
 
 class IdentityMismatch(BadSignature):
@@ -52,7 +54,7 @@ class EmptyBundle(ProtocolError):
 class DecryptFailed(ProtocolError):
     """Authentication of a ciphertext failed (wrong key, tampering, or not for us)."""
 
-    code = "DECRYPT_FAILED"
+    code = ErrorCode.DECRYPT_FAILED
 
 
 class TooManySkipped(DecryptFailed):
@@ -66,7 +68,7 @@ class MessageKeyGone(DecryptFailed):
 class UnknownSession(ProtocolError):
     """No session matches the message: the peer should be sent our bundle."""
 
-    code = "NO_SESSION"
+    code = ErrorCode.NO_SESSION
 
 
 class InvalidState(ProtocolError):
@@ -76,7 +78,7 @@ class InvalidState(ProtocolError):
 class BadIdentity(ProtocolError):
     """Text that is not a Status peer identity (0x04… key, compressed hex, zQ3… key or status.app link)."""
 
-    code = "BAD_IDENTITY"
+    code = ErrorCode.BAD_IDENTITY
 
 
 class MalformedEnvelope(MalformedMessage):

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable
 
+from agent.core.error_codes import CodedError, ErrorCode
 from backends.base import Backend
 
 __all__ = ["AgentLocked", "UnlockFailed", "LockManager", "failure_delay"]
@@ -28,16 +29,16 @@ __all__ = ["AgentLocked", "UnlockFailed", "LockManager", "failure_delay"]
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1}  # a lock password only guards a running agent; 16 MiB, ~30 ms
 
 
-class AgentLocked(Exception):
+class AgentLocked(CodedError):
     """The agent is locked: run ``keyagent unlock``."""
 
-    code = "LOCKED"
+    code = ErrorCode.LOCKED
 
 
-class UnlockFailed(Exception):
+class UnlockFailed(CodedError):
     """The lock password was wrong (the agent stays locked)."""
 
-    code = "PASSPHRASE_INCORRECT"
+    code = ErrorCode.PASSPHRASE_INCORRECT
 
 
 def failure_delay(failures: int) -> float:
@@ -46,8 +47,7 @@ def failure_delay(failures: int) -> float:
 
 
 def _is_wrong_secret(exc: Exception) -> bool:
-    return isinstance(exc, UnlockFailed) or getattr(type(exc), "code", "") in (
-        "PIN_INCORRECT", "PASSPHRASE_INCORRECT")
+    return isinstance(exc, CodedError) and exc.code in (ErrorCode.PIN_INCORRECT, ErrorCode.PASSPHRASE_INCORRECT)
 
 
 def _hash(password: str, salt: bytes) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.framing import MAX_FRAME
 
 __all__ = [
@@ -31,10 +32,10 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(CodedError, ValueError):
     """``agent.json`` or an option is malformed: fix it (the daemon refuses to start rather than guess)."""
 
-    code = "BAD_CONFIG"
+    code = ErrorCode.BAD_CONFIG
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Callable
 
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.service import SessionFactory
 from backends.base import Backend
@@ -42,10 +43,10 @@ log = logging.getLogger("keyagent.daemon")
 SHELLS = ("sh", "csh", "fish")
 
 
-class StartError(RuntimeError):
+class StartError(CodedError, RuntimeError):
     """The agent could not start; the message is the one line shown to the user."""
 
-    code = "BAD_CONFIG"
+    code = ErrorCode.BAD_CONFIG
 
 
 def open_home_backend(home: Home, config: AgentConfig) -> Backend:

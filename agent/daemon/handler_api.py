@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from agent.core import secp256k1
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.errors import MalformedKey
 from agent.daemon.config import AgentConfig
 from agent.daemon.peercred import PeerCred
@@ -19,16 +20,16 @@ from backends.base import Backend
 __all__ = ["BadRequest", "Denied", "ClientContext", "Outcome", "Handler", "HandlerHost", "peer_public_key"]
 
 
-class BadRequest(ValueError):
+class BadRequest(CodedError, ValueError):
     """A request field is malformed or out of range."""
 
-    code = "BAD_REQUEST"
+    code = ErrorCode.BAD_REQUEST
 
 
-class Denied(PermissionError):
+class Denied(CodedError, PermissionError):
     """Policy forbids this request for this client."""
 
-    code = "DENIED"
+    code = ErrorCode.DENIED
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 The server's connection threads hand every decoded :class:`Request` to :meth:`Service.process` together with
 who sent it (in a thread, because backend and session-manager calls block: token round trips, the store's fsync);
-:meth:`Service.handle` is the same for an asyncio caller, with the time limit applied. Each request checks policy
-(lock state, ecdh policy, owner-only requests, the confirmation hook), does the work, yields one audit line
-(:meth:`Service.record`) and one :class:`Response`. Every exception becomes ``Error{code, message}``: typed errors carry a ``code`` attribute
-whose name is an ``Error.Code`` value; anything else is a bug, reported as INTERNAL without its text (which could
-hold anything) and logged with its traceback.
+the server applies the time limit (:meth:`Service.limit`, :meth:`Service.timeout_response`). Each request checks
+policy (lock state, ecdh policy, owner-only requests, the confirmation hook), does the work, yields one audit line
+(:meth:`Service.record`) and one :class:`Response`. Every exception becomes ``Error{code, message}``: typed errors
+derive from :class:`~agent.core.error_codes.CodedError` and name their code; anything else is a bug, reported as
+INTERNAL without its text (which could hold anything) and logged with its traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 from agent import __version__
 from agent.core import secp256k1
+from agent.core.error_codes import CodedError, ErrorCode
+from agent.core.identity.formats import share_link, zq3_encode
+from agent.daemon.agent_lock import LockManager
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.handler_api import (
@@ -31,7 +34,8 @@ from agent.daemon.handler_api import (
     Outcome,
     peer_public_key,
 )
-from agent.daemon.agent_lock import LockManager
+from agent.daemon.sessions import SessionManager
+from agent.daemon.store import Store
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -42,7 +46,6 @@ __all__ = [
     "SessionFactory",
     "BadRequest",
     "Denied",
-    "NotReady",
     "error_code",
 ]
 
@@ -50,21 +53,6 @@ log = logging.getLogger("keyagent.service")
 
 #: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata.
 _ALLOWED_LOCKED = frozenset({"identity", "bundle", "status", "lock", "unlock", "release", "stop"})
-
-#: Typed error codes that are not (yet) Error.Code names, mapped to the nearest stable code.
-_CODE_ALIASES = {
-    "BACKEND_ERROR": "INTERNAL",
-    "KEY_EXISTS": "BAD_REQUEST",
-    "KEY_EXTRACTABLE": "TOKEN_ERROR",
-    "BAD_IDENTITY": "BAD_IDENTITY",
-}
-
-
-class NotReady(RuntimeError):
-    """The session state cannot be opened (yet): unlock first, or this build lacks a session manager."""
-
-    code = "NOT_READY"
-
 
 class SessionsLike(Protocol):
     """What the service needs from agent/daemon/sessions.py's SessionManager."""
@@ -87,11 +75,6 @@ def default_session_factory(home: Home, backend: Backend) -> SessionFactory:
     """Open the home's store with the identity key (needs the backend unlocked) and a SessionManager over it."""
 
     def factory() -> SessionsLike:
-        try:
-            from agent.daemon.sessions import SessionManager
-            from agent.daemon.store import Store
-        except ImportError as exc:  # pragma: no cover - only in a partial checkout
-            raise NotReady(f"session manager unavailable: {exc}") from exc
         store = Store(home.state, backend.identity())
         try:
             manager: SessionsLike = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom)
@@ -104,12 +87,9 @@ def default_session_factory(home: Home, backend: Backend) -> SessionFactory:
 
 
 def error_code(exc: BaseException) -> int:
-    """The wire code of an exception: its ``code`` attribute if that names an Error.Code, else INTERNAL."""
-    name = getattr(type(exc), "code", None)
-    if isinstance(name, str):
-        name = _CODE_ALIASES.get(name, name)
-        if name in pb.Error.Code.keys():
-            return int(pb.Error.Code.Value(name))
+    """The wire code of an exception: the one its :class:`CodedError` code travels as, else INTERNAL."""
+    if isinstance(exc, CodedError):
+        return int(pb.Error.Code.Value(exc.code.wire))
     if isinstance(exc, asyncio.TimeoutError):
         return int(pb.Error.TIMEOUT)
     return int(pb.Error.INTERNAL)
@@ -266,19 +246,6 @@ class Service:
         except OSError as exc:
             log.error("cannot write the audit log: %s", exc.strerror)
 
-    async def handle(self, request: pb.Request, ctx: ClientContext) -> pb.Response:
-        """Answer one request from the event loop (work in the executor, bounded by :meth:`limit`); one audit line."""
-        kind = request.WhichOneof("request")
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.limit(kind)):
-                response, fields = await loop.run_in_executor(self.executor, self.process, request, ctx)
-        except TimeoutError:
-            response, fields = self.timeout_response(request, ctx, started)
-        self.record(ctx, fields)
-        return response
-
     def _guarded(
         self, handler: Callable[[pb.Request, ClientContext], Outcome], kind: str, request: pb.Request,
         ctx: ClientContext,
@@ -334,16 +301,10 @@ class Service:
             public_key="0x" + secp256k1.decompress(pub).hex(),
             address="0x" + secp256k1.address(pub).hex(),
         )
-        try:
-            from agent.core.identity.formats import zq3_encode
-
-            out.compressed_key = zq3_encode(pub)
-        except ImportError:  # pragma: no cover - partial checkout
-            pass
+        out.compressed_key = zq3_encode(pub)
         manager = self.sessions_if_open()
         if manager is not None:
             out.installation_id = manager.installation_id
-        from agent.core.identity.formats import share_link
         from agent.status_identity import contact_code_fields, read_status_record
 
         record = read_status_record(str(self.home.path), pub)  # key UID recorded at phrase import, if any
@@ -468,8 +429,8 @@ class Service:
         return Outcome(pb.Response(stop=pb.StopResponse()))
 
 
-class _Unsupported(Exception):
-    code = "UNSUPPORTED"
+class _Unsupported(CodedError):
+    code = ErrorCode.UNSUPPORTED
 
 
 def _peer_hint(request: pb.Request, kind: str | None) -> str:

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.core import secp256k1
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.keyops import KeyOps
 
 __all__ = [
@@ -72,10 +73,10 @@ __all__ = [
 ]
 
 
-class StoreError(RuntimeError):
+class StoreError(CodedError, RuntimeError):
     """Base of the store's errors; the daemon reports these as internal/state errors, not bad input."""
 
-    code = "STATE_ERROR"
+    code = ErrorCode.STATE_ERROR
 
 
 class StoreFailed(StoreError):

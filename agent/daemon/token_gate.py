@@ -27,6 +27,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from agent.core.error_codes import CodedError, ErrorCode
+
 __all__ = ["TokenGate", "GateBusy", "GateTimeout", "GateStats", "ClientKey", "BUSY_BACKOFF"]
 
 T = TypeVar("T")
@@ -41,16 +43,16 @@ BUSY_BACKOFF = 0.05
 ClientKey = tuple[Hashable, ...]
 
 
-class GateBusy(RuntimeError):
+class GateBusy(CodedError, RuntimeError):
     """The token queue is full (in total, or for this client): retry later."""
 
-    code = "BUSY"
+    code = ErrorCode.BUSY
 
 
-class GateTimeout(TimeoutError):
+class GateTimeout(CodedError, TimeoutError):
     """A ticket waited longer than the gate's timeout for the token."""
 
-    code = "TIMEOUT"
+    code = ErrorCode.TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pkcs11
 import pkcs11.exceptions as px
 from pkcs11 import Attribute, ObjectClass, SlotFlag, TokenFlag
 
+from agent.core.error_codes import ErrorCode
 from backends.errors import BackendConfigError, PinFinalTry, PinIncorrect, PinLocked, TokenAbsent
 from backends.pkcs11.lib import close_all_sessions, is_pkcs11_module
 
@@ -41,7 +42,7 @@ _TOKEN_FLAG_NAMES = [f for f in TokenFlag]
 class ModuleLoadError(BackendConfigError):
     """The PKCS#11 module file is missing or does not load/initialise: fix the path or install the module."""
 
-    code = "BAD_CONFIG"
+    code = ErrorCode.BAD_CONFIG
 
 
 @dataclass(frozen=True)

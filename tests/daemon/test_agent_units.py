@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 from agent.core import errors as core_errors
+from agent.daemon.agent_lock import AgentLocked, LockManager, UnlockFailed, failure_delay
 from agent.daemon.config import AgentConfig, ConfigError, Home, load_config
 from agent.daemon.daemonize import shell_lines
-from agent.daemon.agent_lock import AgentLocked, LockManager, UnlockFailed, failure_delay
 from agent.daemon.service import error_code
 from agent.daemon.socketdir import AgentRunning, SocketDirError, claim_socket, ensure_private_dir
 from agent.pb.keyagent import agent_pb2 as pb
@@ -322,6 +322,21 @@ def _ctx() -> "ClientContext":
     return ClientContext(PeerCred(os.getpid(), os.getuid(), os.getgid()), "/bin/test", 1, True)
 
 
+def _answer(svc: "Service", request: pb.Request, ctx: "ClientContext") -> pb.Response:
+    """What a server connection does with one request: process it in a worker within its time limit, audit it."""
+    import concurrent.futures
+    import time
+
+    started = time.monotonic()
+    future = svc.executor.submit(svc.process, request, ctx)
+    try:
+        response, fields = future.result(timeout=svc.limit(request.WhichOneof("request")))
+    except concurrent.futures.TimeoutError:
+        response, fields = svc.timeout_response(request, ctx, started)
+    svc.record(ctx, fields)
+    return response
+
+
 def test_a_request_over_its_time_limit_gets_timeout(tmp: Path) -> None:
     import threading
 
@@ -333,7 +348,7 @@ def test_a_request_over_its_time_limit_gets_timeout(tmp: Path) -> None:
 
     svc = _service(tmp, slow_factory, request_timeout=0.2)
     try:
-        resp = asyncio.run(svc.handle(pb.Request(bundle=pb.BundleRequest()), _ctx()))
+        resp = _answer(svc, pb.Request(bundle=pb.BundleRequest()), _ctx())
     finally:
         release.set()
     assert resp.error.code == pb.Error.TIMEOUT and "0.2 s" in resp.error.message
@@ -346,7 +361,7 @@ def test_unexpected_exceptions_are_internal_without_their_text(tmp: Path) -> Non
         raise KeyError("secret-looking detail")
 
     svc = _service(tmp, broken_factory)
-    resp = asyncio.run(svc.handle(pb.Request(bundle=pb.BundleRequest()), _ctx()))
+    resp = _answer(svc, pb.Request(bundle=pb.BundleRequest()), _ctx())
     assert resp.error.code == pb.Error.INTERNAL
     assert "secret-looking" not in resp.error.message and "KeyError" in resp.error.message
 
@@ -364,7 +379,7 @@ def test_no_session_errors_carry_reason_and_reply(tmp: Path) -> None:
     svc = _service(tmp, NoSessionManager)
     peer = MemoryKey.generate().public_key()
     req = pb.Request(decrypt=pb.DecryptRequest(sender_identity=peer, message=b"\x01"))
-    resp = asyncio.run(svc.handle(req, _ctx()))
+    resp = _answer(svc, req, _ctx())
     assert resp.error.code == pb.Error.NO_SESSION
     assert (resp.error.reason, resp.error.reply) == ("unknown_prekey", b"our bundle")
 
