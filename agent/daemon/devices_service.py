@@ -17,14 +17,12 @@ The rules live in :mod:`agent.daemon.sessions` (``devices()``, ``approve_device(
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 from agent.daemon.handler_api import BadRequest, ClientContext, HandlerHost, Outcome
 from agent.daemon.installations import MAX_INSTALLATIONS, is_installation_id
+from agent.daemon.own_devices import DeviceError, DeviceInfo
 from agent.pb.keyagent import agent_pb2 as pb
-
-if TYPE_CHECKING:
-    from agent.daemon.sessions import DeviceInfo
 
 __all__ = ["DevicesLike", "DeviceHandlers", "device_handlers", "device_rows", "MAX_PUBLIC_PAYLOAD"]
 
@@ -37,7 +35,7 @@ class DevicesLike(Protocol):
 
     installation_id: str
 
-    def devices(self) -> Sequence["DeviceInfo"]: ...
+    def devices(self) -> Sequence[DeviceInfo]: ...
     def approve_device(self, installation_id: str) -> None: ...
     def disable_device(self, installation_id: str) -> None: ...
     def our_bundle(self) -> bytes: ...
@@ -45,7 +43,7 @@ class DevicesLike(Protocol):
 
 
 
-def device_rows(devices: Sequence["DeviceInfo"]) -> list[pb.DeviceInfo]:
+def device_rows(devices: Sequence[DeviceInfo]) -> list[pb.DeviceInfo]:
     """The wire rows of ``SessionManager.devices()`` with ``active`` computed as the bundle does.
 
     ``devices()`` lists self first and the others newest first (ties by id), the same order
@@ -84,8 +82,6 @@ class DeviceHandlers:
         return Outcome(pb.Response(devices=out))
 
     def set_device(self, req: pb.Request, ctx: ClientContext) -> Outcome:
-        from agent.daemon.sessions import DeviceError
-
         r = req.set_device
         iid = r.installation_id
         if not is_installation_id(iid):

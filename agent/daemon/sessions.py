@@ -2,7 +2,10 @@
 
 It decides which installations a message goes to, which session each uses (or runs X3DH), how received
 messages are decrypted (X3DH header, then ratchet, then DH fallback), how bundles update device lists, when
-the signed prekey rotates and expired ones are destroyed, and when we answer with our bundle.
+the signed prekey rotates and expired ones are destroyed, and when we answer with our bundle. Its parts:
+:mod:`~agent.daemon.session_cache` (the bounded write-back cache over the store rows),
+:mod:`~agent.daemon.prekeys` (our signed prekeys), :mod:`~agent.daemon.own_devices` (approval of our own
+devices and the bundle we publish), :mod:`~agent.daemon.installations` (the pure rules).
 
 Why a message key is never used twice, across kill -9 and power loss
     A sending message key is determined by (session, sending chain, position n); the IV is derived from it.
@@ -13,10 +16,9 @@ Why a message key is never used twice, across kill -9 and power loss
        position + ``send_reserve``. An encrypt at position ``n`` with ``n >= send_hwm`` first writes a new
        mark past ``n``; below the mark it writes nothing. So every position ever handed out is < the durable
        ``send_hwm`` of its chain.
-    3. On load, a session whose stored position is below its mark is advanced to the mark
-       (``advance_sending_chain``) before its first use. Positions handed out before a crash are all below
-       the mark, so none is reused; the peer absorbs the gap with its skipped-key handling (MaxSkip 1000 >
-       ``send_reserve``). A clean ``close()`` writes exact positions, so only crashes leave gaps.
+    3. On load, a session whose stored position is below its mark is advanced to the mark before its first
+       use, so no position handed out before a crash is reused (:mod:`agent.daemon.session_cache`, where the
+       loading and the writing of marks live, has the full argument).
     4. Two requests never interleave on one ratchet: every state transition runs under one lock (the
        Python work is GIL-bound anyway), which is stricter than per-session locking. Outside it happen only
        the wait for durability, which is what lets concurrent requests share one fsync (the store's group
@@ -25,18 +27,12 @@ Why a message key is never used twice, across kill -9 and power loss
        and DH-fallback decryption.
     5. The store applies batches in submission order and reports durability monotonically, so "batch n is
        durable" implies every earlier state transition is too. Each call waits for the store's latest
-       submitted batch at the time its result was computed (``_finish``), so it also never returns a result
+       submitted batch at the time its result was computed (``_run``), so it also never returns a result
        built on another request's not-yet-durable state.
 
 State lives on disk; memory holds a bounded cache
-    Sessions are loaded on demand, all sessions of one installation at a time, and kept in an LRU of at most
-    ``cache_peers`` installations (installations likewise, by identity, ``cache_identities``); nothing is read
-    at start-up. The sealed SQLite rows are the source of truth, so a cached session may only be dropped when
-    reloading its row gives back exactly what memory holds: nothing of it is waiting to be written (dirty),
-    its latest write is durable (the store reads committed rows only), and its row holds its exact sending
-    position (rule 3 would otherwise skip the reserved positions on reload). A session that does not yet meet
-    the last condition gets an exact-position write first (safe: every position handed out is below it) and is
-    dropped by a later request, once that write is durable. Until then the cache may exceed its bound.
+    See :mod:`agent.daemon.session_cache`: nothing is read at start-up, and a cached session is dropped only
+    when reloading its row gives back exactly what memory holds.
 
 Why nothing a client was handed is undone
     Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a restart
@@ -62,11 +58,8 @@ Concurrent sessions and interoperability
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import itertools
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -92,32 +85,28 @@ from agent.core.wire import (
     x3dh_header,
 )
 from backends.base import Backend
-from backends.errors import KeyExists, KeyNotFound
+from backends.errors import KeyNotFound
 
 from .installations import (
     MAX_INSTALLATIONS,
-    PROTOCOL_VERSION,
     apply_bundle,
     choose_session,
-    destroy_due,
     incoming_supersedes,
     new_installation_id,
     reply_allowed,
-    rotation_due,
     select_enabled,
 )
+from .own_devices import DeviceInfo, OwnDevices
+from .prekeys import SignedPrekeys
+from .session_cache import LiveSession, SessionCache
 from .store import (
-    DeleteSession,
     InstallationRecord,
     Op,
     OwnSpkRecord,
     PutInstallation,
     PutMeta,
-    PutOwnSpk,
     PutPeerReply,
-    PutSession,
     SessionRecord,
-    SessionSummary,
     Store,
 )
 
@@ -126,9 +115,7 @@ __all__ = [
     "EncryptResult",
     "DecryptResult",
     "SessionInfo",
-    "DeviceInfo",
     "NoSession",
-    "DeviceError",
     "HOUR_NS",
     "DAY_NS",
 ]
@@ -154,10 +141,6 @@ class NoSession(UnknownSession):
         super().__init__(message)
         self.reason = reason
         self.reply = reply
-
-
-class DeviceError(ProtocolError):
-    """A device request that cannot apply: unknown installation id, or our own installation."""
 
 
 @dataclass(frozen=True)
@@ -198,31 +181,6 @@ class SessionInfo:
     created_ns: int
     last_used_ns: int
     bundle_id: bytes
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    installation_id: str
-    is_self: bool
-    enabled: bool
-    timestamp_ns: int
-    spk_version: int
-
-
-class _Live:
-    """A cached session record and its ratchet (authoritative while cached).
-
-    ``exact``: reloading the stored row gives this very state (nothing unwritten, and the row's mark is the
-    position or the reload's jump to it is already done); ``seq``: the store batch of its latest write.
-    """
-
-    __slots__ = ("rec", "ratchet", "exact", "seq")
-
-    def __init__(self, rec: SessionRecord, ratchet: Ratchet, exact: bool = False) -> None:
-        self.rec = rec
-        self.ratchet = ratchet
-        self.exact = exact
-        self.seq = 0
 
 
 class _PrecomputedDH:
@@ -281,35 +239,17 @@ class SessionManager:
         self._clock = clock
         self._rng = rng
         self._profile = profile
-        self._rotation_ns = rotation_ns
-        self._grace_ns = spk_grace_ns
         self._retention_ns = session_retention_ns
         self._last_sweep = -(1 << 62)
         self._reply_ns = reply_interval_ns
-        self._refresh_ns = bundle_refresh_ns
         self._reserve = send_reserve
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
         self.identity: bytes = self._ik.public_key()
-        # the cache (see "State lives on disk"): sessions by id, and the same by installation in LRU order; a
-        # cached installation always holds *all* its sessions
-        self._sessions: dict[bytes, _Live] = {}
-        self._by_peer: OrderedDict[tuple[bytes, str], list[_Live]] = OrderedDict()
-        self._cache_peers = cache_peers
-        self._tombstones: dict[bytes, int] = {}  # deleted sessions -> batch of the delete (until durable)
-        self._written: list[_Live] = []  # sessions written by the current request (their seq is set on submit)
-        # installations of the cached identities, flat and by identity in LRU order (a message's targets are
-        # found in O(devices of that identity)); our own devices are the entry for self.identity, never dropped
-        self._installations: dict[tuple[bytes, str], InstallationRecord] = {}
-        self._by_identity: OrderedDict[bytes, dict[str, InstallationRecord]] = OrderedDict()
-        self._cache_identities = cache_identities
-        self._inst_seq: dict[bytes, int] = {}  # identity -> batch of its latest installation write
-        self._inst_written: set[bytes] = set()
-        self._spks: dict[int, OwnSpkRecord] = {}
+        self._cache = SessionCache(store, own_identity=self.identity, keygen=self._keygen, send_reserve=send_reserve,
+                                   cache_peers=cache_peers, cache_identities=cache_identities)
         self._replies: dict[bytes, int] = store.load_peer_replies()
-        self._dirty: set[bytes] = set()
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
-        self._bundle_cache: tuple[tuple[tuple[str, bytes, int, int], ...], int, pb.Bundle] | None = None
 
         ops: list[Op] = []
         iid = store.get_meta("installation_id")
@@ -318,13 +258,15 @@ class SessionManager:
             ops.append(PutMeta("installation_id", self.installation_id.encode()))
         else:
             self.installation_id = iid.decode()
-        for spk in store.load_own_spks():
-            self._spks[spk.version] = spk
+        self._prekeys = SignedPrekeys(backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns,
+                                      grace_ns=spk_grace_ns)
+        self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
+                               installation_id=self.installation_id, clock=clock, refresh_ns=bundle_refresh_ns)
         with self._lock:
             self._maintain(ops)
-            self._flush(ops)
+            self._cache.flush(ops)
             if ops:
-                self._submit(ops)
+                self._cache.submit(ops)
         store.sync()
 
     # ------------------------------------------------------------------ small helpers
@@ -339,127 +281,7 @@ class SessionManager:
             if secp256k1.valid_secret(s):
                 return s
 
-    # ------------------------------------------------------------------ the cache over the store
-
-    def _devices(self, identity: bytes) -> dict[str, InstallationRecord]:
-        """The installations of ``identity`` (cached, else read from the store), by installation id."""
-        group = self._by_identity.get(identity)
-        if group is None:
-            group = {rec.installation_id: rec for rec in self._store.load_installations_of(identity)}
-            self._by_identity[identity] = group
-            for rec in group.values():
-                self._installations[(identity, rec.installation_id)] = rec
-        else:
-            self._by_identity.move_to_end(identity)
-        return group
-
-    def _put_installation(self, rec: InstallationRecord) -> None:
-        """Record a changed installation in the cache; the caller writes it (the same request)."""
-        self._devices(rec.identity)[rec.installation_id] = rec
-        self._installations[(rec.identity, rec.installation_id)] = rec
-        self._inst_written.add(rec.identity)
-
-    def _peer_sessions(self, identity: bytes, installation_id: str) -> list[_Live]:
-        """All sessions with one installation (cached, else loaded: rule 3 applies to each loaded one)."""
-        key = (identity, installation_id)
-        group = self._by_peer.get(key)
-        if group is not None:
-            self._by_peer.move_to_end(key)
-            return list(group)
-        group = []
-        for rec in self._store.load_peer_sessions(identity, installation_id):
-            if rec.sid in self._tombstones:
-                continue  # its delete is not yet durable
-            ratchet = Ratchet.from_bytes(rec.state, keygen=self._keygen)
-            _, pos = ratchet.sending_position()
-            if pos < rec.send_hwm:
-                ratchet.advance_sending_chain(rec.send_hwm - pos)  # rule 3: jump past reserved positions
-            group.append(_Live(rec, ratchet, exact=True))  # a reload would do exactly the same
-        self._by_peer[key] = group
-        for live in group:
-            self._sessions[live.rec.sid] = live
-        return list(group)
-
-    def _session(self, identity: bytes, installation_id: str, sid: bytes) -> _Live | None:
-        for live in self._peer_sessions(identity, installation_id):
-            if live.rec.sid == sid:
-                return live
-        return None
-
-    def _add_live(self, live: _Live) -> None:
-        self._peer_sessions(live.rec.identity, live.rec.installation_id)  # its installation's others first
-        self._by_peer[(live.rec.identity, live.rec.installation_id)].append(live)
-        self._sessions[live.rec.sid] = live
-
-    def _drop_session(self, sid: bytes, ops: list[Op]) -> None:
-        """Delete a session for good (memory now, disk with this request's batch)."""
-        live = self._sessions.pop(sid, None)
-        if live is not None:
-            self._by_peer[(live.rec.identity, live.rec.installation_id)].remove(live)
-        self._dirty.discard(sid)
-        self._tombstones[sid] = 0  # the batch number is set on submit
-        ops.append(DeleteSession(sid))
-
-    def _evict(self, ops: list[Op]) -> None:
-        """Drop least recently used entries beyond the bounds, if reloading them gives back the same state."""
-        durable = self._store.durable()
-        over = len(self._by_peer) - self._cache_peers
-        if over > 0:
-            for key in list(itertools.islice(self._by_peer, over + 32)):
-                if over <= 0:
-                    break
-                group = self._by_peer[key]
-                if any(live.rec.sid in self._dirty or live.seq > durable for live in group):
-                    continue
-                inexact = [live for live in group if not live.exact]
-                if inexact:  # write exact positions now; dropped by a later request once durable
-                    for live in inexact:
-                        self._write(live, ops, exact=True)
-                    continue
-                del self._by_peer[key]
-                for live in group:
-                    del self._sessions[live.rec.sid]
-                over -= 1
-        over = len(self._by_identity) - self._cache_identities
-        if over > 0:
-            for ident in list(itertools.islice(self._by_identity, over + 32)):
-                if over <= 0:
-                    break
-                if ident == self.identity or ident in self._inst_written or self._inst_seq.get(ident, 0) > durable:
-                    continue
-                for iid in self._by_identity.pop(ident):
-                    del self._installations[(ident, iid)]
-                self._inst_seq.pop(ident, None)
-                over -= 1
-
-    def _write(self, live: _Live, ops: list[Op], *, exact: bool) -> None:
-        _, pos = live.ratchet.sending_position()
-        live.rec.state = live.ratchet.to_bytes()
-        live.rec.send_hwm = pos if exact else pos + self._reserve
-        live.exact = exact
-        ops.append(PutSession(copy.copy(live.rec)))
-        self._written.append(live)
-
-    def _flush(self, ops: list[Op]) -> None:
-        """Turn every session touched by this request into a write, with a fresh reservation mark (rule 2)."""
-        for sid in sorted(self._dirty):
-            self._write(self._sessions[sid], ops, exact=False)
-        self._dirty.clear()
-
-    def _submit(self, ops: list[Op]) -> None:
-        """Submit this request's batch and note its number on everything it wrote (for the cache)."""
-        try:
-            seq = self._store.submit(ops)
-        finally:
-            written, self._written = self._written, []
-            idents, self._inst_written = self._inst_written, set()
-        for live in written:
-            live.seq = seq
-        for ident in idents:
-            self._inst_seq[ident] = seq
-        for op in ops:
-            if isinstance(op, DeleteSession):
-                self._tombstones[op.sid] = seq
+    # ------------------------------------------------------------------ one state transition
 
     def _run(self, work: Callable[[list[Op]], _T]) -> _T:
         """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
@@ -477,128 +299,56 @@ class SessionManager:
             except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
                 error = e
             if error is None:  # a failed request writes nothing it need not (cache upkeep waits for the next)
-                self._evict(ops)
-            self._flush(ops)
+                self._cache.evict(ops)
+            self._cache.flush(ops)
             if ops:
-                self._submit(ops)
+                self._cache.submit(ops)
             seq = self._store.last_submitted()
         self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
         if error is not None:
             raise error
         return result  # type: ignore[return-value]  # work() returned: result holds its value
 
-    # ------------------------------------------------------------------ our prekeys and bundle
-
-    def _current_spk(self) -> OwnSpkRecord | None:
-        live = [s for s in self._spks.values() if s.expired_ns is None and not s.destroyed]
-        return max(live, key=lambda s: s.version) if live else None
+    # ------------------------------------------------------------------ upkeep: our prekeys, old sessions
 
     def _maintain(self, ops: list[Op]) -> None:
         """Rotate the SPK when due (24 h from creation), destroy expired ones after the grace period, and drop
         expired sessions unused for the retention period (swept at most once a minute)."""
         now = self._clock()
-        cur = self._current_spk()
-        if cur is None or rotation_due(cur.created_ns, now, self._rotation_ns):
+        if self._prekeys.rotation_due(now):
             self._rotate(ops)
-        for spk in list(self._spks.values()):
-            if not spk.destroyed and destroy_due(spk.expired_ns, now, self._grace_ns):
-                try:
-                    self._backend.destroy_signed_prekey(spk.version)
-                except KeyNotFound:
-                    pass  # destroyed earlier but the mark was lost in a crash
-                spk.destroyed = True
-                ops.append(PutOwnSpk(replace(spk)))
+        self._prekeys.destroy_expired(now, ops)
         if now - self._last_sweep < 60 * 10**9:
             return
         self._last_sweep = now
-        durable = self._store.durable()
-        self._tombstones = {sid: seq for sid, seq in self._tombstones.items() if seq == 0 or seq > durable}
-        # an expired session only serves late messages; after the retention period its kept keys go too. The
-        # cached copy decides for a cached session, the stored row for any other.
-        doomed = {sid for sid, live in self._sessions.items()
-                  if live.rec.expired and now - live.rec.last_used_ns >= self._retention_ns}
-        for row in self._store.expired_before(now - self._retention_ns):
-            if row.sid not in self._sessions and row.sid not in self._tombstones:
-                doomed.add(row.sid)
-        for sid in sorted(doomed):
-            self._drop_session(sid, ops)
+        self._cache.sweep(now, self._retention_ns, ops)
 
     def _rotate(self, ops: list[Op]) -> OwnSpkRecord:
-        version = max(self._spks, default=0) + 1
-        try:
-            key = self._backend.create_signed_prekey(version)
-        except KeyExists:  # created before a crash that lost the store write; it was never published
-            key = self._backend.signed_prekey(version)
-        now = self._clock()
-        for old in self._spks.values():
-            if old.expired_ns is None:
-                old.expired_ns = now
-                ops.append(PutOwnSpk(replace(old)))
-                # our responder sessions on it stop being used to send: the stored ones are loaded first
-                for row in self._store.session_summaries("initiator=0 AND expired=0 AND bundle_id=?", (old.public,)):
-                    self._peer_sessions(row.identity, row.installation_id)
-                for live in self._sessions.values():
-                    if not live.rec.initiator and live.rec.bundle_id == old.public and not live.rec.expired:
-                        live.rec.expired = True
-                        self._dirty.add(live.rec.sid)
-        rec = OwnSpkRecord(version, key.public_key(), now, None, False)
-        self._spks[version] = rec
-        ops.append(PutOwnSpk(replace(rec)))
-        self._bundle_cache = None
+        rec, retired = self._prekeys.rotate(ops)
+        for public in retired:
+            # our responder sessions on it stop being used to send (the stored ones are loaded first)
+            for live in self._cache.responder_sessions_on(public):
+                live.rec.expired = True
+                self._cache.mark_dirty(live.rec.sid)
+        self._own.invalidate()
         return rec
-
-    def _spk_by_public(self, public: bytes) -> OwnSpkRecord | None:
-        for spk in self._spks.values():
-            if spk.public == public:
-                return spk
-        return None
-
-    def _spk_key(self, public: bytes) -> KeyOps | None:
-        spk = self._spk_by_public(public)
-        if spk is None or spk.destroyed:
-            return None
-        try:
-            return self._backend.signed_prekey(spk.version)
-        except KeyNotFound:
-            return None
-
-    def _own_devices(self, limit: int) -> list[InstallationRecord]:
-        return select_enabled(self._devices(self.identity).values(), self.identity,
-                              exclude=self.installation_id, limit=limit)
-
-    def _bundle(self) -> pb.Bundle:
-        """Our signed bundle: self + up to 2 enabled own devices; re-signed when it changes or gets old."""
-        cur = self._current_spk()
-        assert cur is not None  # _maintain always leaves a current SPK
-        entries = [(self.installation_id, cur.public, cur.version, PROTOCOL_VERSION)]
-        for dev in self._own_devices(MAX_INSTALLATIONS - 1):
-            assert dev.spk is not None
-            entries.append((dev.installation_id, dev.spk, dev.spk_version, dev.protocol_version))
-        key = tuple(sorted(entries))
-        now = self._clock()
-        cached = self._bundle_cache
-        if cached is not None and cached[0] == key and now - cached[1] < self._refresh_ns:
-            return cached[2]
-        b = core_bundle.sign_bundle(self._ik, {i: (spk, v, pv) for i, spk, v, pv in key}, now)
-        self._bundle_cache = (key, now, b)
-        return b
 
     # ------------------------------------------------------------------ bundles and devices
 
     def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op]) -> None:
         """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version."""
-        self._devices(identity)  # apply_bundle looks up this identity's installations only
-        up = apply_bundle(self._installations, identity, b, our_identity=self.identity,
+        self._cache.devices(identity)  # apply_bundle looks up this identity's installations only
+        up = apply_bundle(self._cache.installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
         for rec in up.records:
-            self._put_installation(rec)  # our bundle's cache key notices changes
+            self._cache.put_installation(rec)  # our bundle's cache key notices changes
             ops.append(PutInstallation(replace(rec)))
         for iid in up.rekeyed:
-            new_spk = self._installations[(identity, iid)].spk
-            for live in self._peer_sessions(identity, iid):
+            new_spk = self._cache.installations[(identity, iid)].spk
+            for live in self._cache.peer_sessions(identity, iid):
                 if live.rec.initiator and live.rec.bundle_id != new_spk and not live.rec.expired:
                     live.rec.expired = True  # the next send runs a new X3DH to the new prekey
-                    self._dirty.add(live.rec.sid)
+                    self._cache.mark_dirty(live.rec.sid)
 
     def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
         b = decode_bundle(data)
@@ -627,7 +377,7 @@ class SessionManager:
 
     def our_bundle(self) -> bytes:
         """Our current signed Bundle protobuf (self + up to 2 enabled own devices)."""
-        return self._run(lambda ops: encode(self._bundle()))
+        return self._run(lambda ops: encode(self._own.bundle()))
 
     def rotate_signed_prekey(self) -> int:
         """Rotate now (version + 1, new backend key); returns the new version. Also happens every 24 h."""
@@ -640,27 +390,10 @@ class SessionManager:
     def devices(self) -> list[DeviceInfo]:
         """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""
         with self._lock:
-            cur = self._current_spk()
-            out = [DeviceInfo(self.installation_id, True, True, self._clock(), cur.version if cur else 0)]
-            others = list(self._devices(self.identity).values())
-            others.sort(key=lambda i: (-i.timestamp_ns, i.installation_id))
-            out += [DeviceInfo(i.installation_id, False, i.enabled, i.timestamp_ns, i.spk_version) for i in others]
-            return out
+            return self._own.infos()
 
     def _set_device(self, installation_id: str, enabled: bool) -> None:
-        def work(ops: list[Op]) -> None:
-            if installation_id == self.installation_id:
-                raise DeviceError("this is our own installation")
-            rec = self._devices(self.identity).get(installation_id)
-            if rec is None:
-                raise DeviceError(f"unknown device {installation_id!r}")
-            if rec.enabled != enabled:
-                rec = replace(rec, enabled=enabled)
-                self._put_installation(rec)
-                ops.append(PutInstallation(replace(rec)))
-                self._bundle_cache = None  # our bundle changes and rides on the next messages
-
-        self._run(work)
+        self._run(lambda ops: self._own.set_enabled(installation_id, enabled, ops))
 
     def approve_device(self, installation_id: str) -> None:
         """Pair one of our own devices: it receives our messages and appears in our bundle (newest 2 used)."""
@@ -673,27 +406,23 @@ class SessionManager:
     def list_sessions(self) -> list[SessionInfo]:
         """Every session, oldest first: the stored rows, with the cached copies (authoritative) on top."""
         with self._lock:
-            rows: dict[bytes, SessionRecord | SessionSummary] = {
-                r.sid: r for r in self._store.session_summaries() if r.sid not in self._tombstones}
-            for sid, live in self._sessions.items():
-                rows[sid] = live.rec
             return [
                 SessionInfo(r.identity, r.installation_id, r.initiator, r.confirmed, r.expired, r.created_ns,
                             r.last_used_ns, r.bundle_id)
-                for r in sorted(rows.values(), key=lambda r: (r.created_ns, r.sid))
+                for r in self._cache.rows()
             ]
 
     # ------------------------------------------------------------------ sending
 
     def _sending_session(
         self, inst: InstallationRecord, planned: dict[tuple[bytes, str, bytes], bytes]
-    ) -> _Live | None:
+    ) -> LiveSession | None:
         """The live session for this installation (tie-break by shared key), or a new X3DH one."""
-        lives = self._peer_sessions(inst.identity, inst.installation_id)
+        lives = self._cache.peer_sessions(inst.identity, inst.installation_id)
         chosen, losers = choose_session([live.rec for live in lives])
         for rec in losers:
             rec.expired = True
-            self._dirty.add(rec.sid)
+            self._cache.mark_dirty(rec.sid)
         if chosen is not None:
             return next(live for live in lives if live.rec is chosen)
         if inst.spk is None:
@@ -722,16 +451,16 @@ class SessionManager:
             sk=sk,
             state=b"",
         )
-        live = _Live(rec, ratchet)
-        self._add_live(live)
-        self._dirty.add(rec.sid)  # rule 1: a new chain is durable before anything encrypted on it leaves
+        live = LiveSession(rec, ratchet)
+        self._cache.add(live)
+        self._cache.mark_dirty(rec.sid)  # rule 1: a new chain is durable before anything encrypted on it leaves
         return live
 
-    def _encrypt_on(self, live: _Live, payload: bytes) -> pb.EncryptedMessageProtocol:
+    def _encrypt_on(self, live: LiveSession, payload: bytes) -> pb.EncryptedMessageProtocol:
         rec = live.rec
         _, pos = live.ratchet.sending_position()
         if pos >= rec.send_hwm:
-            self._dirty.add(rec.sid)  # rule 2: reserve the next positions before handing this one out
+            self._cache.mark_dirty(rec.sid)  # rule 2: reserve the next positions before handing this one out
         header, ct = live.ratchet.encrypt(payload)
         live.exact = False  # the row is behind memory now (a write happens only at the reservation mark)
         rec.last_used_ns = self._clock()
@@ -742,7 +471,7 @@ class SessionManager:
         self, identity: bytes, overlay: Mapping[str, InstallationRecord] | None
     ) -> Iterable[InstallationRecord]:
         """The stored installations of ``identity``, with ``overlay`` (not yet applied updates) on top."""
-        stored = self._devices(identity)
+        stored = self._cache.devices(identity)
         if not overlay:
             return stored.values()
         return {**stored, **overlay}.values()
@@ -771,14 +500,14 @@ class SessionManager:
         with self._lock:
             overlay: dict[bytes, dict[str, InstallationRecord]] = {}
             if verified is not None:  # the updates the locked phase will apply, seen without applying them
-                self._devices(peer)
-                up = apply_bundle(self._installations, peer, verified, our_identity=self.identity,
+                self._cache.devices(peer)
+                up = apply_bundle(self._cache.installations, peer, verified, our_identity=self.identity,
                                   our_installation_id=self.installation_id, now_ns=0)
                 for rec in up.records:
                     overlay.setdefault(rec.identity, {})[rec.installation_id] = rec
             need = []
             for inst in self._targets(peer, overlay):
-                lives = [live.rec for live in self._peer_sessions(inst.identity, inst.installation_id)
+                lives = [live.rec for live in self._cache.peer_sessions(inst.identity, inst.installation_id)
                          if not live.rec.expired]
                 if inst.spk is not None and not any(not r.initiator or r.bundle_id == inst.spk for r in lives):
                     need.append((inst.identity, inst.installation_id, inst.spk))
@@ -806,7 +535,7 @@ class SessionManager:
         planned = self._plan_initiations(peer, verified)
 
         def work(ops: list[Op]) -> EncryptResult:
-            ours = self._bundle()  # token signature first: a locked token fails before any change
+            ours = self._own.bundle()  # token signature first: a locked token fails before any change
             if verified is not None:
                 self._merge_bundle(peer, verified, ops)
             entries: dict[str, pb.EncryptedMessageProtocol] = {}
@@ -833,7 +562,7 @@ class SessionManager:
         if not isinstance(payload, (bytes, bytearray)):
             raise MalformedMessage("payload must be bytes")
         return self._run(lambda ops: encode(
-            protocol_message(self.installation_id, bundles=[self._bundle()], public_message=bytes(payload))))
+            protocol_message(self.installation_id, bundles=[self._own.bundle()], public_message=bytes(payload))))
 
     # ------------------------------------------------------------------ receiving
 
@@ -844,7 +573,7 @@ class SessionManager:
             return None
         eph_pub, ct = fallback.encrypt(peer, b"", self._secret(), self._rng(12))
         msg = protocol_message(self.installation_id, {NO_INSTALLATION: encrypted_message(ct, dh=dh_header(eph_pub))},
-                               bundles=[self._bundle()])
+                               bundles=[self._own.bundle()])
         self._replies[peer] = now
         ops.append(PutPeerReply(peer, now))
         return encode(msg)
@@ -930,9 +659,9 @@ class SessionManager:
         that). None when the session exists or our SPK is gone."""
         ek, spk_pub = bytes(header.key), bytes(header.id)
         with self._lock:
-            if self._session(sender, sender_iid, _session_id(sender, sender_iid, spk_pub, ek)) is not None:
+            if self._cache.session(sender, sender_iid, _session_id(sender, sender_iid, spk_pub, ek)) is not None:
                 return None
-            rec = self._spk_by_public(spk_pub)
+            rec = self._prekeys.by_public(spk_pub)
             if rec is None or rec.destroyed:
                 return None
             version = rec.version
@@ -950,29 +679,29 @@ class SessionManager:
         dr = entry.DR_header
         bundle_id = bytes(dr.id)
         header = Header(bytes(dr.key), int(dr.n), int(dr.pn))
-        fresh: _Live | None = None
+        fresh: LiveSession | None = None
         fresh_spk: KeyOps | None = None
         if entry.HasField("X3DH_header"):
             ek = require_compressed(bytes(entry.X3DH_header.key), "X3DH ephemeral key")
             spk_pub = bytes(entry.X3DH_header.id)
             sid = _session_id(sender, sender_iid, spk_pub, ek)
-            known = self._session(sender, sender_iid, sid)
+            known = self._cache.session(sender, sender_iid, sid)
             if known is not None:
                 candidates = [known]
             else:
                 if x3dh_pre is not None:
                     sk, fresh_spk = x3dh_pre
                 else:  # not precomputed (the session existed then) or our SPK is gone
-                    spk = self._spk_key(spk_pub)
+                    spk = self._prekeys.key(spk_pub)
                     if spk is None:
                         return "unknown_prekey"
                     sk, fresh_spk = x3dh.respond(self._ik, spk, sender, ek), spk
                 now = self._clock()
                 rec = SessionRecord(sid, sender, sender_iid, spk_pub, ek, False, False, False, now, now, 0, sk, b"")
-                fresh = _Live(rec, Ratchet.responder(self._profile, sk, spk_pub, None, keygen=self._keygen))
+                fresh = LiveSession(rec, Ratchet.responder(self._profile, sk, spk_pub, None, keygen=self._keygen))
                 candidates = [fresh]
         else:
-            candidates = [live for live in self._peer_sessions(sender, sender_iid) if live.rec.bundle_id == bundle_id]
+            candidates = [live for live in self._cache.peer_sessions(sender, sender_iid) if live.rec.bundle_id == bundle_id]
             candidates.sort(key=lambda live: (live.rec.expired, -live.rec.last_used_ns))
             if not candidates:
                 return "unknown_session"
@@ -982,7 +711,7 @@ class SessionManager:
             needs_spk = not live.rec.initiator and live.ratchet.sending_position()[0] == live.rec.bundle_id
             spk_key = None
             if needs_spk:
-                spk_key = fresh_spk if live is fresh else self._spk_key(live.rec.bundle_id)
+                spk_key = fresh_spk if live is fresh else self._prekeys.key(live.rec.bundle_id)
             try:
                 pt = live.ratchet.decrypt(header, bytes(entry.payload), spk=spk_key)
             except ProtocolError as e:  # DecryptFailed, MessageKeyGone, TooManySkipped, InvalidState...
@@ -990,14 +719,14 @@ class SessionManager:
                 continue
             rec = live.rec
             if live is fresh:
-                for other in self._peer_sessions(sender, sender_iid):
+                for other in self._cache.peer_sessions(sender, sender_iid):
                     if not other.rec.expired and incoming_supersedes(other.rec):
                         other.rec.expired = True
-                        self._dirty.add(other.rec.sid)
-                self._add_live(live)
+                        self._cache.mark_dirty(other.rec.sid)
+                self._cache.add(live)
             rec.confirmed = True  # a reply on our session: stop resending the X3DH header
             rec.last_used_ns = self._clock()
-            self._dirty.add(rec.sid)
+            self._cache.mark_dirty(rec.sid)
             ref = _REF_TAG + rec.sid + header.dh + header.n.to_bytes(4, "big")
             return DecryptResult(pt, sender_iid, ref, None)
         assert error is not None
@@ -1015,13 +744,10 @@ class SessionManager:
 
         def work(ops: list[Op]) -> None:
             for sid, dh, n in parsed:
-                live = self._sessions.get(sid)
-                if live is None and sid not in self._tombstones:
-                    peer = self._store.session_peer(sid)
-                    live = None if peer is None else self._session(peer[0], peer[1], sid)
+                live = self._cache.lookup(sid)
                 if live is not None and live.ratchet.has_message_key(dh, n):
                     live.ratchet.delete_message_key(dh, n)
-                    self._dirty.add(sid)
+                    self._cache.mark_dirty(sid)
 
         self._run(work)
 
@@ -1030,12 +756,7 @@ class SessionManager:
         "State lives on disk"), so a clean restart leaves no gap; then close the store."""
         try:
             with self._lock:
-                ops: list[Op] = []
-                for live in self._sessions.values():
-                    _, pos = live.ratchet.sending_position()
-                    live.rec.state = live.ratchet.to_bytes()
-                    live.rec.send_hwm = pos
-                    ops.append(PutSession(replace(live.rec)))
+                ops = self._cache.closing_writes()
                 if ops:
                     self._store.write(ops)
         finally:

@@ -10,7 +10,8 @@ import pytest
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
 from agent.core.wire import NO_INSTALLATION, decode_bundle, decode_protocol_message, encode
 from agent.core.keyops import KeyOps
-from agent.daemon.sessions import DecryptResult, DeviceError, NoSession, SessionManager
+from agent.daemon.own_devices import DeviceError
+from agent.daemon.sessions import DecryptResult, NoSession, SessionManager
 from agent.daemon.store import Store
 from backends.memory import MemoryKey
 from tests.sessions.harness import World, entries, world  # noqa: F401  (fixture)

@@ -57,10 +57,10 @@ def test_more_peers_than_the_cache_holds_all_talk_and_the_cache_stays_bounded(tm
     peak = 0
     for _ in range(3):
         _rounds(hub, peers, 1, sent)
-        peak = max(peak, len(hub.mgr._by_peer), len(hub.mgr._by_identity))
+        peak = max(peak, len(hub.mgr._cache._by_peer), len(hub.mgr._cache._by_identity))
     # dropping waits for an exact-position write to be durable, so the bound may be exceeded by a little
     assert peak <= 3 < len(peers)
-    assert len(hub.mgr._sessions) <= 3
+    assert len(hub.mgr._cache.sessions) <= 3
     assert len(hub.mgr.list_sessions()) == len(peers)  # listed from the rows, not from the cache
     assert len(hub.mgr._store.load_sessions()) == len(peers)
 
@@ -114,7 +114,7 @@ def test_installations_are_reloaded_from_the_store(tmp_path: Path) -> None:
     for p in peers[1:]:  # push the first peer's installations out of the cache
         hub.send(p, b"x")
         hub.mgr.maintain()
-    assert first.identity not in hub.mgr._by_identity
+    assert first.identity not in hub.mgr._cache._by_identity
     res = hub.send(first, b"still known")
     assert first.iid in res.installations and res.forward_secrecy
     assert _ok(first.recv(hub, res.message)).payload == b"still known"
@@ -161,14 +161,14 @@ def test_a_session_is_not_dropped_before_its_latest_write_is_durable(
     _, hub, peers = _world(tmp_path)
     for p in peers:
         hub.send(p, b"x")
-    assert len(hub.mgr._by_peer) < len(peers)  # normally the cache is trimmed
+    assert len(hub.mgr._cache._by_peer) < len(peers)  # normally the cache is trimmed
     monkeypatch.setattr(hub.mgr._store, "durable", lambda: 0)  # as if no commit had finished since
     for r in range(2):
         for p in peers:
             got = _ok(hub.recv(p, p.send(hub, b"reply %d" % r).message))  # a DH ratchet step: a new chain
             hub.mgr.confirm([got.confirm_ref])
-    assert len(hub.mgr._by_peer) == len(peers)  # nothing written since "durable" may be dropped
+    assert len(hub.mgr._cache._by_peer) == len(peers)  # nothing written since "durable" may be dropped
     monkeypatch.undo()
     for p in peers:
         hub.send(p, b"y")
-    assert len(hub.mgr._by_peer) <= 3
+    assert len(hub.mgr._cache._by_peer) <= 3

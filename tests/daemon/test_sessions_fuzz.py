@@ -36,8 +36,8 @@ def _setup(tmp: Path) -> tuple[World, Device, Device, list[bytes]]:
 def _snapshot(b: Device) -> object:
     m = b.mgr
     return (
-        [(s.rec, s.ratchet.to_bytes()) for s in m._sessions.values()],
-        copy.deepcopy(m._installations),
+        [(s.rec, s.ratchet.to_bytes()) for s in m._cache.sessions.values()],
+        copy.deepcopy(m._cache.installations),
         m._store.last_submitted(),
     )
 

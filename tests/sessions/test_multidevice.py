@@ -233,7 +233,7 @@ def test_a_peer_that_starts_over_supersedes_the_old_session(world: World) -> Non
     ok(a.recv(b, b.send(a, b"2").message))  # confirmed session
     # Bob loses his state but keeps his installation (old backup): he starts a new X3DH with Alice
     world.reopen(b, crash=True)
-    for s in b.mgr._peer_sessions(ALICE.public_key(), a.iid):  # loaded on demand: load them to change them
+    for s in b.mgr._cache.peer_sessions(ALICE.public_key(), a.iid):  # loaded on demand: load them to change them
         s.rec.expired = True
     m = b.send(a, b"fresh start").message
     assert entries(m)[a.iid].HasField("X3DH_header")
@@ -285,8 +285,8 @@ def test_unknown_session_after_state_loss_is_typed_and_answered(world: World) ->
     m = a.send(b, b"no x3dh header any more").message
     # as if Bob's session rows were lost: gone from the disk and from the manager's cache over it
     b.mgr._store.write([DeleteSession(s.sid) for s in b.mgr._store.load_sessions()])
-    b.mgr._sessions.clear()
-    b.mgr._by_peer.clear()
+    b.mgr._cache.sessions.clear()
+    b.mgr._cache._by_peer.clear()
     r = b.recv(a, m)
     assert isinstance(r, NoSession) and r.reason == "unknown_session" and r.reply is not None
 
@@ -297,10 +297,10 @@ def test_bundle_in_a_message_must_be_the_senders(world: World) -> None:
     m = a.send(b, b"x").message
     r = c.recv(a, m)  # not for Carol, but the bundle is valid and Alice's: Carol learns Alice's device
     assert isinstance(r, NoSession)
-    before = c.mgr.list_sessions(), c.mgr._installations.copy()
+    before = c.mgr.list_sessions(), c.mgr._cache.installations.copy()
     with pytest.raises(IdentityMismatch):  # claimed sender Bob, bundle by Alice: rejected as a whole
         c.mgr.decrypt(BOB.public_key(), m)
-    assert (c.mgr.list_sessions(), c.mgr._installations) == before
+    assert (c.mgr.list_sessions(), c.mgr._cache.installations) == before
 
 
 def test_expired_sessions_are_forgotten_after_the_retention_period(world: World) -> None:

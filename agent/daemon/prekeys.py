@@ -1,0 +1,103 @@
+"""Our signed prekeys (SPKs): the current one, rotation, destruction after the grace period, lookup by public key.
+
+The current SPK is the newest one that is neither expired nor destroyed; it is what our bundle publishes. It
+rotates when due (``rotation_ns`` from its creation; :func:`~agent.daemon.installations.rotation_due`) or on
+request: the new version is created in the backend, the old one is marked expired. An expired SPK still answers
+X3DH messages that name it until ``grace_ns`` after its expiry (late messages from peers with our older bundle);
+then its backend key is destroyed (:func:`~agent.daemon.installations.destroy_due`) and a message naming it can
+no longer start a session (``unknown_prekey``). The metadata (version, public key, times, destroyed) is in the
+store; the private keys are only in the backend.
+
+What a rotation means for sessions (our responder sessions on the old SPK stop being used to send) is the session
+manager's rule; this class reports which SPKs a rotation retired. Not thread-safe: the session manager calls it
+under its state lock only (the backend's key lookups may be called outside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from agent.core.keyops import KeyOps
+from backends.base import Backend
+from backends.errors import KeyExists, KeyNotFound
+
+from .installations import destroy_due, rotation_due
+from .store import Op, OwnSpkRecord, PutOwnSpk
+
+__all__ = ["SignedPrekeys"]
+
+
+class SignedPrekeys:
+    """Our SPK records by version, over the backend that holds their private keys."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        records: Iterable[OwnSpkRecord],
+        *,
+        clock: Callable[[], int],
+        rotation_ns: int,
+        grace_ns: int,
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._rotation_ns = rotation_ns
+        self._grace_ns = grace_ns
+        self._spks: dict[int, OwnSpkRecord] = {spk.version: spk for spk in records}
+
+    def current(self) -> OwnSpkRecord | None:
+        live = [s for s in self._spks.values() if s.expired_ns is None and not s.destroyed]
+        return max(live, key=lambda s: s.version) if live else None
+
+    def rotation_due(self, now: int) -> bool:
+        """No current SPK, or the current one is older than the rotation period."""
+        cur = self.current()
+        return cur is None or rotation_due(cur.created_ns, now, self._rotation_ns)
+
+    def rotate(self, ops: list[Op]) -> tuple[OwnSpkRecord, list[bytes]]:
+        """Create the next version and expire the current one; returns the new record and the public keys of the
+        SPKs this retired (normally one)."""
+        version = max(self._spks, default=0) + 1
+        try:
+            key = self._backend.create_signed_prekey(version)
+        except KeyExists:  # created before a crash that lost the store write; it was never published
+            key = self._backend.signed_prekey(version)
+        now = self._clock()
+        retired: list[bytes] = []
+        for old in self._spks.values():
+            if old.expired_ns is None:
+                old.expired_ns = now
+                ops.append(PutOwnSpk(replace(old)))
+                retired.append(old.public)
+        rec = OwnSpkRecord(version, key.public_key(), now, None, False)
+        self._spks[version] = rec
+        ops.append(PutOwnSpk(replace(rec)))
+        return rec, retired
+
+    def destroy_expired(self, now: int, ops: list[Op]) -> None:
+        """Destroy the backend keys of SPKs expired longer than the grace period."""
+        for spk in list(self._spks.values()):
+            if not spk.destroyed and destroy_due(spk.expired_ns, now, self._grace_ns):
+                try:
+                    self._backend.destroy_signed_prekey(spk.version)
+                except KeyNotFound:
+                    pass  # destroyed earlier but the mark was lost in a crash
+                spk.destroyed = True
+                ops.append(PutOwnSpk(replace(spk)))
+
+    def by_public(self, public: bytes) -> OwnSpkRecord | None:
+        for spk in self._spks.values():
+            if spk.public == public:
+                return spk
+        return None
+
+    def key(self, public: bytes) -> KeyOps | None:
+        """The backend key of the SPK with this public key; None when unknown or destroyed."""
+        spk = self.by_public(public)
+        if spk is None or spk.destroyed:
+            return None
+        try:
+            return self._backend.signed_prekey(spk.version)
+        except KeyNotFound:
+            return None
