@@ -16,9 +16,9 @@ __all__ = ["ErrorCode", "CodedError"]
 class ErrorCode(StrEnum):
     """The stable name of an error (``keyagent`` prints it, scripts match it) and the wire code it travels as.
 
-    Each name is an ``Error.Code`` of proto/keyagent/agent.proto and travels as itself, except the three finer
-    backend names at the end, which declare the wire code that carries them in ``wire``: the wire list and its
-    numbers are fixed (clients in other languages compiled them in), the names are not part of it.
+    Each name is an ``Error.Code`` of proto/keyagent/agent.proto and travels as itself, except the finer names at
+    the end, which declare the wire code that carries them in ``wire``: the wire list and its numbers are fixed
+    (clients in other languages compiled them in), the names are not part of it.
     """
 
     wire: str  #: the ``Error.Code`` name this error is sent as
@@ -59,6 +59,9 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "BACKEND_ERROR", "INTERNAL"  # an unexpected backend failure: a bug to report
     KEY_EXISTS = "KEY_EXISTS", "BAD_REQUEST"  # the caller asked to create what exists
     KEY_EXTRACTABLE = "KEY_EXTRACTABLE", "TOKEN_ERROR"  # the token's key fails our policy
+    # start-up refusals printed by ``keyagent start``: no request can raise them (INTERNAL if one ever did)
+    UNSAFE_SOCKET_DIR = "UNSAFE_SOCKET_DIR", "INTERNAL"
+    AGENT_RUNNING = "AGENT_RUNNING", "INTERNAL"
 
 
 class CodedError(Exception):

@@ -17,6 +17,7 @@ import socket
 import stat
 from pathlib import Path
 
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.paths import socket_answers
 
 __all__ = [
@@ -28,16 +29,16 @@ __all__ = [
 ]
 
 
-class SocketDirError(RuntimeError):
+class SocketDirError(CodedError, RuntimeError):
     """The socket directory is not ours or not private: fix its owner/mode (we never loosen or chown it)."""
 
-    code = "UNSAFE_SOCKET_DIR"  # start-up only (printed by keyagent start), never a wire code
+    code = ErrorCode.UNSAFE_SOCKET_DIR  # start-up only (printed by keyagent start)
 
 
-class AgentRunning(RuntimeError):
+class AgentRunning(CodedError, RuntimeError):
     """A live agent already answers on this socket: use it (or stop it) instead of starting another."""
 
-    code = "AGENT_RUNNING"  # start-up only, never a wire code
+    code = ErrorCode.AGENT_RUNNING  # start-up only
 
 
 def ensure_private_dir(path: Path, *, shared: bool = False) -> None:

@@ -11,7 +11,8 @@ from agent.pb.keyagent import agent_pb2 as pb
 def test_every_name_travels_as_a_wire_code() -> None:
     wire = set(pb.Error.Code.keys())
     assert {code.wire for code in ErrorCode} == wire
-    assert {code.value for code in ErrorCode} - wire == {"BACKEND_ERROR", "KEY_EXISTS", "KEY_EXTRACTABLE"}
+    assert {code.value for code in ErrorCode} - wire == {"BACKEND_ERROR", "KEY_EXISTS", "KEY_EXTRACTABLE",
+                                                                 "UNSAFE_SOCKET_DIR", "AGENT_RUNNING"}
 
 
 def test_a_coded_error_is_sent_as_its_wire_code() -> None:
