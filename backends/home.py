@@ -39,11 +39,10 @@ from typing import Any, Mapping
 
 from backends.base import Backend, SecretSource
 from backends.errors import BackendConfigError, KeyExists, PinRequired
-from backends.files import FileTooLarge, read_capped
+from backends.home_config import ConfigUnreadable, config_path, read_home_config
 from backends.software import DEFAULT_SCRYPT_N, SoftwareBackend, write_atomic
 
 __all__ = [
-    "CONFIG_NAME",
     "CONFIG_VERSION",
     "load_config",
     "write_config",
@@ -52,30 +51,18 @@ __all__ = [
     "migrate_to_token",
 ]
 
-CONFIG_NAME = "config.json"
 #: the agent's own count of consecutive wrong PINs, kept across restarts: {"serial": "...", "failures": n}
 PIN_FAILURES_NAME = "pin-failures.json"
 CONFIG_VERSION = 1
-_MAX_CONFIG = 1 << 20
-
-
-def config_path(home: str) -> str:
-    return os.path.join(home, CONFIG_NAME)
 
 
 def load_config(home: str) -> dict[str, Any]:
-    """Read and validate ``<home>/config.json``; BackendConfigError on anything wrong."""
-    path = config_path(home)
+    """Read and validate ``<home>/config.json``; BackendConfigError on anything wrong (the typed ones of
+    :mod:`backends.home_config` when the file cannot be read as JSON), the OS's own error when it is unreadable."""
     try:
-        raw = read_capped(path, _MAX_CONFIG)
-    except FileNotFoundError as exc:
-        raise BackendConfigError(f"{path} does not exist: run keyagent init") from exc
-    except FileTooLarge as exc:
-        raise BackendConfigError(f"{path} is too large") from exc
-    try:
-        cfg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BackendConfigError(f"{path} is not JSON") from exc
+        cfg = read_home_config(home)
+    except ConfigUnreadable as exc:
+        raise exc.error from None  # permissions / I/O: the caller sees the OSError, as open() raised it
     validate_config(cfg)
     assert isinstance(cfg, dict)
     return cfg

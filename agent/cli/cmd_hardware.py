@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from agent.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_OK
@@ -108,9 +107,11 @@ def _listing_args(p: argparse.ArgumentParser) -> None:
 
 def _home_pkcs11(home: str) -> dict[str, Any]:
     """The home's pkcs11 config section ({} when the home has none): module path and the recorded token serial."""
+    from backends.home_config import HomeConfigError, read_home_config
+
     try:
-        doc = json.loads(Path(home, doctor.CONFIG_NAME).read_bytes())
-    except (OSError, ValueError):
+        doc = read_home_config(home)
+    except HomeConfigError:
         return {}
     if isinstance(doc, dict) and doc.get("backend") == "pkcs11" and isinstance(doc.get("pkcs11"), dict):
         section: dict[str, Any] = doc["pkcs11"]

@@ -27,14 +27,15 @@ __all__ = ["register"]
 
 def _cmd_whoami(args: argparse.Namespace) -> int:
     """Ask the agent; when none answers (and no --socket was given) read the home's config.json instead."""
-    from agent.status_identity import StatusRecord, identity_document, identity_text, offline_document
+    from agent.identity.record import StatusRecord
+    from agent.identity.whoami import identity_document, identity_text, offline_document
 
     try:
         with AgentClient(agent_socket(args)) as c:
             ident = c.identity()
         record = StatusRecord(ident.key_uid, ident.key_uid_origin) if ident.key_uid else None
         if record is None:  # an agent without key UIDs in its identity response
-            from agent.status_identity import read_status_record
+            from agent.identity.record import read_status_record
 
             record = read_status_record(args.home, ident.identity_public_key)
         doc = identity_document(ident.identity_public_key, record, ident.installation_id,
@@ -79,7 +80,7 @@ def _sign(args: argparse.Namespace, c: AgentClient) -> int:
 
 def _cmd_inspect_key(args: argparse.Namespace) -> int:
     from agent.core.errors import BadIdentity
-    from agent.status_identity import identity_text, peer_document
+    from agent.identity.whoami import identity_text, peer_document
 
     try:
         doc = peer_document(args.identity, contact=not args.no_contact_code)

@@ -77,7 +77,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         if "adopt_id" in kw or "adopt_label" in kw:
             print("keyagent: --from-phrase imports a key; it cannot also adopt one", file=sys.stderr)
             return EXIT_INPUT
-        from agent.status_identity import IMPORTED_NOTICE, init_from_phrase
+        from agent.identity.phrase_import import IMPORTED_NOTICE, init_from_phrase
 
         imp = init_from_phrase(args.home, args.backend, mode=args.phrase_from, **kw)
         cfg = imp.config

@@ -55,10 +55,13 @@ def open_home_backend(home: Home, config: AgentConfig) -> Backend:
     Nothing is unlocked here; the module path and token come only from that file (never from a client).
     """
     from backends.home import load_config, open_backend
+    from backends.home_config import ConfigMissing
 
-    if not (home.path / "config.json").exists():
-        raise StartError(f"{home.path} holds no identity: run keyagent init --home {home.path}")
-    return open_backend(load_config(str(home.path)), home=str(home.path))
+    try:
+        cfg = load_config(str(home.path))
+    except ConfigMissing as exc:
+        raise StartError(f"{home.path} holds no identity: run keyagent init --home {home.path}") from exc
+    return open_backend(cfg, home=str(home.path))
 
 
 def take_start_secret(pin_file: str | None = None, passphrase_file: str | None = None) -> str | None:

@@ -69,7 +69,7 @@ class HandlerHost(Protocol):
 
 def peer_public_key(data: bytes, what: str) -> bytes:
     """A peer key sent as 33/65 raw bytes or as Status key text (0x04…, hex, zQ3…, link) → 33 bytes compressed."""
-    from agent.status_identity import identity_text_key
+    from agent.identity.peer_key import identity_text_key
 
     text_key = identity_text_key(data)  # BAD_IDENTITY if it is text but not a valid Status key
     if text_key is not None:

@@ -305,7 +305,8 @@ class Service:
         manager = self.sessions_if_open()
         if manager is not None:
             out.installation_id = manager.installation_id
-        from agent.status_identity import contact_code_fields, read_status_record
+        from agent.identity.record import read_status_record
+        from agent.identity.whoami import contact_code_fields
 
         record = read_status_record(str(self.home.path), pub)  # key UID recorded at phrase import, if any
         cc = contact_code_fields(pub)

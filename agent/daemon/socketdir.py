@@ -5,19 +5,19 @@ nobody else may create, rename or delete files in it); otherwise we refuse to st
 
 Claiming (OpenSSH ``socket_is_stale`` / gnupg): an existing path is probed with ``connect()``; if something
 answers we refuse (:class:`AgentRunning`), if nothing does the stale file is removed and we bind. A lock file held
-with ``flock`` for the daemon's lifetime closes the race of two agents starting at once.
+with ``flock`` for the daemon's lifetime (:mod:`agent.daemon.filelock`) closes the race of two agents starting
+at once.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import socket
 import stat
 from pathlib import Path
 
 from agent.core.error_codes import CodedError, ErrorCode
+from agent.daemon.filelock import FileLock, LockHeld
 from agent.paths import socket_answers
 
 __all__ = [
@@ -75,10 +75,10 @@ def ensure_private_dir(path: Path, *, shared: bool = False) -> None:
 class ClaimedSocket:
     """A bound, listening socket at ``path`` plus the lock file proving it is ours."""
 
-    def __init__(self, path: Path, sock: socket.socket, lock_fd: int) -> None:
+    def __init__(self, path: Path, sock: socket.socket, lock: FileLock) -> None:
         self.path = path
         self.sock = sock
-        self._lock_fd = lock_fd
+        self._lock = lock
         st = os.stat(path)
         self.identity = (st.st_dev, st.st_ino)
 
@@ -101,7 +101,7 @@ class ClaimedSocket:
                     os.unlink(self.path)
                 except FileNotFoundError:
                     pass
-            os.close(self._lock_fd)
+            self._lock.release()
 
 
 def claim_socket(path: Path, backlog: int = 128, *, shared: bool = False) -> ClaimedSocket:
@@ -112,14 +112,11 @@ def claim_socket(path: Path, backlog: int = 128, *, shared: bool = False) -> Cla
     """
     ensure_private_dir(path.parent, shared=shared)
     lock_path = path.with_name(path.name + ".lock")
-    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise AgentRunning(f"another agent holds {lock_path}") from exc
-            raise
+        lock = FileLock.acquire(lock_path)
+    except LockHeld as exc:
+        raise AgentRunning(f"another agent holds {lock_path}") from exc
+    try:
         if os.path.lexists(path):
             st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
@@ -140,7 +137,7 @@ def claim_socket(path: Path, backlog: int = 128, *, shared: bool = False) -> Cla
             os.chmod(path, 0o666)
         sock.listen(backlog)
         sock.setblocking(False)
-        return ClaimedSocket(path, sock, lock_fd)
+        return ClaimedSocket(path, sock, lock)
     except BaseException:
-        os.close(lock_fd)
+        lock.release()
         raise

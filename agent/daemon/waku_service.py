@@ -1,7 +1,7 @@
 """The agent's Waku payload requests: waku_seal, waku_open, waku_negotiated, waku_contact_code.
 
-The protocol work is :mod:`agent.core.waku` (pure) with OS randomness from :mod:`agent.waku_io`; this module adds
-policy and cost control around it:
+The protocol work is :mod:`agent.core.waku` (pure) with OS randomness from
+:mod:`agent.daemon.waku_io`; this module adds policy and cost control around it:
 
 * **Not an ECDH oracle.** ``waku_open`` does the ECDH of an asymmetric wire with our identity key but returns only
   an authenticated, decoded payload (plus the signer's public key and the mode): a caller learns nothing unless
@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from agent import waku_io
+from agent.daemon import waku_io
 from agent.core import secp256k1
 from agent.core.keyops import KeyOps
 from agent.core.waku import MAX_PAYLOAD, open_wire, topics

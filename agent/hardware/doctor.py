@@ -19,7 +19,6 @@ run; a token whose flags say the PIN is locked or on its final try is never sent
 from __future__ import annotations
 
 import enum
-import json
 import os
 import sqlite3
 import stat
@@ -196,26 +195,26 @@ def format_results(results: list[NamedResult]) -> str:
 
 # ----- built-in checks -------------------------------------------------------------------------------------------
 
-CONFIG_NAME = "config.json"
-
-
 @check("config", order=10, title="home and key configuration")
 def _check_config(ctx: DoctorContext) -> CheckResult:
+    from backends import home_config as hc
+
     home = Path(ctx.home)
-    path = home / CONFIG_NAME
+    path = home / hc.CONFIG_NAME
     if not home.is_dir():
         return CheckResult(Status.FAIL, f"home {home} does not exist",
                            f"run `keyagent init --home {home} ...` (or pass the right --home / KEYAGENT_HOME)")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return CheckResult(Status.FAIL, f"no {CONFIG_NAME} in {home}", f"run `keyagent init --home {home} ...`")
-    except OSError as exc:
-        return CheckResult(Status.FAIL, f"cannot read {path}: {exc.strerror}",
+        doc = hc.read_home_config(home)
+    except hc.ConfigMissing:
+        return CheckResult(Status.FAIL, f"no {hc.CONFIG_NAME} in {home}", f"run `keyagent init --home {home} ...`")
+    except hc.ConfigUnreadable as exc:
+        return CheckResult(Status.FAIL, f"cannot read {path}: {exc.error.strerror}",
                            f"check the owner and mode of {path} (it must be yours, mode 0600)")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except hc.ConfigTooLarge:
+        return CheckResult(Status.FAIL, f"{path} is larger than {hc.MAX_CONFIG} bytes",
+                           f"restore {path} from a backup or re-run init")
+    except hc.ConfigMalformed:
         return CheckResult(Status.FAIL, f"{path} is not valid JSON", f"restore {path} from a backup or re-run init")
     if not isinstance(doc, dict) or doc.get("backend") not in ("pkcs11", "software"):
         return CheckResult(Status.FAIL, f"{path} names no backend (\"pkcs11\" or \"software\")",

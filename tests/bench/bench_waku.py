@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import waku_io  # noqa: E402
+from agent.daemon import waku_io  # noqa: E402
 from agent.core.errors import DecryptFailed  # noqa: E402
 from agent.core.hashing import keccak256  # noqa: E402
 from agent.core.keyops import KeyOps  # noqa: E402

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import waku_io  # noqa: E402
+from agent.daemon import waku_io  # noqa: E402
 from agent.client import AgentClient, AgentError  # noqa: E402
 from agent.core import secp256k1  # noqa: E402
 from agent.daemon.waku_service import gate_limits  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import waku_io
+from agent.daemon import waku_io
 from agent.core.errors import BadEphemeralKey, DecryptFailed, WireTooShort
 from agent.core.hashing import keccak256
 from agent.core.waku import topics

@@ -187,7 +187,7 @@ def test_init_from_phrase_refuses_argv_mistakes_and_empty_input(agents: AgentFac
 
 
 def test_init_from_phrase_through_pinentry(vectors: dict[str, Any], agents: AgentFactory, tmp_path: Path) -> None:
-    from tests.identity.test_identity_input import _fake
+    from tests.identity.test_phrase_input import _fake
 
     vector = vectors["identities"]["abandon_about_empty"]
     script, log = _fake(tmp_path, "ok", phrase=vector["mnemonic"])

@@ -18,13 +18,9 @@ from agent.core import secp256k1
 from agent.core.bundle import sign_bundle, verify_bundle
 from agent.core.hashing import keccak256
 from agent.core.identity import derive_identity
-from agent.status_identity import (
-    IdentityMismatchError,
-    init_from_phrase,
-    offline_document,
-    read_status_record,
-    record_phrase_identity,
-)
+from agent.identity.phrase_import import init_from_phrase
+from agent.identity.record import IdentityMismatchError, read_status_record, record_phrase_identity
+from agent.identity.whoami import offline_document
 from backends.errors import KeyExists
 from backends.home import load_config, open_backend
 from backends.memory import MemoryKey

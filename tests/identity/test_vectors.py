@@ -23,10 +23,11 @@ from agent.core.identity import (
     parse_share_link,
     phrase_to_seed,
     share_link,
-    whoami_fields,
     zq3_decode,
     zq3_encode,
 )
+from agent.identity.record import StatusRecord
+from agent.identity.whoami import identity_document
 
 
 def eip55(addr20: bytes) -> str:
@@ -149,7 +150,8 @@ def check_identity(v: dict[str, Any]) -> None:
     assert cc.chat_id == c["contact_code_chat_id"]
     assert cc.content_topic == c["contact_code_content_topic"]
     assert cc.sym_key.hex() == c["contact_code_symkey"]
-    fields = whoami_fields(pub, ident.key_uid, "inst-1")
+    doc = identity_document(pub, StatusRecord(ident.key_uid, "recovery_phrase"), "inst-1", visual=False, contact=False)
+    fields = {k: doc[k] for k in ("public_key", "compressed_key", "key_uid", "installation_id", "share_link")}
     assert fields == {
         "public_key": c["public_key_uncompressed"],
         "compressed_key": c["compressed_key_zQ3"],

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import waku_io
+from agent.daemon import waku_io
 from agent.core import secp256k1
 from agent.core.errors import DecryptFailed
 from agent.core.hashing import keccak256

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent import waku_io
+from agent.daemon import waku_io
 from agent.core import secp256k1
 from agent.core.errors import BadEphemeralKey, DecryptFailed, MalformedKey
 from agent.core.hashing import keccak256

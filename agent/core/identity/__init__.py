@@ -23,7 +23,6 @@ from .derive import (
 )
 from .formats import legacy_key, parse_peer_identity, parse_share_link, share_link, zq3_decode, zq3_encode
 from .names import alias, color_hash, color_id, emoji_hash, visual_fields
-from .whoami import whoami_fields, whoami_text
 
 __all__ = [
     "alias",
@@ -56,8 +55,6 @@ __all__ = [
     "phrase_to_seed",
     "share_link",
     "visual_fields",
-    "whoami_fields",
-    "whoami_text",
     "zq3_decode",
     "zq3_encode",
 ]

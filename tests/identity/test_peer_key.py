@@ -1,18 +1,15 @@
-"""Unit tests of agent/status_identity.py: the socket's identity-text rule, the whoami document and its text."""
+"""Unit tests of agent/identity/peer_key.py: the socket's identity-text rule."""
 
 from __future__ import annotations
 
-import hashlib
-
-import coincurve
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core import secp256k1
-from agent.core.errors import BadIdentity, MalformedKey
+from agent.core.errors import BadIdentity
 from agent.core.identity import legacy_key, share_link, zq3_encode
-from agent.status_identity import StatusRecord, identity_document, identity_text, identity_text_key
+from agent.identity.peer_key import identity_text_key
 
 PUB = bytes.fromhex("031c0b489f112aa9334a0c41e349757e3edd6b0ce761bebc6b14b4901a10aa7796")
 
@@ -46,21 +43,3 @@ def test_arbitrary_bytes_give_none_a_key_or_bad_identity(data: bytes) -> None:
     except BadIdentity:
         return
     assert got is None or (len(got) == 33 and secp256k1.compress(got) == got)
-
-
-def test_identity_document_fields_and_text() -> None:
-    pub = coincurve.PrivateKey().public_key.format()
-    uid = "0x" + hashlib.sha256(secp256k1.decompress(pub)).hexdigest()
-    doc = identity_document(secp256k1.decompress(pub), StatusRecord(uid, "chat_key"), "inst-1")
-    assert doc["identity"] == pub.hex() and doc["public_key"] == legacy_key(pub)
-    assert len(str(doc["public_key"])) == 132 and str(doc["compressed_key"]).startswith("zQ3sh")
-    assert doc["share_link"] == share_link(pub) and doc["installation_id"] == "inst-1"
-    assert {"alias", "emoji_hash", "color_hash", "color_id", "contact_code_topic", "contact_code_key"} <= set(doc)
-    assert "encryption_public_key" not in doc
-    lean = identity_document(pub, StatusRecord(uid, "recovery_phrase", "0x04ab"), "", visual=False, contact=False)
-    assert "alias" not in lean and "contact_code_topic" not in lean and lean["encryption_public_key"] == "0x04ab"
-    text = identity_text(doc)
-    assert "not imported from a recovery phrase" in text and "inst-1" in text
-    assert "unknown" in identity_text(lean) and "not imported" not in identity_text(lean)
-    with pytest.raises(MalformedKey):
-        identity_document(pub[:-1], StatusRecord(uid, "chat_key"), "")

@@ -1,6 +1,7 @@
 """The edge of the Waku payload layer: the same calls as :mod:`agent.core.waku` with OS randomness.
 
-The core stays deterministic (tests and vectors inject their bytes); the daemon and CLI call these.
+The core stays deterministic (tests and vectors inject their bytes); the daemon calls these, from
+:mod:`agent.daemon.waku_service`.
 """
 
 from __future__ import annotations

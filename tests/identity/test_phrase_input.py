@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity_input import MAX_PHRASE_BYTES, PhraseInputError, read_phrase
+from agent.identity.phrase_input import MAX_PHRASE_BYTES, PhraseInputError, read_phrase
 
 PHRASE = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 KEY_UID = "0x16f5b9c7657df5e0b45016292d852a36622fb39b63c28017ccf21633270858f1"
@@ -31,7 +31,7 @@ def test_stdin_pipe_in_a_real_process_derives_the_identity() -> None:
     code = textwrap.dedent(
         """
         import warnings
-        from agent.identity_input import read_phrase
+        from agent.identity.phrase_input import read_phrase
         from agent.core.identity import derive_identity
         buf = read_phrase()
         ident = derive_identity(buf)
@@ -198,22 +198,22 @@ def test_missing_pinentry_program() -> None:
 
 
 def test_read_and_derive_zeroes_the_phrase_even_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import identity_input
+    from agent.identity import phrase_input
 
     seen: list[bytearray] = []
-    real = identity_input.read_phrase
+    real = phrase_input.read_phrase
 
     def spy(*a: object, **k: object) -> bytearray:
         buf = real(*a, **k)  # type: ignore[arg-type]
         seen.append(buf)
         return buf
 
-    monkeypatch.setattr(identity_input, "read_phrase", spy)
-    ident = identity_input.read_and_derive(io.BytesIO(PHRASE.encode()))
+    monkeypatch.setattr(phrase_input, "read_phrase", spy)
+    ident = phrase_input.read_and_derive(io.BytesIO(PHRASE.encode()))
     assert ident.key_uid == KEY_UID and ident.problems == ()
     assert seen[-1] == bytearray(len(seen[-1]))  # phrase buffer zeroed after derivation
     from agent.core.identity import PhraseError
 
     with pytest.raises(PhraseError):
-        identity_input.read_and_derive(io.BytesIO(b"\xff\xfe not utf-8"))
+        phrase_input.read_and_derive(io.BytesIO(b"\xff\xfe not utf-8"))
     assert seen[-1] == bytearray(len(seen[-1]))
