@@ -1,11 +1,13 @@
-"""One interface suite, run against every backend: software key file, SoftHSM2 directly, and SoftHSM2 reached
-through p11-kit's client module while ``p11-kit server`` serves it (the set-up of a token on another host).
+"""One interface suite, run against every backend: software key file, SoftHSM2 and opencryptoki's soft token
+directly, and both reached through p11-kit's client module while ``p11-kit server`` serves them (the set-up of a
+token on another host): Debian 12's p11-kit 0.24.1 (signs, no ECDH) and 0.25.5 on both ends (ids ``p11kit_ecdh``).
 
 Every test gets a freshly provisioned home (``provision_identity``) on a fresh token or key file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,9 +24,12 @@ from agent.core.keyops import KeyOps
 from backends.errors import KeyExists, KeyNotFound, Locked, MechanismUnsupported
 from backends.home import load_config, open_backend, provision_identity
 from backends.memory import MemoryKey
+from tests.helpers.extras import OpencryptokiToken, require_p11kit
 from tests.helpers.softhsm import P11KitServer, SoftHSMToken
 
-KINDS = ["software", "pkcs11", "pkcs11-p11kit"]
+# p11kit_ecdh: p11-kit 0.25.5 (built by .ci/pkcs11-extras) on both ends, which carries ECDH1_DERIVE;
+# opencryptoki: its 3.23 soft token as a second real token, with its own slot daemon (tests/helpers/extras.py).
+KINDS = ["software", "pkcs11", "pkcs11-p11kit", "pkcs11-p11kit_ecdh", "opencryptoki", "opencryptoki-p11kit_ecdh"]
 
 
 @dataclass
@@ -33,6 +38,13 @@ class Env:
     secret: str  # PIN or passphrase
     home: str
     dh_ok: bool = True  # p11-kit 0.24 client cannot carry ECDH1_DERIVE (backends/README.md)
+
+
+def _open(home: str, module: str, token: str, pin: str) -> Backend:
+    provision_identity(home, "pkcs11", module=module, token=token, pin=pin)
+    b = open_backend(load_config(home), home=home)
+    b.unlock(pin)
+    return b
 
 
 @pytest.fixture(params=KINDS)
@@ -46,22 +58,29 @@ def env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pat
         yield Env(b, "pass phrase", home)
         b.close()
         return
-    with SoftHSMToken() as tok:
-        monkeypatch.setenv("SOFTHSM2_CONF", tok.conf)
-        if kind == "pkcs11":
-            provision_identity(home, "pkcs11", module=tok.module, token=tok.label, pin=tok.pin)
-            b = open_backend(load_config(home), home=home)
-            b.unlock(tok.pin)
+    p11kit = require_p11kit() if kind.endswith("p11kit_ecdh") else None
+    with contextlib.ExitStack() as stack:
+        tok: SoftHSMToken | OpencryptokiToken
+        if kind.startswith("opencryptoki"):
+            tok = stack.enter_context(OpencryptokiToken())
+        else:
+            tok = stack.enter_context(SoftHSMToken())
+            monkeypatch.setenv("SOFTHSM2_CONF", tok.conf)
+        if kind in ("pkcs11", "opencryptoki"):
+            b = _open(home, tok.module, tok.label, tok.pin)
             yield Env(b, tok.pin, home)
             b.close()
             return
-        with P11KitServer(tok) as srv:
-            monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", srv.env["P11_KIT_SERVER_ADDRESS"])
-            provision_identity(home, "pkcs11", module=srv.module, token=f"pkcs11:token={tok.label}", pin=tok.pin)
-            b = open_backend(load_config(home), home=home)
-            b.unlock(tok.pin)
-            yield Env(b, tok.pin, home, dh_ok=p11kit_has_ecdh())
-            b.close()
+        if p11kit is None:  # Debian 12's own p11-kit
+            srv = stack.enter_context(P11KitServer(tok))
+            dh_ok = p11kit_has_ecdh()
+        else:
+            srv = stack.enter_context(P11KitServer(tok, p11kit=p11kit.bin, module=p11kit.client_module))
+            dh_ok = True  # the point of these ids: X3DH's DH through the remote token
+        monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", srv.env["P11_KIT_SERVER_ADDRESS"])
+        b = _open(home, srv.module, f"pkcs11:token={tok.label}", tok.pin)
+        yield Env(b, tok.pin, home, dh_ok=dh_ok)
+        b.close()
 
 
 def p11kit_has_ecdh() -> bool:

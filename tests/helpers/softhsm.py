@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import pytest
 
@@ -39,6 +39,7 @@ __all__ = [
     "P11KIT_CLIENT_MODULE",
     "SoftHSMToken",
     "P11KitServer",
+    "ServedToken",
     "softhsm_token",
     "have_p11kit_server",
 ]
@@ -108,6 +109,14 @@ class SoftHSMToken:
         return res.stdout
 
 
+class ServedToken(Protocol):
+    """What a p11-kit server needs of a token: its module, its label, the environment the module reads."""
+
+    module: str
+    label: str
+    env: dict[str, str]
+
+
 def have_p11kit_server() -> bool:
     """True when ``p11-kit server`` and the client module are installed (Debian: p11-kit, p11-kit-modules)."""
     return shutil.which("p11-kit") is not None and os.path.exists(P11KIT_CLIENT_MODULE)
@@ -126,10 +135,11 @@ class P11KitServer:
     an already connected client keeps talking to the orphaned child and never sees the "unplug".
     """
 
-    module = P11KIT_CLIENT_MODULE
-
-    def __init__(self, token: SoftHSMToken, socket_path: str | None = None) -> None:
+    def __init__(self, token: "ServedToken", socket_path: str | None = None, *, p11kit: str = "p11-kit",
+                 module: str = P11KIT_CLIENT_MODULE) -> None:
+        # ``p11kit``/``module``: another p11-kit build (tests/helpers/extras.py: 0.25.5, which carries ECDH)
         self.token = token
+        self.p11kit, self.module = p11kit, module
         # One socket path per test process: p11-kit-client.so reads P11_KIT_SERVER_ADDRESS only at its first
         # C_Initialize in a process, so later servers must listen where the first one did.
         self.socket = socket_path or _process_socket_path()
@@ -140,7 +150,7 @@ class P11KitServer:
         if os.path.exists(self.socket):
             os.unlink(self.socket)
         self._proc = subprocess.Popen(
-            ["p11-kit", "server", "-f", "-n", self.socket, "--provider", self.token.module,
+            [self.p11kit, "server", "-f", "-n", self.socket, "--provider", self.token.module,
              f"pkcs11:token={self.token.label}"],
             env=self.token.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
