@@ -39,7 +39,7 @@ from backends.errors import (
 from backends.pin import PinCache
 from backends.pkcs11 import keys
 from backends.pkcs11.keys import KeyRef, TokenKey, check_version, identity_key_ref, spk_key_ref
-from backends.pkcs11.lib import load_lib, reinitialize
+from backends.pkcs11.lib import load_lib, p11kit_ecdh_gap, reinitialize
 from backends.pkcs11.login import FailureCounter, check_before_login, open_login_session
 from backends.pkcs11.worker import RWLock, Worker
 from backends.token_select import TokenSelector, parse_selector
@@ -291,6 +291,18 @@ class Pkcs11Backend:
         """Whether the connected token lists ``mechanism`` (called on a worker, under the read lock)."""
         return mechanism in self._mechanisms
 
+    def p11kit_ecdh_gap(self) -> str | None:
+        """Which end of a p11-kit RPC is too old for ECDH (None: no p11-kit, or both ends new enough)."""
+        return p11kit_ecdh_gap(self._lib)
+
+    def missing_mechanism(self, mechanism: Mechanism) -> str:
+        """The UNSUPPORTED message for a mechanism the token does not list (p11-kit: names both ends' versions)."""
+        if mechanism == Mechanism.ECDH1_DERIVE:
+            gap = p11kit_ecdh_gap(self._lib)
+            if gap is not None:
+                return gap
+        return f"token {self._label} offers no {mechanism.name} mechanism"
+
     def run_with_key(self, ref: KeyRef, fn: Callable[[Any], T]) -> T:
         """Run ``fn(private key object)`` on a worker, reconnecting / logging in first when needed."""
 
@@ -300,6 +312,7 @@ class Pkcs11Backend:
                 gen = self._gen
                 try:
                     ready = not self._broken and self._login is not None and not self._closed
+                    dropped: keys.UnsupportedAndDropped | None = None
                     if ready:
                         loc = self._local
                         fresh = loc.gen == self._gen and loc.key_epoch == self._key_epoch
@@ -308,6 +321,8 @@ class Pkcs11Backend:
                             if key is None:
                                 key = self._private(ref)
                             return fn(key)
+                        except keys.UnsupportedAndDropped as exc:
+                            dropped = exc
                         except _GONE as exc:
                             gone: BaseException | None = exc
                         except _MAYBE_GONE as exc:
@@ -318,6 +333,9 @@ class Pkcs11Backend:
                             raise TokenError(f"the token refused the operation: {type(exc).__name__}") from exc
                 finally:
                     self._rw.release_read()
+                if dropped is not None:  # the refusal is the answer; reconnect before the next operation
+                    self._locked_inline(lambda: self._mark_broken() if self._gen == gen else None)
+                    raise dropped
                 if ready:
                     # only if nobody reconnected meanwhile (another worker may have seen the same loss)
                     self._locked_inline(lambda: self._mark_broken() if self._gen == gen else None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
 
+import pkcs11.exceptions as px
 from asn1crypto.core import OctetString
 from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -67,12 +68,21 @@ def check_version(version: int) -> int:
 
 
 # ----- the KeyOps handle ----------------------------------------------------------------------------------------
+class UnsupportedAndDropped(MechanismUnsupported):
+    """UNSUPPORTED, and the transport is gone with it: a p11-kit 0.24 server ends the connection after refusing
+    an ECDH1_DERIVE from a 0.25 client, so the backend reconnects before the next operation (measured)."""
+
+
 class KeyRunner(Protocol):
     """What a TokenKey needs from its backend: run a call on the private key object, and the token's mechanisms."""
 
     def run_with_key(self, ref: KeyRef, fn: Callable[[Any], T]) -> T: ...
 
     def has_mechanism(self, mechanism: Mechanism) -> bool: ...
+
+    def missing_mechanism(self, mechanism: Mechanism) -> str: ...
+
+    def p11kit_ecdh_gap(self) -> str | None: ...
 
 
 class TokenKey:
@@ -97,7 +107,7 @@ class TokenKey:
 
     def _sign_raw(self, key: Any, digest: bytes) -> bytes:
         if not self._backend.has_mechanism(Mechanism.ECDSA):
-            raise MechanismUnsupported("the token offers no raw ECDSA mechanism")
+            raise MechanismUnsupported(self._backend.missing_mechanism(Mechanism.ECDSA))
         return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
     def dh(self, peer_public: bytes) -> bytes:
@@ -106,14 +116,23 @@ class TokenKey:
         def derive(key: Any) -> bytes:
             if not self._backend.has_mechanism(Mechanism.ECDH1_DERIVE):
                 # p11-kit 0.24's RPC (p11-kit-client.so) drops ECDH1_DERIVE: its wire format has no
-                # CK_ECDH1_DERIVE_PARAMS, so the mechanism is neither listed nor usable (measured).
-                raise MechanismUnsupported("the token offers no ECDH1_DERIVE (p11-kit < 0.25 in between?)")
-            secret = key.derive_key(
-                KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
-                mechanism_param=(KDF.NULL, None, peer),
-                # the shared x must be readable: a session object, not sensitive, destroyed at once below
-                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},  # store=False: session obj
-            )
+                # CK_ECDH1_DERIVE_PARAMS, so the mechanism is neither listed nor usable (measured). The message
+                # names the p11-kit versions of both ends (lib.p11kit_ecdh_gap).
+                raise MechanismUnsupported(self._backend.missing_mechanism(Mechanism.ECDH1_DERIVE))
+            try:
+                secret = key.derive_key(
+                    KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+                    mechanism_param=(KDF.NULL, None, peer),
+                    # the shared x must be readable: a session object, not sensitive, destroyed at once below
+                    template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},  # store=False: session obj
+                )
+            except px.DeviceError:
+                # A p11-kit 0.25 client lists ECDH1_DERIVE even in front of a 0.24 server, which then answers
+                # CKR_DEVICE_ERROR (measured): that is an old server, not a lost token.
+                gap = self._backend.p11kit_ecdh_gap()
+                if gap is not None:
+                    raise UnsupportedAndDropped(gap) from None
+                raise
             try:
                 return bytes(secret[Attribute.VALUE])
             finally:

@@ -209,8 +209,9 @@ class OpencryptokiToken:
             self.start_daemon()
             self.tool("--init-token", "--label", self.label, "--so-pin", self.so_pin)
             self.tool("--init-pin", "--pin", self.pin, so=True)
-            m = re.search(r"serial num\s*:\s*(\S+)", self.tool("--list-token-slots"))
-            self.serial = m.group(1) if m else ""
+            # opencryptoki's soft token reports an EMPTY serial number (all blanks): "" here
+            m = re.search(r"serial num\s*:[ \t]*([^\n]*)", self.tool("--list-token-slots"))
+            self.serial = m.group(1).strip() if m else ""
         except BaseException:
             self.__exit__(None, None, None)
             raise
