@@ -13,6 +13,7 @@ parallelism.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 from dataclasses import dataclass
@@ -146,6 +147,21 @@ class AgentClient:
             self._sock = None
         self._frames = FrameDecoder(self._max_frame)
 
+    def _drop_if_hung_up(self) -> None:
+        """The agent hangs up on connections idle past its ``idle_timeout``: notice that before sending, and
+        connect again, rather than fail a request that was never sent (nothing is retried once sent)."""
+        s = self._sock
+        if s is None:
+            return
+        try:
+            if not select.select([s], [], [], 0)[0]:
+                return
+            gone = not s.recv(1, socket.MSG_PEEK)
+        except OSError:
+            gone = True
+        if gone:
+            self.close()
+
     def __enter__(self) -> "AgentClient":
         return self.connect()
 
@@ -173,6 +189,7 @@ class AgentClient:
             raise AgentError("BAD_REQUEST", f"the request is {len(payload)} bytes, above the agent's frame cap of "
                                             f"{self._max_request} bytes (max_frame in the agent's agent.json)")
         with self._mu:
+            self._drop_if_hung_up()
             sock = self.connect()._sock
             assert sock is not None
             try:

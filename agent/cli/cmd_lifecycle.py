@@ -70,9 +70,11 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
     import logging
 
     from agent.daemon.daemonize import run_foreground, take_start_secret, write_ready
+    from agent.daemon.logcap import configure_daemon_logging
 
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s keyagent[%(process)d] %(levelname)s %(name)s: %(message)s")
+    # One escaped line per record; size-capped and rotated when stderr is HOME/agent.log (background start).
+    configure_daemon_logging(home.log, level=getattr(logging, args.log_level.upper(), logging.INFO),
+                             max_bytes=config.agent_log_max_bytes, backups=config.agent_log_backups)
     ready_fd: int | None = args.ready_fd
     try:
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -178,8 +180,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "never replaced; a stale socket file is. The PIN/passphrase for unlocking at start comes from "
         "--pin-file/--passphrase-file or KEYAGENT_PIN/KEYAGENT_PASSPHRASE; without one the agent starts locked "
         "(keyagent unlock). Policy lives in HOME/agent.json (max_frame, max_connections, request_timeout, "
-        "frame_timeout, idle_timeout, allow_uids, allow_gids, allow_ecdh, unlock_ttl, confirm_command, "
-        "confirm_ops)."
+        "frame_timeout, idle_timeout, max_connections_per_uid, owner_reserved_connections, allow_uids, allow_gids, "
+        "allow_ecdh, unlock_ttl, confirm_command, confirm_ops, audit_log_max_bytes, audit_log_backups, "
+        "agent_log_max_bytes, agent_log_backups, refusal_log_burst, refusal_log_window)."
     )
     p.add_argument("-D", "--foreground", action="store_true", help="stay in the foreground (systemd)")
     shells = p.add_mutually_exclusive_group()

@@ -71,15 +71,29 @@ class AgentConfig:
 
     max_frame: int = MAX_FRAME  # bytes per request frame; 0 or more closes the connection
     max_connections: int = 64  # concurrent client connections; more are closed at once
+    # Slots (agent/daemon/admission.py): a uid other than ours and root holds at most this many connections...
+    max_connections_per_uid: int = 16
+    # ...and this many of max_connections (at most half) are kept for the owner, so an admitted uid holding every
+    # other slot cannot lock the owner out.
+    owner_reserved_connections: int = 8
     request_timeout: float = 30.0  # seconds a request may take (a slow token cannot hang a client forever)
     frame_timeout: float = 10.0  # seconds a started frame may take to arrive (slow-loris)
-    idle_timeout: float = 0.0  # seconds a connection may sit between requests; 0 = no limit
+    idle_timeout: float = 300.0  # seconds a connection may sit between requests (frees idle slots); 0 = no limit
     workers: int = 16  # threads running requests (concurrent encrypts share one store commit)
     allow_uids: tuple[int, ...] = ()  # besides our own uid and root
     allow_gids: tuple[int, ...] = ()
     allow_ecdh: bool = False  # raw ECDH with IK is a decryption oracle: off unless the owner turns it on
     unlock_ttl: float = 0.0  # seconds after an unlock before the agent locks itself; 0 = never
     socket_check_interval: float = 1.0  # seconds between checks that our socket file still exists
+    # Log caps (agent/daemon/logcap.py): each log rotates before it passes *_max_bytes and keeps *_backups old
+    # files, so a home holds at most 3 x 2 MiB of audit log and 2 x 512 KiB of agent log (7 MiB) by default.
+    audit_log_max_bytes: int = 2 * 1024 * 1024
+    audit_log_backups: int = 2
+    agent_log_max_bytes: int = 512 * 1024
+    agent_log_backups: int = 1
+    # Refused connections (and broken frames) are logged at most this many times per uid per window.
+    refusal_log_burst: int = 10
+    refusal_log_window: float = 60.0
     # Optional per-operation confirmation hook: before each request type in ``confirm_ops`` the agent runs
     # ``confirm_command`` (argv list, no shell) with KEYAGENT_CONFIRM_* variables describing the request and the
     # client; exit status 0 allows it, anything else (or ``confirm_timeout`` elapsing) refuses with DENIED.
@@ -93,9 +107,10 @@ class AgentConfig:
         return _validated(replace(self, **{k: v for k, v in changes.items() if v is not None}))
 
 
-_INTS = {"max_frame", "max_connections", "workers"}
+_INTS = {"max_frame", "max_connections", "workers", "max_connections_per_uid", "owner_reserved_connections",
+         "audit_log_max_bytes", "audit_log_backups", "agent_log_max_bytes", "agent_log_backups", "refusal_log_burst"}
 _FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval",
-           "confirm_timeout"}
+           "confirm_timeout", "refusal_log_window"}
 _STR_LISTS = {"confirm_command", "confirm_ops"}
 CONFIRMABLE_OPS = frozenset({"sign", "encrypt", "decrypt", "ecdh", "rotate", "add_bundle"})
 _ID_LISTS = {"allow_uids", "allow_gids"}
@@ -109,7 +124,19 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("max_connections must be between 1 and 4096")
     if not 1 <= cfg.workers <= 256:
         raise ConfigError("workers must be between 1 and 256")
-    for name in ("request_timeout", "frame_timeout", "socket_check_interval"):
+    if not 1 <= cfg.max_connections_per_uid <= 4096:
+        raise ConfigError("max_connections_per_uid must be between 1 and 4096")
+    if not 0 <= cfg.owner_reserved_connections <= 4096:
+        raise ConfigError("owner_reserved_connections must be between 0 and 4096")
+    for name in ("audit_log_max_bytes", "agent_log_max_bytes"):
+        if not 64 * 1024 <= getattr(cfg, name) <= 1024 ** 3:
+            raise ConfigError(f"{name} must be between 64 KiB and 1 GiB")
+    for name in ("audit_log_backups", "agent_log_backups"):
+        if not 0 <= getattr(cfg, name) <= 100:
+            raise ConfigError(f"{name} must be between 0 and 100")
+    if not 1 <= cfg.refusal_log_burst <= 100000:
+        raise ConfigError("refusal_log_burst must be between 1 and 100000")
+    for name in ("request_timeout", "frame_timeout", "socket_check_interval", "refusal_log_window"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be positive")
     for name in ("idle_timeout", "unlock_ttl"):

@@ -3,7 +3,8 @@
 Background start does not fork a running interpreter (threads, open tokens and asyncio do not survive ``fork``);
 it re-executes ``python -m agent start -D`` in a new session with a readiness pipe (``--ready-fd``). The child
 writes ``READY <socket>`` or ``ERROR <one line>`` to the pipe and closes it; the parent waits for that line and
-then prints the eval lines or the error. The child's stderr goes to ``HOME/agent.log``.
+then prints the eval lines or the error. The child's stderr goes to ``HOME/agent.log``, which the child then
+size-caps and rotates (agent/daemon/logcap.py).
 
 Under systemd the agent runs in the foreground, tells systemd it is ready with ``sd_notify(READY=1)`` when
 ``NOTIFY_SOCKET`` is set, and accepts a socket passed by socket activation (``LISTEN_FDS``/``LISTEN_PID``, fd 3).
@@ -172,7 +173,7 @@ def spawn_background(child_argv: list[str], home: Home, timeout: float = 120.0) 
     home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     r, w = os.pipe()
     try:
-        log_fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        log_fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             proc = subprocess.Popen(
                 [*child_argv, "--ready-fd", str(w)],

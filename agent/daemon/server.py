@@ -3,9 +3,13 @@
 Frames (agent/framing.py) are a 4-byte big-endian length and one protobuf message (ssh-agent's framing without the
 type byte: the type is the Request oneof). A length of 0 or above ``max_frame`` closes the connection, as does a
 frame that does not parse; nothing a client sends can affect another connection. Limits, so one client cannot
-starve the agent: ``max_connections`` (further connections are closed at once), one request at a time per connection (the
-next frame is not read until the reply is written: backpressure), ``frame_timeout`` from a frame's first byte to
-its last (slow-loris), ``idle_timeout`` between frames (0 = none) and ``request_timeout`` per request.
+starve the agent: connection slots (agent/daemon/admission.py: ``max_connections``, a per-uid cap for uids other
+than the owner's, slots reserved for the owner; a connection that gets no slot is closed at once), one request at a
+time per connection (the next frame is not read until the reply is written: backpressure), ``frame_timeout`` from a
+frame's first byte to its last (slow-loris), ``idle_timeout`` between frames (0 = none) and ``request_timeout`` per
+request. Refused connections and broken frames from uids other than the owner's are logged at most
+``refusal_log_burst`` times per ``refusal_log_window`` per uid (agent/daemon/throttle.py), so an outsider cannot fill
+the logs with them.
 
 Threads: asyncio runs the control side (accepting, signals, the socket watch, upkeep); each admitted connection
 gets its own thread doing blocking I/O and running its requests inline. A request thus costs one thread wake-up
@@ -34,12 +38,15 @@ from typing import Callable
 
 from google.protobuf.message import DecodeError
 
+from agent.daemon.admission import SlotPolicy, Slots, Verdict
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.agent_lock import LockManager
 from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
 from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
+from agent.daemon.logcap import clip
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
+from agent.daemon.throttle import Throttle
 from agent.daemon.token_gate import BUSY_BACKOFF
 from agent.framing import FrameError, FrameReader, encode_frame
 from agent.pb.keyagent import agent_pb2 as pb
@@ -90,8 +97,7 @@ class _Connection:
             try:
                 frame = reader.read()
             except FrameError as exc:
-                log.info("conn %d: closing: %s", ctx.conn, exc)
-                server._audit_bad(ctx, "BAD_REQUEST", str(exc))
+                server._bad_frame(ctx, str(exc))
                 return
             except OSError:
                 return
@@ -100,8 +106,7 @@ class _Connection:
             try:
                 request = pb.Request.FromString(frame)
             except (DecodeError, RuntimeWarning, ValueError):
-                log.info("conn %d: closing: frame is not a Request", ctx.conn)
-                server._audit_bad(ctx, "BAD_REQUEST", "undecodable frame")
+                server._bad_frame(ctx, "undecodable frame")
                 self._send(pb.Response(error=pb.Error(code=pb.Error.BAD_REQUEST,
                                                       message="frame is not a keyagent Request")))
                 return
@@ -181,6 +186,10 @@ class AgentServer:
         self._exit_reason = "stopped"
         self._conns: set[_Connection] = set()
         self._conns_mu = threading.Lock()
+        self._slots = Slots(SlotPolicy(config.max_connections, config.max_connections_per_uid,
+                                       config.owner_reserved_connections))
+        self._throttle = Throttle(burst=config.refusal_log_burst, window=config.refusal_log_window)
+        self._throttle_mu = threading.Lock()
         self.stopping = False
 
     # --- callbacks the service and signals use ----------------------------------------------------------------
@@ -217,7 +226,8 @@ class AgentServer:
                 claimed = claim_socket(Path(self.socket_path), shared=self.shared_socket(self.config))
             sock = claimed.sock
         executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="keyagent-req")
-        audit = AuditLog(self.home.audit)
+        audit = AuditLog(self.home.audit, max_bytes=self.config.audit_log_max_bytes,
+                         backups=self.config.audit_log_backups)
         self.service = Service(
             home=self.home, config=self.config, backend=self.backend, lock=self.lock, audit=audit,
             executor=executor, sessions=self._factory, socket_path=self.socket_path,
@@ -268,7 +278,9 @@ class AgentServer:
 
     def _forget(self, conn: _Connection) -> None:
         with self._conns_mu:
-            self._conns.discard(conn)
+            if conn in self._conns:
+                self._conns.discard(conn)
+                self._slots.give_back(conn.ctx.cred.uid)
 
     def _drain_connections(self) -> None:
         """Close idle connections at once; let ones mid-request finish their reply (bounded wait), then close all."""
@@ -342,23 +354,47 @@ class AgentServer:
             return
         exe = exe_of(cred.pid)
         if not self.policy.allows(cred):
-            log.warning("conn %d: refused uid=%d gid=%d pid=%d exe=%s", conn_id, cred.uid, cred.gid, cred.pid, exe)
-            self.service.record(ClientContext(cred, exe, conn_id, False),
-                                {"type": "connect", "result": "DENIED", "conn": conn_id})
             sock.close()
+            self._refused(ClientContext(cred, exe, conn_id, False), "DENIED", "uid not admitted")
             return
         ctx = ClientContext(cred=cred, exe=exe, conn=conn_id, owner=self.policy.is_owner(cred))
         with self._conns_mu:
-            full = len(self._conns) >= self.config.max_connections
-            conn = None if full else _Connection(self, sock, ctx)
+            verdict = self._slots.take(cred.uid, ctx.owner)
+            conn = _Connection(self, sock, ctx) if verdict is Verdict.ADMIT else None
             if conn is not None:
                 self._conns.add(conn)
         if conn is None:
-            log.warning("conn %d: too many connections; closing", conn_id)
-            self.service.record(ctx, {"type": "connect", "result": "BUSY", "conn": conn_id})
             sock.close()
+            self._refused(ctx, "BUSY", "per-uid connection cap" if verdict is Verdict.UID_FULL
+                          else "too many connections")
             return
         conn.thread.start()
 
-    def _audit_bad(self, ctx: ClientContext, result: str, detail: str) -> None:
-        self.service.record(ctx, {"type": "frame", "result": result, "conn": ctx.conn, "detail": detail})
+    def _quiet(self, ctx: ClientContext, kind: str) -> tuple[bool, int]:
+        """Whether to log this refusal/broken frame (owner: always) and how many were held back before it."""
+        if ctx.owner:
+            return True, 0
+        with self._throttle_mu:
+            return self._throttle.allow((kind, ctx.cred.uid))
+
+    def _refused(self, ctx: ClientContext, result: str, why: str) -> None:
+        """Log and audit a connection closed at admission, throttled per uid."""
+        logged, held = self._quiet(ctx, "connect")
+        if not logged:
+            return
+        cred = ctx.cred
+        note = f" ({held} more from uid {cred.uid} not logged)" if held else ""
+        log.warning("conn %d: refused uid=%d gid=%d pid=%d exe=%s: %s%s", ctx.conn, cred.uid, cred.gid, cred.pid,
+                    clip(ctx.exe, 512), why, note)
+        self.service.record(ctx, {"type": "connect", "result": result, "conn": ctx.conn, "detail": why,
+                                  "suppressed": held or None})
+
+    def _bad_frame(self, ctx: ClientContext, detail: str) -> None:
+        """Log and audit a connection closed for a broken frame, throttled per uid."""
+        logged, held = self._quiet(ctx, "frame")
+        if not logged:
+            return
+        note = f" ({held} more from uid {ctx.cred.uid} not logged)" if held else ""
+        log.info("conn %d: closing: %s%s", ctx.conn, clip(detail), note)
+        self.service.record(ctx, {"type": "frame", "result": "BAD_REQUEST", "conn": ctx.conn, "detail": detail,
+                                  "suppressed": held or None})
