@@ -44,7 +44,7 @@ from agent.daemon.config import AgentConfig, Home
 from agent.daemon.agent_lock import LockManager
 from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
 from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
-from agent.daemon.logcap import clip
+from agent.daemon.logcap import cap  # length only: the log formatter escapes
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
 from agent.daemon.throttle import Throttle
 from agent.daemon.token_gate import BUSY_BACKOFF
@@ -385,7 +385,7 @@ class AgentServer:
         cred = ctx.cred
         note = f" ({held} more from uid {cred.uid} not logged)" if held else ""
         log.warning("conn %d: refused uid=%d gid=%d pid=%d exe=%s: %s%s", ctx.conn, cred.uid, cred.gid, cred.pid,
-                    clip(ctx.exe, 512), why, note)
+                    cap(ctx.exe, 512), why, note)
         self.service.record(ctx, {"type": "connect", "result": result, "conn": ctx.conn, "detail": why,
                                   "suppressed": held or None})
 
@@ -395,6 +395,6 @@ class AgentServer:
         if not logged:
             return
         note = f" ({held} more from uid {ctx.cred.uid} not logged)" if held else ""
-        log.info("conn %d: closing: %s%s", ctx.conn, clip(detail), note)
+        log.info("conn %d: closing: %s%s", ctx.conn, cap(detail), note)
         self.service.record(ctx, {"type": "frame", "result": "BAD_REQUEST", "conn": ctx.conn, "detail": detail,
                                   "suppressed": held or None})
