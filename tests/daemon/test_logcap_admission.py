@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -101,13 +100,9 @@ def test_audit_log_caps_every_field_from_a_client_or_peer(tmp_path: Path) -> Non
 
 def test_an_oversized_peer_installation_id_is_a_short_audit_line(tmp_path: Path) -> None:
     """Through the service: what a remote peer put in its message (its installation id) is capped in the log."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from agent.daemon.lock import LockManager
-    from agent.daemon.service import ClientContext, Service
     from agent.pb.keyagent import agent_pb2 as pb
     from backends.memory import MemoryKey
-    from tests.daemon.test_agent_units import FakeBackend
+    from tests.daemon.test_agent_units import _answer, _ctx, _service
 
     class Result:
         payload, reply, confirm_ref, public, forward_secrecy = b"hi", b"", b"r", False, True
@@ -119,14 +114,9 @@ def test_an_oversized_peer_installation_id_is_a_short_audit_line(tmp_path: Path)
         def decrypt(self, sender: bytes, message: bytes) -> Result:
             return Result()
 
-    backend = FakeBackend()
-    svc = Service(home=Home.at(tmp_path), config=AgentConfig(), backend=backend,  # type: ignore[arg-type]
-                  lock=LockManager(backend), audit=AuditLog(tmp_path / "audit.log"),  # type: ignore[arg-type]
-                  executor=ThreadPoolExecutor(2), sessions=Manager, socket_path="x",  # type: ignore[arg-type]
-                  on_stop=lambda: None, on_release=lambda: None)
-    ctx = ClientContext(PeerCred(os.getpid(), os.getuid(), os.getgid()), "/bin/test", 1, True)
+    svc = _service(tmp_path, Manager)
     req = pb.Request(decrypt=pb.DecryptRequest(sender_identity=MemoryKey.generate().public_key(), message=b"\x01"))
-    resp = asyncio.run(svc.handle(req, ctx))
+    resp = _answer(svc, req, _ctx())
     assert resp.WhichOneof("response") == "decrypt"
     raw = (tmp_path / "audit.log").read_text()
     assert raw.count("\n") == 1 and len(raw) < 1024, len(raw)
