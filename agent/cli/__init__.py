@@ -1,7 +1,9 @@
 """The ``keyagent`` command line.
 
 Each ``agent/cli/cmd_*.py`` module adds its sub-commands through ``register(subparsers)``; every
-sub-command sets ``func(args) -> int``. Errors become one clear line on stderr and a non-zero exit code.
+sub-command sets ``func(args) -> int``. Errors become one line on stderr (``keyagent: CODE: what happened
+(fix)``; also a JSON object on stdout with ``--json``) and a non-zero exit code; never a traceback unless
+``KEYAGENT_DEBUG`` is set.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `keyagent init`, then `eval $(keyagent start)`. See README.md.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"keyagent {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     package = importlib.import_module(__name__)
@@ -36,25 +39,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from agent import __version__
+
+    return str(__version__)
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code of an error: its ``code`` attribute (the agent's vocabulary), else one for OS errors."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    wire = getattr(code, "name", None)  # an enum member
+    if isinstance(wire, str):
+        return wire
+    if isinstance(exc, PermissionError):
+        return "PERMISSION_DENIED"
+    if isinstance(exc, FileNotFoundError):
+        return "NOT_FOUND"
+    if isinstance(exc, OSError):
+        return "OS_ERROR"
+    return "INTERNAL"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keyagent`` console script."""
+    from agent.cli.common import EXIT_INPUT, fail_coded, set_json_errors
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_json_errors(bool(getattr(args, "json", False)))
     if not hasattr(args, "home"):
         from agent.paths import default_home
 
         args.home = default_home()
     try:
         rc: int = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("keyagent: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one clear line, typed name first; tracebacks only with KEYAGENT_DEBUG
+    except BrokenPipeError:  # `keyagent ... | head`: the reader left; that is not an error worth a word
+        _quiet_stdout()
+        return 0
+    except Exception as exc:  # the one error style; tracebacks only with KEYAGENT_DEBUG
         if os.environ.get("KEYAGENT_DEBUG"):
             raise
-        print(f"keyagent: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        code = error_code(exc)
+        fix = "check the file's owner and mode (the home and its files must be yours)" \
+            if isinstance(exc, PermissionError) else None
+        return fail_coded(code, _describe(exc), EXIT_INPUT, fix)
     return rc
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

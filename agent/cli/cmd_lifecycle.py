@@ -1,7 +1,8 @@
 """``keyagent start | stop | status | lock | unlock | release``: run the agent and manage its state over its socket.
 
-Which agent and the exit codes: see :mod:`agent.cli.common` (0 success, 1 the agent refused, 2 bad input on
-our side, 3 no agent reachable).
+Which agent and the exit codes: see agent/cli/common.py (0 success, 1 the agent refused, 2 bad input on
+our side, 3 no agent reachable). ``start`` is idempotent (a running agent's lines are printed again) and
+``stop`` prints the lines that forget it, as ssh-agent and ``ssh-agent -k`` do.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import sys
 import time
 from typing import Any
 
-from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, InputError, agent_socket, client_command, command_adder,
-                              fail, print_doc)
-from agent.client import AgentClient
+from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_OK, InputError, agent_socket, client_command,
+                              command_adder, fail, fail_coded, print_doc)
+from agent.client import AgentClient, AgentError, AgentUnavailable
 
 __all__ = ["register"]
 
@@ -38,6 +39,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if args.foreground:
         return _run_foreground(args, home, config, sock)
     shell = "csh" if args.csh else "fish" if args.fish else "sh" if args.sh else _guess_shell()
+    running = _running_agent(sock)
+    if running is not None:  # `.bashrc` runs start in every shell: reuse the agent, as ssh-agent users expect
+        pid, path = running
+        print(f"keyagent: an agent already runs for {home.path} (pid {pid}); reusing it (options of this start "
+              "are not applied: keyagent stop first to change them)", file=sys.stderr)
+        sys.stdout.write(shell_lines(path, pid, shell))
+        return EXIT_OK
     child = [sys.executable, "-m", "agent", "start", "-D", "--home", str(home.path), "--socket", sock]
     for uid in args.allow_uid or ():
         child += ["--allow-uid", str(uid)]
@@ -58,7 +66,43 @@ def _cmd_start(args: argparse.Namespace) -> int:
     except StartError as exc:
         return fail(str(exc), EXIT_FAILED)
     sys.stdout.write(shell_lines(path, pid, shell))
+    if not _unlocked(path):
+        print("keyagent: started locked: run keyagent unlock (or start with --pin-file/--passphrase-file or "
+              "$KEYAGENT_PIN/$KEYAGENT_PASSPHRASE)", file=sys.stderr)
     return 0
+
+
+def _running_agent(sock: str) -> tuple[int, str] | None:
+    """(pid, socket) of a live agent answering on ``sock``, else None (nothing there, or not an agent)."""
+    from agent.paths import socket_answers
+
+    if not socket_answers(sock):
+        return None
+    try:
+        with AgentClient(sock, timeout=10) as c:
+            st = c.status()
+    except (AgentError, AgentUnavailable, OSError):
+        return None
+    return st.pid, st.socket or sock
+
+
+def _unlocked(sock: str) -> bool:
+    """Whether a freshly started agent can use its keys (True when it cannot be asked: no false alarm)."""
+    try:
+        with AgentClient(sock, timeout=10) as c:
+            st = c.status()
+    except (AgentError, AgentUnavailable, OSError):
+        return True
+    return st.backend_unlocked and not st.locked
+
+
+def unset_lines(shell: str) -> str:
+    """What ``eval "$(keyagent stop)"`` runs: forget the stopped agent (ssh-agent -k)."""
+    if shell == "csh":
+        return "unsetenv KEYAGENT_SOCK;\nunsetenv KEYAGENT_PID;\necho Agent stopped;\n"
+    if shell == "fish":
+        return "set -e KEYAGENT_SOCK;\nset -e KEYAGENT_PID;\necho Agent stopped;\n"
+    return "unset KEYAGENT_SOCK;\nunset KEYAGENT_PID;\necho Agent stopped;\n"
 
 
 def _guess_shell() -> str:
@@ -96,7 +140,16 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
+    from agent.paths import socket_answers
+
     path = agent_socket(args)
+    shell = "csh" if args.csh else "fish" if args.fish else "sh" if args.sh else _guess_shell()
+    if not socket_answers(path):
+        print(f"keyagent: no agent is running on {path}: nothing to stop", file=sys.stderr)
+        if os.environ.get("KEYAGENT_SOCK") == path:
+            sys.stdout.write(unset_lines(shell))  # the shell still names that dead agent: forget it too
+        return EXIT_OK
+
     def stop(a: argparse.Namespace, c: AgentClient) -> int:
         c.stop()
         return 0
@@ -109,15 +162,28 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         time.sleep(0.05)
     if os.path.exists(path):
         return fail(f"the agent accepted stop but {path} still exists", EXIT_FAILED)
+    sys.stdout.write(unset_lines(shell))
     print("agent stopped", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace, c: AgentClient) -> int:
     st = c.status()
+    # `locked` is what a request meets: our lock, or a backend that still needs its PIN/passphrase (every secret-
+    # using request then fails PIN_REQUIRED); `lock_held` is keyagent lock alone.
+    usable = st.backend_unlocked and not st.locked
+    state = ("unlocked" if usable else "locked (keyagent lock): run keyagent unlock" if st.locked
+             else f"locked: the {st.backend} backend needs its {'PIN' if st.backend == 'pkcs11' else 'passphrase'}"
+                  ": run keyagent unlock")
+    try:
+        from agent.core.identity import zq3_encode
+
+        chat_key = zq3_encode(st.identity_public_key)
+    except Exception:  # an agent without a key to show
+        chat_key = ""
     doc = {
-        "locked": st.locked, "backend": st.backend, "token_present": st.token_present,
-        "backend_unlocked": st.backend_unlocked, "identity": st.identity_public_key.hex(),
+        "state": state, "locked": not usable, "lock_held": st.locked, "backend": st.backend, "token_present": st.token_present,
+        "backend_unlocked": st.backend_unlocked, "chat_key": chat_key, "identity": st.identity_public_key.hex(),
         "installation_id": st.installation_id, "pid": st.pid, "version": st.version, "home": st.home,
         "socket": st.socket, "unlock_failures": st.unlock_failures, "uptime_seconds": st.uptime_seconds,
         "sessions_open": st.sessions_open, "connections": st.connections,
@@ -130,9 +196,15 @@ def _status(args: argparse.Namespace, c: AgentClient) -> int:
 def _lock(args: argparse.Namespace, c: AgentClient) -> int:
     password = ""
     if args.password:
-        password = getpass.getpass("lock password: ")
-        if password != getpass.getpass("again: "):
-            raise InputError("the passwords differ")
+        if not sys.stdin.isatty():  # getpass would fall back to echoing stdin (GetPassWarning, then EOFError)
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise InputError("lock --password needs a password: type it at a terminal or pipe one line",
+                                 code="NO_SECRET")
+        else:
+            password = getpass.getpass("lock password: ")
+            if password != getpass.getpass("again: "):
+                raise InputError("the passwords differ")
     c.lock(password)
     print("agent locked", file=sys.stderr)
     return 0
@@ -154,7 +226,9 @@ def _unlock(args: argparse.Namespace, c: AgentClient) -> int:
             else:
                 secret = getpass.getpass("PIN, passphrase or lock password: ")
     if not secret:
-        raise InputError("no secret given")
+        raise InputError("no PIN, passphrase or lock password was given", code="NO_SECRET",
+                         fix="set $KEYAGENT_PIN or $KEYAGENT_PASSPHRASE, use --secret-file FILE, pipe it on stdin "
+                             "or run keyagent unlock at a terminal")
     c.unlock(secret, force=args.force)
     print("agent unlocked", file=sys.stderr)
     return 0
@@ -196,10 +270,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--unlock-ttl", type=float, metavar="SECONDS", help="lock again this long after an unlock")
     p.add_argument("--pin-file", metavar="FILE", help="unlock at start with the PIN in this 0600 file")
     p.add_argument("--passphrase-file", metavar="FILE", help="unlock at start with the passphrase in this file")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="agent log detail (HOME/agent.log; never key material)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    add("stop", "stop the agent", _cmd_stop)
+    p = add("stop", "stop the agent and print the shell lines that forget it (eval \"$(keyagent stop)\")",
+            _cmd_stop)
+    shells = p.add_mutually_exclusive_group()
+    shells.add_argument("-s", "--sh", action="store_true", help="Bourne shell lines (default unless $SHELL is csh)")
+    shells.add_argument("-c", "--csh", action="store_true", help="csh lines")
+    shells.add_argument("--fish", action="store_true", help="fish lines")
     add("status", "show the agent's state", client_command(_status), json_out=True)
     p = add("lock", "lock the agent (secret-using requests are refused until unlock)", client_command(_lock))
     p.add_argument("--password", action="store_true", help="lock with a password instead of dropping the PIN")

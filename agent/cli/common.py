@@ -17,7 +17,8 @@ from typing import Any, Callable
 from agent.client import AgentClient, AgentError, AgentUnavailable, resolve_socket
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
-           "fail", "print_json", "print_doc", "write_bytes", "read_stdin", "parse_peer", "read_bundle_file"]
+           "fail", "fail_coded", "fix_for", "set_json_errors", "print_json", "print_doc", "write_bytes",
+           "refuse_binary_to_terminal", "read_stdin", "parse_peer", "read_bundle_file", "peer_names"]
 
 #: The exit codes of every ``keyagent`` command (each command's docstring says which it uses).
 EXIT_OK = 0
@@ -27,7 +28,57 @@ EXIT_UNREACHABLE = 3  # no agent answered on the socket
 
 
 class InputError(ValueError):
-    """Bad input on the client side (file, identity text, digest, device id, code): fix it and run again."""
+    """Bad input on the client side (file, identity text, digest, device id, code): fix it and run again.
+
+    ``code`` names the problem for scripts (``--json`` errors), ``fix`` says what to do instead."""
+
+    def __init__(self, message: str, *, code: str = "BAD_INPUT", fix: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.fix = fix
+
+
+#: What to do about an error code the agent (or a start-up check) returns: the third part of every error line.
+_FIXES = {
+    "LOCKED": "run keyagent unlock",
+    "PIN_REQUIRED": "run keyagent unlock (or start with --pin-file / $KEYAGENT_PIN)",
+    "PASSPHRASE_REQUIRED": "run keyagent unlock (or start with --passphrase-file / $KEYAGENT_PASSPHRASE)",
+    "NOT_READY": "run keyagent unlock",
+    "PIN_INCORRECT": "check the PIN and try again (wrong PINs are counted)",
+    "PASSPHRASE_INCORRECT": "check the passphrase and try again",
+    "PIN_LOCKED": "run keyagent unlock --force for one more try, or unblock the PIN with the SO PIN",
+    "PIN_FINAL_TRY": "run keyagent unlock --force if you are sure of the PIN",
+    "TOKEN_ABSENT": "insert the token (keyagent doctor shows what is seen)",
+    "NO_SESSION": "send the reply (--reply-out) back to the sender, or add its bundle (keyagent add-bundle)",
+    "STATE_ERROR": "restart the agent (keyagent stop; keyagent start)",
+    "BAD_CONFIG": "fix the home's configuration (keyagent doctor)",
+    "UNAVAILABLE": "is the agent running? start it: eval \"$(keyagent start)\"",
+}
+
+_json_errors = False
+
+
+def set_json_errors(on: bool) -> None:
+    """With ``--json`` every error is printed as one JSON object on stdout too (scripts parse one format)."""
+    global _json_errors
+    _json_errors = on
+
+
+def fix_for(code: str) -> str:
+    """The one-line fix for an error code ("" when there is nothing better to say than the message)."""
+    return _FIXES.get(code, "")
+
+
+def fail_coded(code: str, message: str, exit_code: int, fix: str | None = None) -> int:
+    """The one error style: ``keyagent: CODE: what happened (fix)``, or a JSON object with ``--json``."""
+    hint = fix_for(code) if fix is None else fix
+    if _json_errors:
+        print(json.dumps({"error": {"code": code, "message": message, "fix": hint}}, sort_keys=True))
+    text = f"keyagent: {code}: {message}"
+    if hint and hint not in message:
+        text += f" ({hint})"
+    print(text, file=sys.stderr)
+    return exit_code
 
 
 def _home_given(args: argparse.Namespace) -> bool:
@@ -39,19 +90,31 @@ def _home_given(args: argparse.Namespace) -> bool:
 
 
 def agent_socket(args: argparse.Namespace) -> str:
-    """--socket, else --home's agent, else $KEYAGENT_SOCK, else the agent of $KEYAGENT_HOME / the default home."""
+    """--socket, else --home's agent, else $KEYAGENT_SOCK, else the agent of $KEYAGENT_HOME / the default home.
+
+    The last case is said on stderr: after a failed ``eval "$(keyagent --home X start)"`` KEYAGENT_SOCK stays
+    unset and the command would otherwise talk to another home's agent without a word."""
     explicit = getattr(args, "socket", None)
     if explicit:
         return str(explicit)
     if _home_given(args):
         return resolve_socket(home=args.home)
-    return resolve_socket(home=None if os.environ.get("KEYAGENT_SOCK") else args.home)
+    if os.environ.get("KEYAGENT_SOCK"):
+        return resolve_socket(home=None)
+    if not os.environ.get("KEYAGENT_HOME"):
+        print(f"keyagent: note: KEYAGENT_SOCK is unset: talking to the agent of the default home {args.home}",
+              file=sys.stderr)
+    return resolve_socket(home=args.home)
 
 
 def fail(message: str, code: int) -> int:
-    """One ``keyagent: ...`` line on stderr; returns ``code`` so a command can ``return fail(...)``."""
-    print(f"keyagent: {message}", file=sys.stderr)
-    return code
+    """One ``keyagent: ...`` line on stderr (JSON on stdout with ``--json``); returns ``code`` for ``return fail(...)``.
+
+    ``message`` may start with an error code (``CODE: ...``); without one it gets the code of its exit status."""
+    head, sep, rest = message.partition(": ")
+    if sep and head.isupper() and head.replace("_", "").isalpha():
+        return fail_coded(head, rest, code)
+    return fail_coded({EXIT_INPUT: "BAD_INPUT", EXIT_UNREACHABLE: "UNAVAILABLE"}.get(code, "FAILED"), message, code)
 
 
 def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Callable[[argparse.Namespace], int]:
@@ -62,11 +125,11 @@ def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Ca
             with AgentClient(agent_socket(args)) as client:
                 return func(args, client)
         except AgentError as exc:
-            return fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
+            return fail_coded(exc.code, exc.message, EXIT_FAILED)
         except AgentUnavailable as exc:
-            return fail(f"{exc} (is the agent running? keyagent start)", EXIT_UNREACHABLE)
+            return fail_coded("UNAVAILABLE", str(exc), EXIT_UNREACHABLE)
         except InputError as exc:
-            return fail(str(exc), EXIT_INPUT)
+            return fail_coded(exc.code, str(exc), EXIT_INPUT, exc.fix)
 
     return run
 
@@ -93,6 +156,21 @@ def write_bytes(data: bytes, out: str | None) -> None:
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+
+
+def refuse_binary_to_terminal(out: str | None, what: str) -> None:
+    """Binary output never goes to a terminal (it can garble or drive it, as gpg refuses): ask for -o or --json."""
+    if (not out or out == "-") and sys.stdout.isatty():
+        raise InputError(f"{what} is binary and stdout is a terminal", code="BINARY_TO_TERMINAL",
+                         fix="redirect it (> FILE), use -o FILE, or --json for hex")
+
+
+def peer_names(pub33: bytes) -> str:
+    """A peer's three-word name, emoji hash and zQ3… key: what two people compare aloud before trusting it."""
+    from agent.core.identity import visual_fields, zq3_encode
+
+    vis = visual_fields(pub33)
+    return f"{vis['alias']}  {vis['emoji_hash']}  ({zq3_encode(pub33)})"
 
 
 def read_stdin(limit: int) -> bytes:

@@ -17,6 +17,7 @@ from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.paths import socket_path_for
 from tests.daemon.agentproc import (
     PASSPHRASE,
+    KEYAGENT,
     AgentFactory,
     AgentProc,
     raw_connect,
@@ -72,11 +73,16 @@ def test_stop_removes_the_socket_and_ends_the_process(agent: AgentProc) -> None:
 
 
 def test_a_live_socket_is_never_stolen(agents: AgentFactory, agent: AgentProc) -> None:
+    # `keyagent start` again (as .bashrc does) reuses the running agent: its lines again, exit 0
     second = AgentProc(home=agent.home, run=agent.run)
-    cp = second.start(check=False)
+    cp = second.start()
+    assert second.pid == agent.pid and second.sock == agent.sock
+    assert "already runs" in cp.stderr
+    # the agent process itself (-D, as systemd runs it) still refuses to take over a live socket
+    cp = subprocess.run([*KEYAGENT, "--home", str(agent.home), "start", "-D"], env=second.env, text=True,
+                        capture_output=True, timeout=120)
     assert cp.returncode != 0
     assert "already" in cp.stderr or "another agent" in cp.stderr
-    assert len(cp.stderr.strip().splitlines()) == 1
     with agent.client() as c:  # the first agent still serves on its socket
         assert c.status().pid == agent.pid
 
