@@ -132,6 +132,9 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
     except Exception as exc:
         code = getattr(type(exc), "code", type(exc).__name__)
         line = f"{code}: {exc}"
+        if str(code) in ("PIN_LOCKED", "PIN_FINAL_TRY"):  # the way out needs a running agent: say how to get one
+            line += (" -- start the agent without a PIN (no --pin-file, KEYAGENT_PIN unset), then run "
+                     "`keyagent unlock --force`")
         logging.getLogger("keyagent").error("cannot start: %s", line)
         if ready_fd is not None:
             write_ready(ready_fd, f"ERROR {line}")

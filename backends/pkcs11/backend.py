@@ -15,6 +15,9 @@ whole of the self-healing, is the section "connection" below. Token quirks handl
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -56,6 +59,11 @@ _GONE: tuple[type[BaseException], ...] = (
 )
 # Errors that may or may not mean removal (SoftHSM gives GeneralError with its store deleted): probe.
 _MAYBE_GONE: tuple[type[BaseException], ...] = (px.GeneralError, px.FunctionFailed, px.DeviceMemory)
+
+
+def _pin_digest(salt: bytes, pin: str) -> bytes:
+    """What an unlock on a logged-in token is compared with: the PIN itself is not kept for that."""
+    return hashlib.sha256(salt + pin.encode("utf-8")).digest()
 
 
 class _Local(threading.local):
@@ -121,6 +129,7 @@ class Pkcs11Backend:
         self._serial_pinned = token_serial
         self._pin_source = pin_source
         self._pins = PinCache(pin_ttl, clock) if clock else PinCache(pin_ttl)
+        self._pin_check: tuple[bytes, bytes] | None = None  # (salt, digest) of the PIN of the current login
         self._allow_extractable = allow_extractable
         self._lib_loader = lib_loader
         # connection state: touched only on worker threads, under the write lock (or reads under the read lock)
@@ -206,7 +215,20 @@ class Pkcs11Backend:
     def unlock(self, secret: str, *, force: bool = False) -> None:
         if not isinstance(secret, str) or not secret:
             raise PinIncorrect("empty PIN refused (not sent to the token)", tries_left=None)
-        self._exclusive(lambda: self._do_login(secret, force=force))
+        self._exclusive(lambda: self._unlock(secret, force=force))
+
+    def _unlock(self, secret: str, *, force: bool) -> None:
+        """Log in; when already logged in, check ``secret`` against the PIN that did (a wrong PIN must not be
+        answered "unlocked"). The token cannot be asked again without logging out, so the check is against a
+        salted hash kept since that login; nothing is sent to the token and its counter is not touched."""
+        self._ensure_connected()
+        if self._login is None:
+            self._do_login(secret, force=force)
+            return
+        check = self._pin_check
+        if check is None or not hmac.compare_digest(_pin_digest(check[0], secret), check[1]):
+            raise PinIncorrect(f"wrong PIN for token {self._label} (the agent is already unlocked; the PIN was "
+                               "not sent to the token)", tries_left=None)
 
     def close(self) -> None:
         if self._closed:
@@ -520,6 +542,8 @@ class Pkcs11Backend:
             self._sessions.append(session)
         self._failures.set(0, self._serial)
         self._pins.put(self._serial, pin)
+        salt = os.urandom(16)
+        self._pin_check = (salt, _pin_digest(salt, pin))
         try:
             self._check_identity()
         except BaseException:

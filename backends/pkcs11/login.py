@@ -70,13 +70,14 @@ def check_before_login(flags: int, counter: FailureCounter, serial: str, label: 
     if flags & TokenFlag.USER_PIN_LOCKED:
         raise PinLocked(f"the user PIN of token {label} is locked; unblock it with the SO PIN")
     if flags & TokenFlag.USER_PIN_FINAL_TRY and not force:
-        raise PinFinalTry(f"token {label} reports that a wrong PIN now locks it; retry with force")
+        raise PinFinalTry(f"token {label} reports that a wrong PIN now locks it; if you are sure of the PIN, run "
+                          "`keyagent unlock --force`")
     if counter.serial != serial:  # a count belongs to one token
         counter.set(0, serial)
     if counter.count >= counter.limit and not force and not from_cache:
         raise PinLocked(
-            f"{counter.count} wrong PINs in a row for token {label}: the agent refuses more tries "
-            "without force (the token itself may not count them)")
+            f"{counter.count} wrong PINs in a row for token {label}: the agent refuses more tries without force "
+            "(the token itself may not count them); run `keyagent unlock --force` to try one more PIN")
 
 
 def open_login_session(lib: Any, token: Any, slot_id: int, pin: str, counter: FailureCounter, serial: str,
