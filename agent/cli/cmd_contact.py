@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from agent.cli.common import EXIT_INPUT, InputError, client_command
+from agent.cli.common import EXIT_INPUT, InputError, client_command, plain_doc
 from agent.client import AgentClient
 from agent.daemon.contact_card import PREFIX
 
@@ -174,7 +174,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``keyagent contact [import CODE]`` (one parser: argparse cannot mix an optional sub-command with
     the plain form's options cleanly, so ``import`` is a keyword positional)."""
-    p = subparsers.add_parser("contact", parents=[common], help=_HELP, description=__doc__,
+    p = subparsers.add_parser("contact", parents=[common], help=_HELP, description=plain_doc(__doc__),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", default=None, metavar="import",
                    help=f"`import CODE`: verify and add a contact code ({PREFIX}…)")

@@ -85,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             secret = {"KEYAGENT_PASSPHRASE": DEMO_PASSPHRASE}
             demo.keyagent("--home", str(alice), "init", "--backend", "software", extra=secret)
-            print("Alice: SoftHSM2 not available, identity key in an encrypted software key file")
+            why = "--software" if args.software else "SoftHSM2 not available"
+            print(f"Alice: {why}: identity key in an encrypted software key file")
         bob_secret = {"KEYAGENT_PASSPHRASE": DEMO_PASSPHRASE}
         demo.keyagent("--home", str(bob), "init", "--backend", "software", extra=bob_secret)
         print("Bob:   identity key in an encrypted software key file")

@@ -100,7 +100,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     add("whoami", "show our Status identity (keys, key UID, share link, name/emoji/colour hash, contact code)",
         _cmd_whoami, json_out=True)
     p = add("sign", "sign a 32-byte digest (hex) with the identity key", client_command(_sign), json_out=True)
-    p.add_argument("digest", metavar="HEX")
+    p.add_argument("digest", metavar="HEX", help="the 32-byte digest to sign, as 64 hex digits (optional 0x)")
     p = subparsers.add_parser("inspect-key", parents=[common],
                               help="show a peer's key in every Status form with its name/emoji/colour hash")
     p.add_argument("identity", metavar="IDENTITY", help="0x04…, compressed hex, zQ3… or a status.app link")

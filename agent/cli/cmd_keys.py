@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from agent.cli.common import EXIT_INPUT
+from agent.cli.common import EXIT_INPUT, InputError, fail_coded
 
 __all__ = ["register"]
 
@@ -79,7 +79,20 @@ def _cmd_init(args: argparse.Namespace) -> int:
             return EXIT_INPUT
         from agent.identity.phrase_import import IMPORTED_NOTICE, init_from_phrase
 
-        imp = init_from_phrase(args.home, args.backend, mode=args.phrase_from, **kw)
+        def problem(text: str) -> None:
+            """Each phrase problem: a mistyped word would silently make another identity, so refuse by default.
+            Raising here stops the import before anything is provisioned (the phrase buffers are wiped)."""
+            reason = text.split(";")[0]
+            if not args.accept_bad_phrase:
+                raise InputError(f"{reason}; nothing was created", code="BAD_PHRASE",
+                                 fix="check the words; Status itself accepts such a phrase: rerun with "
+                                     "--accept-bad-phrase to import the identity it derives anyway")
+            print(f"keyagent: warning: {reason}; imported anyway (--accept-bad-phrase)", file=sys.stderr)
+
+        try:
+            imp = init_from_phrase(args.home, args.backend, mode=args.phrase_from, warn=problem, **kw)
+        except InputError as exc:
+            return fail_coded(exc.code, str(exc), EXIT_INPUT, exc.fix)
         cfg = imp.config
         if cfg["backend"] == "pkcs11":
             print(f"keyagent: note: {IMPORTED_NOTICE}", file=sys.stderr)
@@ -93,6 +106,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
         print(f"token: {p['token_label']} (serial {p['token_serial']}), identity key id {p['identity_id']} "
               f"({p['identity_origin']})")
     if args.from_phrase:
+        from agent.core.identity import visual_fields, zq3_encode
+
+        pub33 = bytes.fromhex(cfg["identity_public_key"])
+        vis = visual_fields(pub33)
+        print(f"chat key: {zq3_encode(pub33)}")
+        print(f"name: {vis['alias']}  {vis['emoji_hash']}  (compare with the name Status shows for this phrase)")
         print(f"key UID: {cfg['status']['key_uid']} (Status chat key imported from the recovery phrase)")
     print("signed prekey: version 1")
     return 0
@@ -123,7 +142,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``init`` and ``migrate``."""
     p = subparsers.add_parser("init", parents=[common], help="create the identity key and first signed prekey")
-    p.add_argument("--backend", choices=("pkcs11", "software"), required=True)
+    p.add_argument("--backend", choices=("pkcs11", "software"), required=True,
+                   help="pkcs11: the key lives in a token (--module, --token); software: a passphrase-encrypted file")
     p.add_argument("--module", help="PKCS#11 module path (stored in the home's config)")
     p.add_argument("--token", help="token: pkcs11: URI (RFC 7512), serial:XXX, label:NAME or a label")
     p.add_argument("--pin-file", help="file (mode 0600) holding the token user PIN; else $KEYAGENT_PIN")
@@ -140,6 +160,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--from-phrase", action="store_true",
                    help="import the chat key of a Status recovery phrase (m/43'/60'/1581'/0'/0, as Status derives "
                         "it); the phrase is read from piped stdin, pinentry or the terminal, never argv/env")
+    p.add_argument("--accept-bad-phrase", action="store_true",
+                   help="import even when the phrase has an unknown word, a bad checksum or an odd word count (Status "
+                        "derives an identity from it anyway); by default such a phrase is refused")
     p.add_argument("--phrase-from", choices=("auto", "stdin", "pinentry", "tty"), default="auto",
                    help="where --from-phrase reads the phrase (auto: pinentry/terminal when stdin is a terminal, "
                         "else stdin)")

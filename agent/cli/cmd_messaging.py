@@ -1,7 +1,7 @@
 """``keyagent bundle | add-bundle | encrypt | decrypt | sessions | rotate | confirm``: 1:1 messages through the agent.
 
-Bundles travel as protobuf bytes or as their JSON form (:mod:`agent.core.bundle_json`). Which agent and the
-exit codes: see :mod:`agent.cli.common` (0 success, 1 the agent refused, 2 bad input, 3 no agent reachable).
+Bundles travel as protobuf bytes or as their JSON form (agent/core/bundle_json.py). Which agent and the
+exit codes: see agent/cli/common.py (0 success, 1 the agent refused, 2 bad input, 3 no agent reachable).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Any
 
-from agent.cli.common import (InputError, client_command, command_adder, parse_peer, print_json, read_bundle_file,
-                              read_stdin, write_bytes)
+from agent.cli.common import (InputError, client_command, command_adder, parse_peer, peer_names, print_json,
+                              read_bundle_file, read_stdin, refuse_binary_to_terminal, write_bytes)
 from agent.client import AgentClient, AgentError
 from agent.core.bundle_json import bundle_to_json
 
@@ -34,14 +34,27 @@ def _add_bundle(args: argparse.Namespace, c: AgentClient) -> int:
     if args.json:
         print_json({"identity": identity.hex()})
     else:
-        print(identity.hex())
+        from agent.core.identity import zq3_encode
+
+        print(f"{zq3_encode(identity)} {identity.hex()}")
     return 0
 
 
 def _encrypt(args: argparse.Namespace, c: AgentClient) -> int:
     peer = parse_peer(args.to)
+    if not args.json:
+        refuse_binary_to_terminal(args.out, "the encrypted message")
     bundle = read_bundle_file(args.bundle) if args.bundle else None
     res = c.encrypt(peer, read_stdin(args.max_input), bundle)
+    if not res.forward_secrecy and not args.new_peer:
+        # No session and no bundle: a one-letter typo in a zQ3 key lands here too (an identity nobody owns).
+        # The message made is dropped unsent; nothing about the peer was stored.
+        raise InputError(f"no session with and no bundle from {peer_names(peer)}: never seen before",
+                         code="NEW_PEER",
+                         fix="check the key and the name with its owner, then rerun with --new-peer "
+                             "(no forward secrecy) or give its bundle with --bundle FILE")
+    if bundle is not None or not res.forward_secrecy:  # a new peer: name it, so a wrong key is noticed
+        print(f"keyagent: encrypting to {peer_names(peer)}", file=sys.stderr)
     if not res.forward_secrecy:
         print("keyagent: warning: no session and no bundle: sent without forward secrecy", file=sys.stderr)
     if args.json:
@@ -60,11 +73,11 @@ def _decrypt(args: argparse.Namespace, c: AgentClient) -> int:
     try:
         res = c.decrypt(sender, message)
     except AgentError as exc:
-        if exc.reply and args.reply_out:
-            write_bytes(exc.reply, args.reply_out)
+        if exc.reply:
+            _reply(exc.reply, args.reply_out)
         raise
-    if res.reply and args.reply_out:
-        write_bytes(res.reply, args.reply_out)
+    if res.reply:
+        _reply(res.reply, args.reply_out)
     if not args.no_confirm and res.confirm_ref:
         c.confirm([res.confirm_ref])
     if res.public:  # an unencrypted public_message: never present it as a private one
@@ -80,6 +93,17 @@ def _decrypt(args: argparse.Namespace, c: AgentClient) -> int:
     return 0
 
 
+def _reply(reply: bytes, out: str | None) -> None:
+    """A reply the agent wants sent back (our bundle): written to --reply-out, or said where it went and how."""
+    if out:
+        write_bytes(reply, out)
+        print(f"keyagent: a reply for the sender (our bundle) is in {out}: send it back as a message",
+              file=sys.stderr)
+        return
+    print("keyagent: the agent made a reply for the sender (our bundle, so it can open a session); it was not "
+          "saved: rerun with --reply-out FILE and send that file back as a message", file=sys.stderr)
+
+
 def _sessions(args: argparse.Namespace, c: AgentClient) -> int:
     rows = [
         {"peer": s.peer_identity.hex(), "installation_id": s.installation_id, "initiator": s.initiator,
@@ -90,9 +114,12 @@ def _sessions(args: argparse.Namespace, c: AgentClient) -> int:
     if args.json:
         print_json(rows)
     else:
+        from agent.core.identity import zq3_encode
+
+        print("PEER (chat key)  INSTALLATION  FLAGS")
         for r in rows:
             flags = ",".join(f for f in ("initiator", "confirmed", "expired") if r[f]) or "-"
-            print(f"{r['peer']} {r['installation_id']} {flags}")
+            print(f"{zq3_encode(bytes.fromhex(str(r['peer'])))}  {r['installation_id']}  {flags}")
     return 0
 
 
@@ -123,20 +150,23 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", metavar="FILE", help="write the protobuf bytes here")
     p = add("add-bundle", "store a peer's bundle (JSON or protobuf file)", client_command(_add_bundle),
             json_out=True)
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the bundle: JSON of keyagent bundle --json, or protobuf bytes (- = stdin)")
     p = add("encrypt", "encrypt stdin for a peer; ProtocolMessage bytes on stdout", client_command(_encrypt),
             json_out=True)
     p.add_argument("--to", required=True, metavar="IDENTITY", help="0x04…, compressed hex, zQ3… or status.app link")
     p.add_argument("--bundle", metavar="FILE", help="the peer's bundle (JSON or protobuf)")
-    p.add_argument("-o", "--out", metavar="FILE")
+    p.add_argument("--new-peer", action="store_true",
+                   help="allow a peer with no session and no bundle (checked by its name; no forward secrecy)")
+    p.add_argument("-o", "--out", metavar="FILE", help="write the message here (stdout must not be a terminal)")
     p.add_argument("--max-input", type=int, default=200 * 1024, help=argparse.SUPPRESS)
     p = add("decrypt", "decrypt a ProtocolMessage on stdin; payload on stdout", client_command(_decrypt),
             json_out=True)
-    p.add_argument("--from", dest="sender", required=True, metavar="IDENTITY")
-    p.add_argument("-o", "--out", metavar="FILE")
+    p.add_argument("--from", dest="sender", required=True, metavar="IDENTITY",
+                   help="the sender's chat key (0x04…, compressed hex, zQ3… or status.app link)")
+    p.add_argument("-o", "--out", metavar="FILE", help="write the payload here instead of stdout")
     p.add_argument("--reply-out", metavar="FILE", help="write a reply the agent wants sent back (our bundle) here")
     p.add_argument("--no-confirm", action="store_true", help="do not confirm (keep the message key)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="say which installation of the sender it came from")
     p.add_argument("--max-input", type=int, default=255 * 1024, help=argparse.SUPPRESS)
     add("sessions", "list sessions", client_command(_sessions), json_out=True)
     add("rotate", "rotate the signed prekey now", client_command(_rotate), json_out=True)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from agent.cli.common import InputError, client_command, read_stdin, write_bytes
+from agent.cli.common import InputError, client_command, read_stdin, write_bytes, plain_doc
 from agent.client import AgentClient
 
 __all__ = ["register"]
@@ -35,7 +35,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``public-message``."""
     p = subparsers.add_parser("public-message", parents=[common],
                               help="wrap stdin UNENCRYPTED in a ProtocolMessage (public_message)",
-                              description=__doc__)
+                              description=plain_doc(__doc__))
     p.add_argument("--socket", metavar="PATH", help="agent socket (default: see `keyagent --help`)")
     p.add_argument("-o", "--out", metavar="FILE", help="write the ProtocolMessage bytes here (default stdout)")
     p.set_defaults(func=client_command(_public))

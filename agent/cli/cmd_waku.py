@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.cli.common import InputError, client_command, parse_peer, print_doc, print_json, read_stdin, write_bytes
+from agent.cli.common import (InputError, client_command, parse_peer, plain_doc, print_doc, print_json, read_stdin,
+                              refuse_binary_to_terminal, write_bytes)
 from agent.client import AgentClient
 
 __all__ = ["register", "parse_sym_key"]
@@ -35,9 +36,19 @@ def parse_sym_key(text: str) -> bytes:
     return key
 
 
+def _bare_uncompressed(text: str) -> str:
+    """A 130-hex-digit uncompressed key as printed without its ``0x`` (``04…``) is the same key: accept it."""
+    body = text.strip()
+    if len(body) == 130 and body[:2] == "04" and all(c in "0123456789abcdefABCDEF" for c in body):
+        return "0x" + body
+    return text
+
+
 def _seal(args: argparse.Namespace, c: AgentClient) -> int:
+    if not args.json:
+        refuse_binary_to_terminal(None, "the sealed wire bytes")
     if args.to is not None:
-        to, sym = parse_peer(args.to), None
+        to, sym = parse_peer(_bare_uncompressed(args.to)), None
     else:
         to, sym = None, parse_sym_key(args.sym_key)
     wire = c.waku_seal(read_stdin(args.max_input), to=to, sym_key=sym, sign=args.sign)
@@ -85,11 +96,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     conn.add_argument("--json", action="store_true", help="print JSON")
     waku: argparse.ArgumentParser = subparsers.add_parser(
         "waku", parents=[common], help="seal/open Waku payloads with the agent's identity key",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain_doc(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = waku.add_subparsers(dest="waku_command", metavar="WAKU_COMMAND")
     sub.required = True
 
-    p = sub.add_parser("seal", parents=[common, conn], help="seal stdin; wire bytes on stdout")
+    p = sub.add_parser("seal", parents=[common, conn],
+                       help="seal stdin; wire bytes on stdout (not to a terminal: redirect it, or --json)")
     key = p.add_mutually_exclusive_group(required=True)
     key.add_argument("--to", metavar="CHATKEY", help="recipient: 0x04…, compressed hex, zQ3… or status.app link")
     key.add_argument("--sym-key", metavar="HEX", help="32-byte symmetric key (public chat, contact code, ...)")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Callable
 
 from agent.client import AgentClient, AgentError, AgentUnavailable, resolve_socket
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
-           "fail", "fail_coded", "fix_for", "set_json_errors", "print_json", "print_doc", "write_bytes",
+           "fail", "fail_coded", "plain_doc", "fix_for", "set_json_errors", "print_json", "print_doc", "write_bytes",
            "refuse_binary_to_terminal", "read_stdin", "parse_peer", "read_bundle_file", "peer_names"]
 
 #: The exit codes of every ``keyagent`` command (each command's docstring says which it uses).
@@ -132,6 +133,13 @@ def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Ca
             return fail_coded(exc.code, str(exc), EXIT_INPUT, exc.fix)
 
     return run
+
+
+def plain_doc(text: str | None) -> str:
+    """A module docstring as help text: without reST markup (double backticks, ``:mod:`x```), which --help
+    would otherwise show raw."""
+    body = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text or "")
+    return body.replace("``", "")
 
 
 def print_json(doc: Any) -> None:

@@ -154,7 +154,14 @@ def test_init_from_phrase_software_bad_checksum_warns_and_leaks_nothing(vectors:
     pw.chmod(0o600)
     rc, out, err = _run_init(["--home", str(home), "init", "--backend", "software", "--passphrase-file", str(pw),
                               "--scrypt-n", "1024", "--from-phrase"], phrase.encode(), _env(), needles)
+    # refused by default (a mistyped word would make another identity), nothing created, the reason said
+    assert rc == 2 and b"checksum" in err and b"--accept-bad-phrase" in err and not home.exists(), err
+    _assert_absent("init's refusal", out + err, needles)
+    rc, out, err = _run_init(["--home", str(home), "init", "--backend", "software", "--passphrase-file", str(pw),
+                              "--scrypt-n", "1024", "--from-phrase", "--accept-bad-phrase"], phrase.encode(), _env(),
+                             needles)
     assert rc == 0, err
+    assert b"chat key: zQ3" in out and b"name: " in out  # what the user compares with Status
     warnings = [line for line in err.splitlines() if b"warning" in line]
     assert len(warnings) == 1 and b"checksum" in warnings[0], err
     assert b"IMPORTED" not in err  # no token: nothing to say about token attributes
