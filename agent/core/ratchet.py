@@ -377,6 +377,10 @@ class Ratchet:
             s.ns = 0
         try:
             self._skip(s, dh, n, staged)
+        except MessageKeyGone:
+            # status-go says "can't skip current chain message keys: bad until"; what happened is simpler
+            raise MessageKeyGone("already decrypted (duplicate): this message's key was used and confirmed, "
+                                 "or deleted as too old") from None
         except DecryptFailed as exc:
             raise type(exc)(f"can't skip current chain message keys: {exc}") from None
         if self._tracer:

@@ -590,8 +590,12 @@ class SessionManager:
         msg = decode_protocol_message(message)
         bundles = []
         for b in msg.bundles:
-            if self._verify_cached(b) != sender:
-                raise IdentityMismatch("a bundle in the message is not the sender's")
+            signer = self._verify_cached(b)
+            if signer != sender:  # name the key that did sign it: usually a wrong --from
+                from agent.core.identity import zq3_encode
+
+                raise IdentityMismatch(f"the message was sent by {zq3_encode(signer)} (its bundle is signed by that "
+                                       f"key), not by the given sender {zq3_encode(sender)}")
             bundles.append(b)
         sender_iid = msg.installation_id
         if sender == self.identity and sender_iid == self.installation_id:
