@@ -66,7 +66,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     except StartError as exc:
         return fail(str(exc), EXIT_FAILED)
     sys.stdout.write(shell_lines(path, pid, shell))
-    if not _unlocked(path):
+    given = any(getattr(args, o) for o in ("pin_file", "passphrase_file")) or any(
+        os.environ.get(v) for v in ("KEYAGENT_PIN", "KEYAGENT_PASSPHRASE"))
+    if not given and not _unlocked(path):  # asked only then: a start with a secret makes no extra request
         print("keyagent: started locked: run keyagent unlock (or start with --pin-file/--passphrase-file or "
               "$KEYAGENT_PIN/$KEYAGENT_PASSPHRASE)", file=sys.stderr)
     return 0

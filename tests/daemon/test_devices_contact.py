@@ -286,7 +286,7 @@ def test_bad_contact_codes_are_refused_and_store_nothing(agents: AgentFactory) -
         rc, out, err = a.cli("contact", "import", text)
         assert rc == 2, (what, err)
         assert out == "" and len(err.splitlines()) == 1, what
-        assert err.startswith("keyagent: invalid contact code: "), (what, err)
+        assert err.startswith("keyagent: BAD_INPUT: invalid contact code: "), (what, err)  # code first
         if what == "someone else's signature":
             assert "not signed by the identity key it names" in err
     # the agent refuses the forged bundle too (it verifies what add_bundle gets), with a typed error

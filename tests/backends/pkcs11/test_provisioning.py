@@ -72,7 +72,7 @@ def test_cli_init_and_migrate(softhsm_token: SoftHSMToken, tmp_path: Any) -> Non
     sw_pub = load_config(home)["identity_public_key"]
     assert stat_mode(os.path.join(home, "config.json")) == 0o600
     r = run("init", "--backend", "software", "--scrypt-n", "1024")
-    assert r.returncode != 0 and "KeyExists" in r.stderr
+    assert r.returncode != 0 and "KEY_EXISTS" in r.stderr  # the error's code, not a Python class name
     pinfile = tmp_path / "pin"
     pinfile.write_text(softhsm_token.pin + "\n")
     pinfile.chmod(0o600)
