@@ -5,7 +5,8 @@
         msg = agent.encrypt(peer_identity, b"hi").message
 
 Every failure the agent reports raises :class:`AgentError` with the stable ``code`` name (``"LOCKED"``,
-``"NO_SESSION"``, ...); transport failures raise :class:`AgentUnavailable`. One client object holds one
+``"NO_SESSION"``, ...); transport failures raise :class:`AgentUnavailable`; a socket that another user controls
+raises :class:`UntrustedSocket` before anything is sent (agent/socket_trust.py). One client object holds one
 connection and is safe to share between threads (requests are serialised on it); open one per thread for
 parallelism.
 """
@@ -22,11 +23,13 @@ from typing import Sequence
 from agent.framing import MAX_FRAME, FrameDecoder, FrameError, encode_frame
 from agent.paths import default_home, socket_path_for
 from agent.pb.keyagent import agent_pb2 as pb
+from agent.socket_trust import UntrustedSocket, check_peer, check_socket_dir, trusted_agent_uids
 
 __all__ = [
     "AgentClient",
     "AgentError",
     "AgentUnavailable",
+    "UntrustedSocket",
     "Encrypted",
     "Decrypted",
     "Identity",
@@ -117,7 +120,10 @@ class AgentClient:
     """One connection to one agent."""
 
     def __init__(self, socket_path: str | os.PathLike[str] | None = None, *, timeout: float | None = 60.0,
-                 max_frame: int = 16 * 1024 * 1024, max_request: int = MAX_FRAME) -> None:
+                 max_frame: int = 16 * 1024 * 1024, max_request: int = MAX_FRAME,
+                 agent_uids: frozenset[int] | None = None) -> None:
+        """``agent_uids``: the uids the listener may run as (default: ours, root and ``$KEYAGENT_AGENT_UID``)."""
+        self._trusted = agent_uids
         self.socket_path = os.fspath(socket_path) if socket_path is not None else resolve_socket()
         self._timeout = timeout
         self._max_frame = max_frame
@@ -131,6 +137,8 @@ class AgentClient:
     # --- connection -------------------------------------------------------------------------------------------
     def connect(self) -> "AgentClient":
         if self._sock is None:
+            trusted = self._trusted if self._trusted is not None else trusted_agent_uids()
+            check_socket_dir(self.socket_path, trusted)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(self._timeout)
             try:
@@ -138,6 +146,11 @@ class AgentClient:
             except OSError as exc:
                 s.close()
                 raise AgentUnavailable(f"no agent at {self.socket_path}: {exc.strerror or exc}") from exc
+            try:
+                check_peer(s, self.socket_path, trusted)
+            except BaseException:
+                s.close()
+                raise
             self._sock = s
         return self
 

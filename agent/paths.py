@@ -5,7 +5,10 @@ A client library must find the socket without importing the daemon, so these rul
 Home: one per identity (``--home DIR`` / ``KEYAGENT_HOME``, default ``$XDG_DATA_HOME/keyagent``).
 
 Socket location: ``$XDG_RUNTIME_DIR/keyagent/`` when XDG_RUNTIME_DIR is set (a per-login tmpfs owned by the user),
-otherwise ``/tmp/keyagent-$UID/``. Inside, each home gets its own socket, ``agent-<hash>.sock`` where the hash is
+otherwise ``$TMPDIR/keyagent-$UID/`` (``/tmp`` when TMPDIR is unset). That fallback name is predictable on
+purpose and safe because both sides verify its owner: the daemon binds only in a directory it owns with mode 0700
+(agent/daemon/socketdir.py), the client connects only into one a trusted uid owns (agent/socket_trust.py, where
+the choice against a ``mkdtemp`` name is argued). Inside, each home gets its own socket, ``agent-<hash>.sock`` where the hash is
 of the home's real path, so several agents (one per identity) run side by side and the path stays well under the
 108-byte ``sun_path`` limit.
 """
@@ -30,11 +33,11 @@ def default_home() -> str:
 
 
 def runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/keyagent`` if XDG_RUNTIME_DIR is an existing directory, else ``/tmp/keyagent-$UID``."""
+    """``$XDG_RUNTIME_DIR/keyagent`` if XDG_RUNTIME_DIR is an existing directory, else ``$TMPDIR/keyagent-$UID``."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "keyagent"
-    return Path("/tmp") / f"keyagent-{os.getuid()}"
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"keyagent-{os.getuid()}"
 
 
 def socket_path_for(home: str | os.PathLike[str]) -> Path:

@@ -30,8 +30,12 @@ def test_runtime_dir_prefers_xdg_and_falls_back_to_tmp(tmp: Path, monkeypatch: p
     assert a.parent == b.parent == tmp / "keyagent" and a != b  # one socket per home: agents side by side
     assert socket_path_for(tmp / "home-a" / ".." / "home-a") == a  # the same home, however it is spelled
     assert len(str(socket_path_for("/" + "x" * 200))) < 108 + len(str(tmp))  # the home's length never matters
+    monkeypatch.delenv("TMPDIR", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "missing"))
     assert runtime_dir() == Path(f"/tmp/keyagent-{os.getuid()}")
+    monkeypatch.setenv("TMPDIR", str(tmp))  # like ssh-agent's mkdtemp, the fallback honours TMPDIR
+    assert runtime_dir() == tmp / f"keyagent-{os.getuid()}"
+    monkeypatch.delenv("TMPDIR")
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert runtime_dir() == Path(f"/tmp/keyagent-{os.getuid()}")
 

@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from agent.client import AgentClient, AgentError, AgentUnavailable, resolve_socket
+from agent.client import AgentClient, AgentError, AgentUnavailable, UntrustedSocket, resolve_socket
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
            "fail", "fail_coded", "plain_doc", "fix_for", "set_json_errors", "print_json", "print_doc", "write_bytes",
@@ -129,6 +129,8 @@ def client_command(func: Callable[[argparse.Namespace, AgentClient], int]) -> Ca
             return fail_coded(exc.code, exc.message, EXIT_FAILED)
         except AgentUnavailable as exc:
             return fail_coded("UNAVAILABLE", str(exc), EXIT_UNREACHABLE)
+        except UntrustedSocket as exc:  # another user's socket: nothing was sent (the message names the fix)
+            return fail_coded(exc.code, str(exc), EXIT_FAILED, "")
         except InputError as exc:
             return fail_coded(exc.code, str(exc), EXIT_INPUT, exc.fix)
 
