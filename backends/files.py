@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from agent.home_trust import open_nofollow
+
 __all__ = ["FileTooLarge", "read_capped"]
 
 
@@ -16,8 +18,10 @@ class FileTooLarge(ValueError):
 
 
 def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The whole file if it holds at most ``limit`` bytes; FileTooLarge otherwise, OSError as open/read raise it."""
-    with open(path, "rb") as fh:
+    """The whole file if it holds at most ``limit`` bytes; FileTooLarge otherwise, OSError as open/read raise it.
+
+    Opened with O_NOFOLLOW: these files are trusted, so a symlink in their place is refused (UnsafeHome)."""
+    with open(open_nofollow(path, os.O_RDONLY), "rb") as fh:
         raw = fh.read(limit + 1)
     if len(raw) > limit:
         raise FileTooLarge(f"{os.fspath(path)} is larger than {limit} bytes")

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from backends.base import Backend, SecretSource
 from backends.errors import BackendConfigError, KeyExists, PinRequired
-from backends.home_config import ConfigUnreadable, config_path, read_home_config
+from backends.home_config import ConfigUnreadable, ConfigUntrusted, config_path, read_home_config
 from backends.software import DEFAULT_SCRYPT_N, SoftwareBackend, write_atomic
 
 __all__ = [
@@ -58,20 +58,31 @@ CONFIG_VERSION = 1
 
 def load_config(home: str) -> dict[str, Any]:
     """Read and validate ``<home>/config.json``; BackendConfigError on anything wrong (the typed ones of
-    :mod:`backends.home_config` when the file cannot be read as JSON), the OS's own error when it is unreadable."""
+    :mod:`backends.home_config` when the file cannot be read as JSON), the OS's own error when it is unreadable,
+    UnsafeHome when another user could have written the home (the config names the module the agent loads)."""
+    from agent.home_trust import check_home_file
+
     try:
         cfg = read_home_config(home)
     except ConfigUnreadable as exc:
         raise exc.error from None  # permissions / I/O: the caller sees the OSError, as open() raised it
+    except ConfigUntrusted as exc:
+        raise exc.error from None  # UnsafeHome, naming the path and the fix
     validate_config(cfg)
     assert isinstance(cfg, dict)
+    if cfg["backend"] == "software":
+        key_file = cfg["software"]["key_file"]
+        check_home_file(key_file if os.path.isabs(key_file) else os.path.join(home, key_file), secret=True)
     return cfg
 
 
 def write_config(home: str, cfg: Mapping[str, Any]) -> None:
     """Validate and write the config atomically (0600); the home directory is created 0700 if missing."""
+    from agent.home_trust import check_home
+
     validate_config(cfg)
     os.makedirs(home, mode=0o700, exist_ok=True)
+    check_home(home)
     write_atomic(config_path(home), (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -214,6 +225,9 @@ def provision_identity(
     protected from now on, it was not born there. ``force`` accepts an adopted extractable key.
     Nothing is written if any step fails (a token key made before the failure is destroyed again).
     """
+    from agent.home_trust import check_home
+
+    check_home(home)  # before a key is made: an unsafe home gets nothing written into it
     _refuse_existing(home)
     if import_secret is not None and (adopt_id is not None or adopt_label is not None):
         raise BackendConfigError("import a key or adopt one, not both")

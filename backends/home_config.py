@@ -3,7 +3,9 @@
 The daemon (via :func:`backends.home.load_config`, which adds the schema check), the offline ``whoami``, the
 doctor and ``keyagent devices`` all read the same file; each turns these errors into its own words (the doctor
 names a fix, ``whoami`` falls back to the chat key, the device listing shows nothing). The file is read capped,
-so a huge or endless file costs a bounded read. Nothing here checks the schema: that is
+so a huge or endless file costs a bounded read, and only from a home nobody else can write (agent/home_trust.py:
+the home, its parents and the files in it are checked first, and the file is opened with O_NOFOLLOW), because
+the config names the PKCS#11 module the agent loads. Nothing here checks the schema: that is
 :func:`backends.home.validate_config`, so a reader that only needs one section is not refused by another.
 """
 
@@ -13,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from agent.home_trust import UnsafeHome, verify_home
 from backends.errors import BackendConfigError
 from backends.files import FileTooLarge, read_capped
 
@@ -23,6 +26,7 @@ __all__ = [
     "HomeConfigError",
     "ConfigMissing",
     "ConfigUnreadable",
+    "ConfigUntrusted",
     "ConfigTooLarge",
     "ConfigMalformed",
     "read_home_config",
@@ -57,6 +61,14 @@ class ConfigUnreadable(HomeConfigError):
         self.error = error
 
 
+class ConfigUntrusted(HomeConfigError):
+    """Another user could have written the home or the file: ``error`` is the UnsafeHome naming the path and fix."""
+
+    def __init__(self, message: str, path: str, error: UnsafeHome) -> None:
+        super().__init__(message, path)
+        self.error = error
+
+
 class ConfigTooLarge(HomeConfigError):
     """The file is larger than :data:`MAX_CONFIG`: not the file init wrote (restore it)."""
 
@@ -69,7 +81,10 @@ def read_home_config(home: str | os.PathLike[str]) -> Any:
     """The parsed JSON of ``<home>/config.json`` (any JSON value: the caller checks its shape), or a typed error."""
     path = config_path(home)
     try:
+        verify_home(home)
         raw = read_capped(path, MAX_CONFIG)
+    except UnsafeHome as exc:
+        raise ConfigUntrusted(str(exc), path, exc) from exc
     except FileNotFoundError as exc:
         raise ConfigMissing(f"{path} does not exist: run keyagent init", path) from exc
     except FileTooLarge as exc:

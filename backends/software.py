@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from agent.core import secp256k1
 from agent.core.keyops import KeyOps
+from agent.home_trust import open_nofollow
 from backends.base import MAX_SPK_VERSION, BackendStatus, SecretSource, SignedPrekeyInfo
 from backends.errors import (
     BackendConfigError,
@@ -391,7 +392,7 @@ class SoftwareBackend:
 
     def _read_header(self) -> _Header:
         try:
-            with open(self._path, "rb") as fh:
+            with open(open_nofollow(self._path, os.O_RDONLY), "rb") as fh:  # the key file is trusted: no links
                 raw = fh.read(_MAX_FILE + 1)
         except FileNotFoundError as exc:
             raise BackendConfigError(f"key file {self._path} does not exist") from exc
@@ -494,7 +495,7 @@ def _write_file(path: str, header: _Header, file_key: bytes, keys: dict[int, Mem
 
 
 def _decrypt(path: str, header: _Header, file_key: bytes) -> dict[int, MemoryKey]:
-    with open(path, "rb") as fh:
+    with open(open_nofollow(path, os.O_RDONLY), "rb") as fh:
         doc = json.loads(fh.read(_MAX_FILE))
     if not hmac.compare_digest(_unhex(doc["check"], "check", 16), _check_value(file_key)):
         raise PassphraseIncorrect(f"wrong passphrase for key file {path}")

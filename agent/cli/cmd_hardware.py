@@ -107,10 +107,12 @@ def _listing_args(p: argparse.ArgumentParser) -> None:
 
 def _home_pkcs11(home: str) -> dict[str, Any]:
     """The home's pkcs11 config section ({} when the home has none): module path and the recorded token serial."""
-    from backends.home_config import HomeConfigError, read_home_config
+    from backends.home_config import ConfigUntrusted, HomeConfigError, read_home_config
 
     try:
         doc = read_home_config(home)
+    except ConfigUntrusted as exc:  # its module must not be loaded: say why instead of listing nothing
+        raise exc.error from None
     except HomeConfigError:
         return {}
     if isinstance(doc, dict) and doc.get("backend") == "pkcs11" and isinstance(doc.get("pkcs11"), dict):

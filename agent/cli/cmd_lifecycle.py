@@ -23,10 +23,19 @@ __all__ = ["register"]
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from agent.daemon.config import ConfigError, Home, load_config
-    from agent.daemon.daemonize import StartError, shell_lines, spawn_background
+    from agent.daemon.daemonize import StartError, home_backend_kind, shell_lines, spawn_background
+    from agent.home_trust import UnsafeHome, verify_home
     from agent.paths import socket_path_for
+    from backends.errors import BackendConfigError
 
     home = Home.at(args.home)
+    try:
+        verify_home(home.path)  # before anything in it is read or obeyed (agent/home_trust.py)
+        kind = home_backend_kind(home)
+    except UnsafeHome as exc:
+        return fail(f"{exc.code}: {exc}", EXIT_FAILED)
+    except BackendConfigError as exc:
+        return fail(f"{exc.code}: {exc}", EXIT_INPUT)
     try:
         config = load_config(home).with_overrides(
             allow_uids=tuple(args.allow_uid) if args.allow_uid else None,
@@ -57,12 +66,17 @@ def _cmd_start(args: argparse.Namespace) -> int:
         child.append("--allow-ecdh")
     if args.unlock_ttl is not None:
         child += ["--unlock-ttl", str(args.unlock_ttl)]
+    secret: str | None = None
     for opt in ("pin_file", "passphrase_file"):
         value = getattr(args, opt)
         if value:
             child += ["--" + opt.replace("_", "-"), os.path.abspath(value)]
+    if not (args.pin_file or args.passphrase_file) and kind is not None:
+        from agent.daemon.hardening import secret_var_for
+
+        secret = os.environ.get(secret_var_for(kind)) or None  # the child gets it by pipe, not by environment
     try:
-        pid, path = spawn_background(child, home)
+        pid, path = spawn_background(child, home, secret=secret)
     except StartError as exc:
         return fail(str(exc), EXIT_FAILED)
     sys.stdout.write(shell_lines(path, pid, shell))
@@ -115,7 +129,8 @@ def _guess_shell() -> str:
 def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str) -> int:
     import logging
 
-    from agent.daemon.daemonize import run_foreground, take_start_secret, write_ready
+    from agent.daemon.daemonize import home_backend_kind, run_foreground, take_start_secret, write_ready
+    from agent.daemon.hardening import harden_process
     from agent.daemon.logcap import configure_daemon_logging
 
     # One escaped line per record; size-capped and rotated when stderr is HOME/agent.log (background start).
@@ -123,8 +138,9 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
                              max_bytes=config.agent_log_max_bytes, backups=config.agent_log_backups)
     ready_fd: int | None = args.ready_fd
     try:
+        harden_process()
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        secret = take_start_secret(args.pin_file, args.passphrase_file)
+        secret = take_start_secret(home_backend_kind(home), args.pin_file, args.passphrase_file, args.secret_fd)
 
         def ready(path: str) -> None:
             if ready_fd is not None:
@@ -224,7 +240,10 @@ def _unlock(args: argparse.Namespace, c: AgentClient) -> int:
         except Exception as exc:
             raise InputError(str(exc)) from exc
     else:
-        secret = os.environ.get("KEYAGENT_PIN") or os.environ.get("KEYAGENT_PASSPHRASE") or ""
+        from agent.daemon.hardening import secret_var_for
+
+        # the variable of the agent's backend: a user with a token home and a key-file home sets both
+        secret = os.environ.get(secret_var_for(c.status().backend)) or ""
         if not secret:
             if not sys.stdin.isatty():
                 secret = sys.stdin.readline().rstrip("\r\n")
@@ -278,6 +297,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="agent log detail (HOME/agent.log; never key material)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--secret-fd", type=int, help=argparse.SUPPRESS)
 
     p = add("stop", "stop the agent and print the shell lines that forget it (eval \"$(keyagent stop)\")",
             _cmd_stop)

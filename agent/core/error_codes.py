@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     # start-up refusals printed by ``keyagent start``: no request can raise them (INTERNAL if one ever did)
     UNSAFE_SOCKET_DIR = "UNSAFE_SOCKET_DIR", "INTERNAL"
     AGENT_RUNNING = "AGENT_RUNNING", "INTERNAL"
+    UNSAFE_HOME = "UNSAFE_HOME", "INTERNAL"  # the home can be changed by another user (agent/home_trust.py)
 
 
 class CodedError(Exception):

@@ -157,9 +157,17 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
 
 
 def load_config(home: Home) -> AgentConfig:
-    """Read ``agent.json`` if present (absent = defaults); type-check every known key."""
+    """Read ``agent.json`` if present (absent = defaults); type-check every known key.
+
+    The home and the file are verified first (UnsafeHome): agent.json may name a ``confirm_command`` that runs
+    as the owner, so it is only obeyed when nobody else can have written it. Opened with O_NOFOLLOW."""
+    from agent.home_trust import check_home, check_home_file, open_nofollow
+
+    check_home(home.path)
+    check_home_file(home.config)
     try:
-        raw = home.config.read_bytes()
+        with open(open_nofollow(home.config, os.O_RDONLY), "rb") as fh:
+            raw = fh.read((1 << 20) + 1)
     except FileNotFoundError:
         return AgentConfig()
     except OSError as exc:

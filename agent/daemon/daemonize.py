@@ -30,6 +30,7 @@ from backends.base import Backend
 
 __all__ = [
     "StartError",
+    "home_backend_kind",
     "open_home_backend",
     "take_start_secret",
     "run_foreground",
@@ -65,23 +66,36 @@ def open_home_backend(home: Home, config: AgentConfig) -> Backend:
     return open_backend(cfg, home=str(home.path))
 
 
-def take_start_secret(pin_file: str | None = None, passphrase_file: str | None = None) -> str | None:
-    """The PIN/passphrase to unlock with at start: a 0600 file, else ``KEYAGENT_PIN``/``KEYAGENT_PASSPHRASE``.
+def home_backend_kind(home: Home) -> str | None:
+    """``pkcs11`` or ``software`` as the home's config.json says (verified home), None when it has no config."""
+    from backends.home import load_config
 
-    The variables are removed from our environment so child processes (pinentry, confirm hooks) do not inherit them.
+    if not (home.path / "config.json").exists():
+        return None
+    kind: str = load_config(str(home.path))["backend"]
+    return kind
+
+
+def take_start_secret(backend_kind: str | None, pin_file: str | None = None, passphrase_file: str | None = None,
+                      secret_fd: int | None = None) -> str | None:
+    """The PIN/passphrase to unlock with at start: a 0600 file, else the pipe ``keyagent start`` handed us, else the
+    backend's variable (``KEYAGENT_PIN`` for a token, ``KEYAGENT_PASSPHRASE`` for a key file).
+
+    Every secret variable is wiped from our environment either way (agent/daemon/hardening.py), so neither
+    ``/proc/PID/environ`` nor child processes (pinentry, confirm hooks) see them.
     """
+    from agent.daemon.hardening import read_secret_fd, scrub_secret_env, take_secret_env
     from backends.pin import read_secret_file
 
-    secret: str | None = None
+    from_pipe = read_secret_fd(secret_fd) if secret_fd is not None else None
+    from_env = take_secret_env(backend_kind or "software")
+    scrub_secret_env()
     for path in (pin_file, passphrase_file):
         if path:
-            secret = read_secret_file(path)
-            break
-    for var in ("KEYAGENT_PIN", "KEYAGENT_PASSPHRASE"):
-        value = os.environ.pop(var, None)
-        if secret is None and value:
-            secret = value
-    return secret
+            return read_secret_file(path)
+    if secret_fd is not None:
+        return from_pipe
+    return from_env
 
 
 def sd_notify(message: str) -> None:
@@ -136,6 +150,10 @@ def run_foreground(
     """Run the agent in this process until it stops; 0 on a clean stop."""
     from pathlib import Path
 
+    from agent.daemon.hardening import harden_process
+
+    harden_process()  # before the backend is opened: no core dump or ptrace can reach a key or PIN
+
     from agent.daemon.server import AgentServer  # keeps `keyagent start` (the parent) light
     from agent.daemon.socketdir import claim_socket
 
@@ -168,22 +186,33 @@ def run_foreground(
     return 0
 
 
-def spawn_background(child_argv: list[str], home: Home, timeout: float = 120.0) -> tuple[int, str]:
-    """Start ``child_argv`` (which must accept ``--ready-fd N``) detached; return (pid, socket) once it is ready."""
+def spawn_background(child_argv: list[str], home: Home, timeout: float = 120.0, *,
+                     secret: str | None = None) -> tuple[int, str]:
+    """Start ``child_argv`` (which must accept ``--ready-fd N`` and ``--secret-fd N``) detached; return (pid, socket)
+    once it is ready. ``secret`` reaches the child over a pipe; the child's environment holds no secret variable."""
+    from agent.daemon.hardening import without_secrets
+
+    from agent.home_trust import check_home, open_nofollow
+
     home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_home(home.path)
     r, w = os.pipe()
+    sr, sw = os.pipe()  # the start secret: a pipe, never argv or the environment (both readable in /proc)
     try:
-        log_fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.write(sw, (secret or "").encode("utf-8"))  # far below the pipe buffer: never blocks
+        os.close(sw)
+        log_fd = open_nofollow(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             proc = subprocess.Popen(
-                [*child_argv, "--ready-fd", str(w)],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(w,),
-                start_new_session=True, close_fds=True,
+                [*child_argv, "--ready-fd", str(w), "--secret-fd", str(sr)],
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(w, sr),
+                start_new_session=True, close_fds=True, env=without_secrets(os.environ),
             )
         finally:
             os.close(log_fd)
     finally:
         os.close(w)
+        os.close(sr)
     try:
         data = b""
         deadline = time.monotonic() + timeout

@@ -208,6 +208,10 @@ def _check_config(ctx: DoctorContext) -> CheckResult:
         doc = hc.read_home_config(home)
     except hc.ConfigMissing:
         return CheckResult(Status.FAIL, f"no {hc.CONFIG_NAME} in {home}", f"run `keyagent init --home {home} ...`")
+    except hc.ConfigUntrusted as exc:  # start refuses this home too; its module is not loaded by the later checks
+        return CheckResult(Status.FAIL, str(exc.error).split("; fix: ")[0],
+                           str(exc.error).split("; fix: ")[-1] if "; fix: " in str(exc.error)
+                           else "make the home and its files yours and not writable by others")
     except hc.ConfigUnreadable as exc:
         return CheckResult(Status.FAIL, f"cannot read {path}: {exc.error.strerror}",
                            f"check the owner and mode of {path} (it must be yours, mode 0600)")

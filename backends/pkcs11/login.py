@@ -12,6 +12,7 @@ Token quirks handled here (measured on SoftHSM 2.6.1 / p11-kit 0.24, see pkcs11-
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pkcs11.exceptions as px
@@ -43,7 +44,7 @@ class FailureCounter:
         if not self.path:
             return
         try:
-            with open(self.path, "rb") as fh:
+            with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
                 doc = json.loads(fh.read(4096))
         except FileNotFoundError:
             return

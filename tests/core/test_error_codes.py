@@ -12,7 +12,7 @@ def test_every_name_travels_as_a_wire_code() -> None:
     wire = set(pb.Error.Code.keys())
     assert {code.wire for code in ErrorCode} == wire
     assert {code.value for code in ErrorCode} - wire == {"BACKEND_ERROR", "KEY_EXISTS", "KEY_EXTRACTABLE",
-                                                                 "UNSAFE_SOCKET_DIR", "AGENT_RUNNING"}
+                                                                 "UNSAFE_SOCKET_DIR", "AGENT_RUNNING", "UNSAFE_HOME"}
 
 
 def test_a_coded_error_is_sent_as_its_wire_code() -> None:
