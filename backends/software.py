@@ -59,8 +59,11 @@ FORMAT = "keyagent-keyfile"
 FILE_VERSION = 1
 #: scrypt N=2^17, r=8, p=1: ~0.5 s and 128 MiB on a 2-core VM (measured), above RFC 7914's interactive 2^14.
 DEFAULT_SCRYPT_N = 1 << 17
-# Upper bounds on parameters read back from a file, so a tampered header cannot make us allocate gigabytes.
-_MAX_N, _MAX_R, _MAX_P = 1 << 22, 32, 16
+# Upper bounds on parameters read back from a file, checked before any work, so a tampered header cannot make us
+# allocate gigabytes before the passphrase is even tried: scrypt's memory is 128·r·N bytes (capped at 1 GiB, 8x
+# the default's 128 MiB), and p multiplies the time only (capped at 4: the default is 1).
+_MAX_N, _MAX_R, _MAX_P = 1 << 22, 32, 4
+_MAX_SCRYPT_MEMORY = 1 << 30
 _MAX_FILE = 1 << 20
 _CHECK_LABEL = b"keyagent key-file check v1"
 KEYRING_SERVICE = "keyagent"
@@ -184,9 +187,12 @@ class _Header:
             for val, hi in ((n, _MAX_N), (r, _MAX_R), (p, _MAX_P)):
                 if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= hi:
                     raise KeyFileCorrupt("scrypt parameters out of range")
-            assert isinstance(n, int)
+            assert isinstance(n, int) and isinstance(r, int)
             if n & (n - 1) or n < 2:
                 raise KeyFileCorrupt("scrypt N must be a power of two")
+            if 128 * r * n > _MAX_SCRYPT_MEMORY:
+                raise KeyFileCorrupt(f"scrypt parameters ask for {128 * r * n >> 20} MiB (more than 1 GiB): "
+                                     f"not a key file this agent wrote")
             if len(_unb64(kdf.get("salt"), "kdf.salt")) < 16:
                 raise KeyFileCorrupt("scrypt salt too short")
             if set(kdf) != {"name", "n", "r", "p", "salt"}:
@@ -291,8 +297,8 @@ class SoftwareBackend:
             assert passphrase is not None
             if not passphrase:
                 raise BackendConfigError("the passphrase is empty")
-            if scrypt_n < 2 or scrypt_n & (scrypt_n - 1) or scrypt_n > _MAX_N:
-                raise BackendConfigError("scrypt N must be a power of two <= 2^22")
+            if scrypt_n < 2 or scrypt_n & (scrypt_n - 1) or 128 * 8 * scrypt_n > _MAX_SCRYPT_MEMORY:
+                raise BackendConfigError("scrypt N must be a power of two <= 2^20 (1 GiB with r=8)")
             kdf = {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": _b64(secrets.token_bytes(16))}
             file_key = _scrypt(passphrase, kdf)
         header = _Header(kdf, identity.public_key(), {})

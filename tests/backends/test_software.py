@@ -229,3 +229,43 @@ def test_bad_versions_rejected(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             b.create_signed_prekey(bad)
     assert b.list_signed_prekeys() == []
+
+
+@pytest.mark.parametrize("n,r,p", [(1 << 22, 8, 1), (1 << 21, 8, 1), (1 << 20, 16, 1), (1 << 17, 8, 16)])
+def test_scrypt_memory_and_work_capped_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       n: int, r: int, p: int) -> None:
+    """A crafted header asking for 128·r·N above 1 GiB (4 GiB, 2 GiB, 2 GiB) or p above 4 is refused before
+    scrypt runs: the file is not trusted until the passphrase checks out, so it must not cost gigabytes first."""
+    import backends.software as sw
+
+    b = _make(tmp_path)
+    doc = json.loads(Path(b.path).read_text())
+    doc["kdf"].update(n=n, r=r, p=p)
+    Path(b.path).write_text(json.dumps(doc))
+    calls: list[object] = []
+    monkeypatch.setattr(sw, "_scrypt", lambda *a: calls.append(a) or b"\0" * 32)
+    with pytest.raises(KeyFileCorrupt):
+        SoftwareBackend(b.path).unlock("correct horse")
+    assert calls == []  # refused before any key derivation
+
+
+def test_scrypt_cap_admits_1_gib_and_refuses_more_at_creation(tmp_path: Path) -> None:
+    from backends.errors import BackendConfigError
+
+    with pytest.raises(BackendConfigError):
+        SoftwareBackend.create(str(tmp_path / "k"), passphrase="x", scrypt_n=1 << 21)  # 2 GiB with r=8
+    doc = json.loads(Path(_make(tmp_path).path).read_text())
+    doc["kdf"].update(n=1 << 20, r=8, p=1)  # exactly 1 GiB parses (the header check alone)
+    from backends.software import _Header
+
+    _Header.parse(doc)
+
+
+def test_key_file_symlink_is_not_followed(tmp_path: Path) -> None:
+    from agent.home_trust import UnsafeHome
+
+    b = _make(tmp_path)
+    link = tmp_path / "link.key"
+    link.symlink_to(b.path)
+    with pytest.raises(UnsafeHome, match="symlink"):
+        SoftwareBackend(str(link))
