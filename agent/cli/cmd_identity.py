@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, InputError, agent_socket,
                               client_command, command_adder, fail, print_json)
-from agent.client import AgentClient, AgentError, AgentUnavailable
+from agent.client import AgentClient, AgentError, AgentUnavailable, UntrustedSocket
 
 __all__ = ["register"]
 
@@ -45,11 +45,17 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
                        contact_code_key="0x" + ident.contact_code_key.hex())
     except AgentError as exc:
         return fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
+    except UntrustedSocket as exc:  # another user's socket: nothing was sent, and no offline fallback either
+        return fail(f"{exc.code}: {exc}", EXIT_FAILED)
     except AgentUnavailable as exc:
         if getattr(args, "socket", None):
             return fail(f"{exc} (is the agent running? keyagent start)", EXIT_UNREACHABLE)
+        from agent.home_trust import UnsafeHome
+
         try:
             doc = offline_document(args.home)
+        except UnsafeHome as err:  # the home is not believed: say why, not "no readable config"
+            return fail(f"{err.code}: {err}", EXIT_FAILED)
         except Exception as err:
             return fail(f"{exc}, and the home has no readable config.json ({err})", EXIT_UNREACHABLE)
         print("keyagent: no agent running; read from the home's config.json", file=sys.stderr)
