@@ -60,8 +60,9 @@ def load_config(home: str) -> dict[str, Any]:
     """Read and validate ``<home>/config.json``; BackendConfigError on anything wrong (the typed ones of
     :mod:`backends.home_config` when the file cannot be read as JSON), the OS's own error when it is unreadable,
     UnsafeHome when another user could have written the home (the config names the module the agent loads)."""
-    from agent.home_trust import check_home_file
+    from agent.home_trust import check_home_file, verify_home
 
+    verify_home(home)  # every file the agent keeps there (read_home_config checks the home and config.json)
     try:
         cfg = read_home_config(home)
     except ConfigUnreadable as exc:

@@ -4,8 +4,9 @@ The daemon (via :func:`backends.home.load_config`, which adds the schema check),
 doctor and ``keyagent devices`` all read the same file; each turns these errors into its own words (the doctor
 names a fix, ``whoami`` falls back to the chat key, the device listing shows nothing). The file is read capped,
 so a huge or endless file costs a bounded read, and only from a home nobody else can write (agent/home_trust.py:
-the home, its parents and the files in it are checked first, and the file is opened with O_NOFOLLOW), because
-the config names the PKCS#11 module the agent loads. Nothing here checks the schema: that is
+the home, its parents and this file are checked first, and the file is opened with O_NOFOLLOW), because
+the config names the PKCS#11 module the agent loads (the other files of the home are checked by
+:func:`backends.home.load_config`, before the daemon uses them; the doctor names each one's fix itself). Nothing here checks the schema: that is
 :func:`backends.home.validate_config`, so a reader that only needs one section is not refused by another.
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 from typing import Any
 
-from agent.home_trust import UnsafeHome, verify_home
+from agent.home_trust import UnsafeHome, check_home, check_home_file
 from backends.errors import BackendConfigError
 from backends.files import FileTooLarge, read_capped
 
@@ -81,7 +82,8 @@ def read_home_config(home: str | os.PathLike[str]) -> Any:
     """The parsed JSON of ``<home>/config.json`` (any JSON value: the caller checks its shape), or a typed error."""
     path = config_path(home)
     try:
-        verify_home(home)
+        check_home(home)
+        check_home_file(path)
         raw = read_capped(path, MAX_CONFIG)
     except UnsafeHome as exc:
         raise ConfigUntrusted(str(exc), path, exc) from exc

@@ -273,7 +273,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("start", "start the agent (prints shell lines to eval)", _cmd_start)
     p.description = "Start the agent for --home (eval \"$(keyagent start)\"), or run it in the foreground (-D)."
     p.epilog = (
-        "Socket: $XDG_RUNTIME_DIR/keyagent/agent-<hash of home>.sock, or /tmp/keyagent-$UID/ when "
+        "Socket: $XDG_RUNTIME_DIR/keyagent/agent-<hash of home>.sock, or $TMPDIR/keyagent-$UID/ (/tmp) when "
         "XDG_RUNTIME_DIR is unset; the directory must be yours with mode 0700. A live agent on the socket is "
         "never replaced; a stale socket file is. The PIN/passphrase for unlocking at start comes from "
         "--pin-file/--passphrase-file or KEYAGENT_PIN/KEYAGENT_PASSPHRASE; without one the agent starts locked "

@@ -84,12 +84,11 @@ def take_start_secret(backend_kind: str | None, pin_file: str | None = None, pas
     Every secret variable is wiped from our environment either way (agent/daemon/hardening.py), so neither
     ``/proc/PID/environ`` nor child processes (pinentry, confirm hooks) see them.
     """
-    from agent.daemon.hardening import read_secret_fd, scrub_secret_env, take_secret_env
+    from agent.daemon.hardening import read_secret_fd, take_secret_env
     from backends.pin import read_secret_file
 
     from_pipe = read_secret_fd(secret_fd) if secret_fd is not None else None
-    from_env = take_secret_env(backend_kind or "software")
-    scrub_secret_env()
+    from_env = take_secret_env(backend_kind or "software")  # read, then every secret variable wiped
     for path in (pin_file, passphrase_file):
         if path:
             return read_secret_file(path)
