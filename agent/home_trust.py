@@ -8,7 +8,7 @@ are trusted only because nobody but the owner can have written them, so that is 
 * the home is a real directory owned by the user, not group/other-writable;
 * every parent up to ``/`` is owned by the user or root and not group/other-writable, except a root-owned
   sticky directory such as ``/tmp`` (others may create names there but cannot rename or remove ours);
-* each file the agent keeps in the home, when present, is a regular file (not a symlink) owned by the user and
+* each file the agent keeps in the home, when present, is not a symlink, is owned by the user and
   not group/other-writable; secret files (the key file) are not group/other-readable either.
 
 Trusted files are opened with ``O_NOFOLLOW`` (:func:`open_nofollow`), so a symlink planted between the check and
@@ -90,8 +90,8 @@ def check_home_file(path: str | os.PathLike[str], *, secret: bool = False) -> No
         raise UnsafeHome(f"cannot check {p}: {exc.strerror}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeHome(f"{p} is a symlink; the agent does not follow links in its home: replace it with the file")
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafeHome(f"{p} is not a regular file; remove it")
+    # Not a regular file (a directory, a FIFO): only the owner can have made it in a verified home, so it is no
+    # trust question; reading it fails with the OS's own error.
     if st.st_uid != os.getuid():
         raise UnsafeHome(f"{p} is owned by uid {st.st_uid}, not by you ({os.getuid()}); fix: "
                          f"{_owner_fix(p, st.st_uid)}")

@@ -14,6 +14,7 @@ from backends.home_config import (
     ConfigMissing,
     ConfigTooLarge,
     ConfigUnreadable,
+    ConfigUntrusted,
     read_home_config,
 )
 
@@ -37,7 +38,13 @@ def test_each_failure_has_its_type_and_is_a_config_error(tmp_path: Path) -> None
     path.write_bytes(b" " * (MAX_CONFIG + 1))
     with pytest.raises(ConfigTooLarge):
         read_home_config(tmp_path)
-    for cls in (ConfigMissing, ConfigUnreadable, ConfigMalformed, ConfigTooLarge):
+    path.unlink()
+    (tmp_path / "elsewhere.json").write_text("{}")
+    path.symlink_to(tmp_path / "elsewhere.json")  # never followed: the config names the module that is loaded
+    with pytest.raises(ConfigUntrusted) as untrusted:
+        read_home_config(tmp_path)
+    assert "symlink" in str(untrusted.value.error)
+    for cls in (ConfigMissing, ConfigUnreadable, ConfigMalformed, ConfigTooLarge, ConfigUntrusted):
         assert issubclass(cls, BackendConfigError)
 
 
