@@ -32,10 +32,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
     try:
         verify_home(home.path)  # before anything in it is read or obeyed (agent/home_trust.py)
         kind = home_backend_kind(home)
-    except UnsafeHome as exc:
-        return fail(f"{exc.code}: {exc}", EXIT_FAILED)
+    except UnsafeHome as exc:  # the message names the path and the fix
+        return fail_coded(exc.code, str(exc), EXIT_FAILED, "")
     except BackendConfigError as exc:
-        return fail(f"{exc.code}: {exc}", EXIT_INPUT)
+        return fail_coded(exc.code, str(exc), EXIT_INPUT)
     try:
         config = load_config(home).with_overrides(
             allow_uids=tuple(args.allow_uid) if args.allow_uid else None,
@@ -80,8 +80,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     except StartError as exc:
         return fail(str(exc), EXIT_FAILED)
     sys.stdout.write(shell_lines(path, pid, shell))
-    given = any(getattr(args, o) for o in ("pin_file", "passphrase_file")) or any(
-        os.environ.get(v) for v in ("KEYAGENT_PIN", "KEYAGENT_PASSPHRASE"))
+    given = bool(args.pin_file or args.passphrase_file or secret)  # the backend's own variable, not any
     if not given and not _unlocked(path):  # asked only then: a start with a secret makes no extra request
         print("keyagent: started locked: run keyagent unlock (or start with --pin-file/--passphrase-file or "
               "$KEYAGENT_PIN/$KEYAGENT_PASSPHRASE)", file=sys.stderr)
