@@ -55,6 +55,8 @@ class ErrorCode(StrEnum):
     BAD_CONFIG = "BAD_CONFIG"
     KEYRING_UNAVAILABLE = "KEYRING_UNAVAILABLE"
     KEY_FILE_CORRUPT = "KEY_FILE_CORRUPT"
+    REFUSED_PAYLOAD = "REFUSED_PAYLOAD"
+    RATE_LIMITED = "RATE_LIMITED"
     # finer names without a wire code of their own
     BACKEND_ERROR = "BACKEND_ERROR", "INTERNAL"  # an unexpected backend failure: a bug to report
     KEY_EXISTS = "KEY_EXISTS", "BAD_REQUEST"  # the caller asked to create what exists

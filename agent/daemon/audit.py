@@ -2,7 +2,9 @@
 
 A line holds: ``time`` (UTC, ISO 8601 with ms), ``type`` (request type), ``key`` (which key was used, e.g.
 ``identity``) and ``peer`` (hex of the peer identity, when the request names one), the client's ``uid``/``pid``/
-``exe``, ``result`` (``ok`` or the wire error code) and ``ms`` (duration). Payloads, plaintexts, digests,
+``exe``, ``result`` (``ok`` or the wire error code) and ``ms`` (duration); ``rule`` names the policy rule that
+refused a request (agent/daemon/policy.py) and ``force`` is true when the request asked to skip a guard (unlock's
+final PIN try, rotate's rate limit). Payloads, plaintexts, digests,
 signatures, PINs and passphrases never reach this module: callers pass only the fields above.
 
 The file is opened append-only with mode 0600 and ``O_NOFOLLOW``, and each line is written with one ``write`` call.
@@ -26,7 +28,8 @@ from agent.daemon.peercred import PeerCred
 __all__ = ["AuditLog", "ALLOWED_FIELDS"]
 
 #: The only keys a line may carry; anything else is dropped, so a careless caller cannot log a secret field.
-ALLOWED_FIELDS = frozenset({"type", "key", "peer", "result", "ms", "conn", "detail", "installation", "suppressed"})
+ALLOWED_FIELDS = frozenset({"type", "key", "peer", "result", "ms", "conn", "detail", "installation", "suppressed",
+                            "rule", "force"})
 #: Executable paths may be long (PATH_MAX is 4096); more than this is an attack, not a path.
 _EXE_CAP = 512
 #: Defaults for a bare AuditLog (the daemon passes agent.json's audit_log_max_bytes / audit_log_backups).

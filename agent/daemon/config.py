@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from agent.core.error_codes import CodedError, ErrorCode
+from agent.daemon.policy import PolicyRule, parse_rules
 from agent.framing import MAX_FRAME
 
 __all__ = [
@@ -100,6 +101,10 @@ class AgentConfig:
     confirm_command: tuple[str, ...] = ()
     confirm_ops: tuple[str, ...] = ()
     confirm_timeout: float = 60.0
+    # Per-client request policy (agent/daemon/policy.py): rules by uid, gid and exe path -> allowed request types.
+    policy: tuple[PolicyRule, ...] = ()
+    # Seconds between two signed-prekey rotations on request (the owner's force skips the wait).
+    rotate_interval: float = 3600.0
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown keys are kept for forward compatibility
 
     def with_overrides(self, **changes: Any) -> "AgentConfig":
@@ -110,7 +115,7 @@ class AgentConfig:
 _INTS = {"max_frame", "max_connections", "workers", "max_connections_per_uid", "owner_reserved_connections",
          "audit_log_max_bytes", "audit_log_backups", "agent_log_max_bytes", "agent_log_backups", "refusal_log_burst"}
 _FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval",
-           "confirm_timeout", "refusal_log_window"}
+           "confirm_timeout", "refusal_log_window", "rotate_interval"}
 _STR_LISTS = {"confirm_command", "confirm_ops"}
 CONFIRMABLE_OPS = frozenset({"sign", "encrypt", "decrypt", "ecdh", "rotate", "add_bundle"})
 _ID_LISTS = {"allow_uids", "allow_gids"}
@@ -139,7 +144,7 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
     for name in ("request_timeout", "frame_timeout", "socket_check_interval", "refusal_log_window"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be positive")
-    for name in ("idle_timeout", "unlock_ttl"):
+    for name in ("idle_timeout", "unlock_ttl", "rotate_interval"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     if not cfg.confirm_timeout > 0:
@@ -202,6 +207,11 @@ def load_config(home: Home) -> AgentConfig:
             if not isinstance(value, list) or not all(isinstance(i, str) and i for i in value):
                 raise ConfigError(f"{key} must be a list of non-empty strings")
             values[key] = tuple(value)
+        elif key == "policy":
+            try:
+                values[key] = parse_rules(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         elif key in _ID_LISTS:
             if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
                 raise ConfigError(f"{key} must be a list of integers")

@@ -62,6 +62,7 @@ class OwnDevices:
         self._clock = clock
         self._refresh_ns = refresh_ns
         self._bundle_cache: tuple[tuple[tuple[str, bytes, int, int], ...], int, pb.Bundle] | None = None
+        self._last_signed: pb.Bundle | None = None  # survives invalidate(): what a locked agent still publishes
 
     def invalidate(self) -> None:
         """Our bundle changed (rotation, approval): sign a new one for the next message."""
@@ -86,7 +87,12 @@ class OwnDevices:
             return cached[2]
         b = core_bundle.sign_bundle(self._ik, {i: (spk, v, pv) for i, spk, v, pv in key}, now)
         self._bundle_cache = (key, now, b)
+        self._last_signed = b
         return b
+
+    def last_signed(self) -> pb.Bundle | None:
+        """The newest bundle signed so far (possibly stale); never signs."""
+        return self._last_signed
 
     def infos(self) -> list[DeviceInfo]:
         """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.keyops import KeyOps
 from backends.base import Backend
 from backends.errors import KeyExists, KeyNotFound
@@ -25,7 +26,18 @@ from backends.errors import KeyExists, KeyNotFound
 from .installations import destroy_due, rotation_due
 from .store import Op, OwnSpkRecord, PutOwnSpk
 
-__all__ = ["SignedPrekeys"]
+__all__ = ["SignedPrekeys", "RotationTooSoon", "MAX_LIVE_PREKEYS"]
+
+#: Most SPKs whose private keys exist at once: the current one and two superseded ones still answering late
+#: X3DH messages. A rotation beyond it destroys the oldest superseded key at once (before its grace period ends),
+#: so the key file and the token's object count stay bounded whatever the number of rotations.
+MAX_LIVE_PREKEYS = 3
+
+
+class RotationTooSoon(CodedError):
+    """A rotation was asked for sooner than the configured interval: wait, or (owner) retry with force."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 class SignedPrekeys:
@@ -55,6 +67,14 @@ class SignedPrekeys:
         cur = self.current()
         return cur is None or rotation_due(cur.created_ns, now, self._rotation_ns)
 
+    def check_interval(self, now: int, min_interval_ns: int) -> None:
+        """Raise RotationTooSoon if the current SPK is younger than ``min_interval_ns``."""
+        cur = self.current()
+        if cur is not None and min_interval_ns > 0 and now - cur.created_ns < min_interval_ns:
+            wait = (cur.created_ns + min_interval_ns - now) / 1e9
+            raise RotationTooSoon(f"the signed prekey was rotated {max(0.0, (now - cur.created_ns) / 1e9):.0f} s ago;"
+                                  f" the next rotation is allowed in {wait:.0f} s (or as the owner with force)")
+
     def rotate(self, ops: list[Op]) -> tuple[OwnSpkRecord, list[bytes]]:
         """Create the next version and expire the current one; returns the new record and the public keys of the
         SPKs this retired (normally one)."""
@@ -73,18 +93,31 @@ class SignedPrekeys:
         rec = OwnSpkRecord(version, key.public_key(), now, None, False)
         self._spks[version] = rec
         ops.append(PutOwnSpk(replace(rec)))
+        self._destroy_beyond_cap(ops)
         return rec, retired
+
+    def _destroy_beyond_cap(self, ops: list[Op]) -> None:
+        """Destroy the oldest superseded keys while more than MAX_LIVE_PREKEYS exist (their grace cut short)."""
+        live = sorted((s for s in self._spks.values() if not s.destroyed), key=lambda s: s.version)
+        for spk in live[: max(0, len(live) - MAX_LIVE_PREKEYS)]:
+            if spk.expired_ns is None:
+                continue  # never the current one (rotate() expired every older one)
+            self._destroy(spk, ops)
+
+    def _destroy(self, spk: OwnSpkRecord, ops: list[Op]) -> None:
+        try:
+            self._backend.destroy_signed_prekey(spk.version)
+        except KeyNotFound:
+            pass  # destroyed earlier but the mark was lost in a crash
+        spk.destroyed = True
+        ops.append(PutOwnSpk(replace(spk)))
 
     def destroy_expired(self, now: int, ops: list[Op]) -> None:
         """Destroy the backend keys of SPKs expired longer than the grace period."""
         for spk in list(self._spks.values()):
             if not spk.destroyed and destroy_due(spk.expired_ns, now, self._grace_ns):
-                try:
-                    self._backend.destroy_signed_prekey(spk.version)
-                except KeyNotFound:
-                    pass  # destroyed earlier but the mark was lost in a crash
-                spk.destroyed = True
-                ops.append(PutOwnSpk(replace(spk)))
+                self._destroy(spk, ops)
+        self._destroy_beyond_cap(ops)  # a home from before the cap (or a crash mid-rotation) shrinks here
 
     def by_public(self, public: bytes) -> OwnSpkRecord | None:
         for spk in self._spks.values():

@@ -24,7 +24,7 @@ from agent import __version__
 from agent.core import secp256k1
 from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.identity.formats import share_link, zq3_encode
-from agent.daemon.agent_lock import LockManager
+from agent.daemon.agent_lock import AgentLocked, LockManager
 from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.handler_api import (
@@ -34,6 +34,7 @@ from agent.daemon.handler_api import (
     Outcome,
     peer_public_key,
 )
+from agent.daemon.policy import Policy
 from agent.daemon.sessions import SessionManager
 from agent.daemon.store import Store
 from agent.pb.keyagent import agent_pb2 as pb
@@ -51,8 +52,9 @@ __all__ = [
 
 log = logging.getLogger("keyagent.service")
 
-#: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata.
-_ALLOWED_LOCKED = frozenset({"identity", "bundle", "status", "lock", "unlock", "release", "stop"})
+#: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata
+#: (``bundle`` answers the last bundle signed before the lock, never a new signature; ``app_unwrap`` only verifies).
+_ALLOWED_LOCKED = frozenset({"identity", "bundle", "status", "lock", "unlock", "release", "stop", "app_unwrap"})
 
 class SessionsLike(Protocol):
     """What the service needs from agent/daemon/sessions.py's SessionManager."""
@@ -65,7 +67,8 @@ class SessionsLike(Protocol):
     def confirm(self, refs: Sequence[bytes]) -> None: ...
     def add_peer_bundle(self, bundle_bytes: bytes) -> bytes: ...
     def list_sessions(self) -> Sequence[Any]: ...
-    def rotate_signed_prekey(self) -> int: ...
+    def rotate_signed_prekey(self, min_interval_ns: int = 0) -> int: ...
+    def last_bundle(self) -> bytes | None: ...
 
 
 SessionFactory = Callable[[], SessionsLike]
@@ -128,6 +131,7 @@ class Service:
         self._on_release = on_release
         self._connections = connections
         self._started = time.monotonic()
+        self.policy = Policy(config.policy, allow_ecdh=config.allow_ecdh)
         self._handlers: dict[str, Callable[[pb.Request, ClientContext], Outcome]] = {
             "identity": self._identity,
             "bundle": self._bundle,
@@ -155,6 +159,9 @@ class Service:
         )
 
         self._handlers.update(device_handlers(self))
+        from agent.daemon.app_service import app_handlers  # app_wrap/app_unwrap (issue 14)
+
+        self._handlers.update(app_handlers(self))
 
     # --- session manager lifecycle --------------------------------------------------------------------------
     def sessions(self) -> SessionsLike:
@@ -213,6 +220,7 @@ class Service:
         kind = request.WhichOneof("request")
         start = time.monotonic()
         outcome: Outcome | None = None
+        exc_seen: Exception | None = None
         try:
             if kind is None or kind not in self._handlers:
                 raise _Unsupported("unknown request type")
@@ -220,6 +228,7 @@ class Service:
             response = outcome.response
             result = "ok"
         except Exception as exc:
+            exc_seen = exc
             response = self._error(exc, kind)
             result = pb.Error.Code.Name(response.error.code)
         fields: dict[str, object] = dict(
@@ -227,6 +236,11 @@ class Service:
             key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
             detail=outcome.detail if outcome else "",
         )
+        if _forced(request, kind):
+            fields["force"] = True  # skipping a guard is always on record, whether it worked or not
+        rule = getattr(exc_seen, "rule", None) if exc_seen is not None else None
+        if isinstance(rule, str):
+            fields["rule"] = rule
         return response, fields
 
     def timeout_response(self, request: pb.Request, ctx: ClientContext, started: float) -> tuple[pb.Response,
@@ -250,6 +264,7 @@ class Service:
         self, handler: Callable[[pb.Request, ClientContext], Outcome], kind: str, request: pb.Request,
         ctx: ClientContext,
     ) -> Outcome:
+        self.policy.check(kind, request, ctx)  # before anything else: a refused client learns nothing more
         if kind not in _ALLOWED_LOCKED:
             self.lock.check()
         if kind in self.config.confirm_ops:
@@ -317,6 +332,13 @@ class Service:
         return Outcome(pb.Response(identity=out), key="identity")
 
     def _bundle(self, req: pb.Request, ctx: ClientContext) -> Outcome:
+        if self.lock.locked:
+            # locked means locked: the last bundle signed before the lock, never a new signature (no upkeep either)
+            manager = self.sessions_if_open()
+            last = manager.last_bundle() if manager is not None else None
+            if last is None:
+                raise AgentLocked("the agent is locked and has signed no bundle yet; run keyagent unlock")
+            return Outcome(pb.Response(bundle=pb.BundleResponse(bundle=last)), detail="locked,last-signed")
         return Outcome(pb.Response(bundle=pb.BundleResponse(bundle=self.sessions().our_bundle())), key="identity")
 
     def _sign(self, req: pb.Request, ctx: ClientContext) -> Outcome:
@@ -409,12 +431,11 @@ class Service:
 
     def _rotate(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         manager = self.sessions()
-        version = manager.rotate_signed_prekey()
+        interval = 0 if req.rotate.force else int(self.config.rotate_interval * 1e9)
+        version = manager.rotate_signed_prekey(min_interval_ns=interval)
         return Outcome(pb.Response(rotate=pb.RotateResponse(bundle=manager.our_bundle())), key=f"spk:{version}")
 
     def _ecdh(self, req: pb.Request, ctx: ClientContext) -> Outcome:
-        if not self.config.allow_ecdh:
-            raise Denied("raw ECDH with the identity key is disabled (set allow_ecdh in agent.json)")
         peer = peer_public_key(req.ecdh.peer_public, "peer_public")
         shared = self.backend.identity().dh(peer)
         return Outcome(pb.Response(ecdh=pb.EcdhResponse(shared_x=shared)), key="identity", peer=peer.hex())
@@ -432,6 +453,11 @@ class Service:
 
 class _Unsupported(CodedError):
     code = ErrorCode.UNSUPPORTED
+
+
+def _forced(request: pb.Request, kind: str | None) -> bool:
+    """The request asked to skip a guard (unlock's final-try guard, rotate's rate limit)."""
+    return (kind == "unlock" and request.unlock.force) or (kind == "rotate" and request.rotate.force)
 
 
 def _peer_hint(request: pb.Request, kind: str | None) -> str:

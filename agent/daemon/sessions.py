@@ -379,9 +379,24 @@ class SessionManager:
         """Our current signed Bundle protobuf (self + up to 2 enabled own devices)."""
         return self._run(lambda ops: encode(self._own.bundle()))
 
-    def rotate_signed_prekey(self) -> int:
-        """Rotate now (version + 1, new backend key); returns the new version. Also happens every 24 h."""
-        return self._run(lambda ops: self._rotate(ops).version)
+    def rotate_signed_prekey(self, min_interval_ns: int = 0) -> int:
+        """Rotate now (version + 1, new backend key); returns the new version. Also happens every 24 h.
+
+        Refused with :class:`~agent.daemon.prekeys.RotationTooSoon` when the current SPK is younger than
+        ``min_interval_ns`` (a rotation flood would only churn the token; the owner's force passes 0).
+        """
+
+        def work(ops: list[Op]) -> int:
+            self._prekeys.check_interval(self._clock(), min_interval_ns)
+            return self._rotate(ops).version
+
+        return self._run(work)
+
+    def last_bundle(self) -> bytes | None:
+        """The last bundle we signed, without signing or upkeep (what a locked agent answers); None if none yet."""
+        with self._lock:
+            last = self._own.last_signed()
+        return encode(last) if last is not None else None
 
     def maintain(self) -> None:
         """Time-based upkeep (rotation, destroying expired SPKs); every request does it too."""

@@ -17,7 +17,7 @@ WAKU_ASYMMETRIC: WakuMode
 WAKU_SYMMETRIC: WakuMode
 
 class Request(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message", "app_wrap", "app_unwrap")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class Request(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     SET_DEVICE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    APP_WRAP_FIELD_NUMBER: _ClassVar[int]
+    APP_UNWRAP_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityRequest
     bundle: BundleRequest
     sign: SignRequest
@@ -62,10 +64,12 @@ class Request(_message.Message):
     devices: DevicesRequest
     set_device: SetDeviceRequest
     public_message: PublicMessageRequest
-    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealRequest, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenRequest, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedRequest, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeRequest, _Mapping]] = ..., devices: _Optional[_Union[DevicesRequest, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceRequest, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageRequest, _Mapping]] = ...) -> None: ...
+    app_wrap: AppWrapRequest
+    app_unwrap: AppUnwrapRequest
+    def __init__(self, identity: _Optional[_Union[IdentityRequest, _Mapping]] = ..., bundle: _Optional[_Union[BundleRequest, _Mapping]] = ..., sign: _Optional[_Union[SignRequest, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptRequest, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptRequest, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmRequest, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., lock: _Optional[_Union[LockRequest, _Mapping]] = ..., unlock: _Optional[_Union[UnlockRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., rotate: _Optional[_Union[RotateRequest, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., stop: _Optional[_Union[StopRequest, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealRequest, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenRequest, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedRequest, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeRequest, _Mapping]] = ..., devices: _Optional[_Union[DevicesRequest, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceRequest, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageRequest, _Mapping]] = ..., app_wrap: _Optional[_Union[AppWrapRequest, _Mapping]] = ..., app_unwrap: _Optional[_Union[AppUnwrapRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message", "error")
+    __slots__ = ("identity", "bundle", "sign", "encrypt", "decrypt", "confirm", "add_bundle", "list_sessions", "lock", "unlock", "status", "rotate", "ecdh", "release", "stop", "waku_seal", "waku_open", "waku_negotiated", "waku_contact_code", "devices", "set_device", "public_message", "app_wrap", "app_unwrap", "error")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGN_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +92,8 @@ class Response(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     SET_DEVICE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    APP_WRAP_FIELD_NUMBER: _ClassVar[int]
+    APP_UNWRAP_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     identity: IdentityResponse
     bundle: BundleResponse
@@ -111,8 +117,10 @@ class Response(_message.Message):
     devices: DevicesResponse
     set_device: SetDeviceResponse
     public_message: PublicMessageResponse
+    app_wrap: AppWrapResponse
+    app_unwrap: AppUnwrapResponse
     error: Error
-    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealResponse, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenResponse, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedResponse, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeResponse, _Mapping]] = ..., devices: _Optional[_Union[DevicesResponse, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceResponse, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, identity: _Optional[_Union[IdentityResponse, _Mapping]] = ..., bundle: _Optional[_Union[BundleResponse, _Mapping]] = ..., sign: _Optional[_Union[SignResponse, _Mapping]] = ..., encrypt: _Optional[_Union[EncryptResponse, _Mapping]] = ..., decrypt: _Optional[_Union[DecryptResponse, _Mapping]] = ..., confirm: _Optional[_Union[ConfirmResponse, _Mapping]] = ..., add_bundle: _Optional[_Union[AddBundleResponse, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., lock: _Optional[_Union[LockResponse, _Mapping]] = ..., unlock: _Optional[_Union[UnlockResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., rotate: _Optional[_Union[RotateResponse, _Mapping]] = ..., ecdh: _Optional[_Union[EcdhResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., stop: _Optional[_Union[StopResponse, _Mapping]] = ..., waku_seal: _Optional[_Union[WakuSealResponse, _Mapping]] = ..., waku_open: _Optional[_Union[WakuOpenResponse, _Mapping]] = ..., waku_negotiated: _Optional[_Union[WakuNegotiatedResponse, _Mapping]] = ..., waku_contact_code: _Optional[_Union[WakuContactCodeResponse, _Mapping]] = ..., devices: _Optional[_Union[DevicesResponse, _Mapping]] = ..., set_device: _Optional[_Union[SetDeviceResponse, _Mapping]] = ..., public_message: _Optional[_Union[PublicMessageResponse, _Mapping]] = ..., app_wrap: _Optional[_Union[AppWrapResponse, _Mapping]] = ..., app_unwrap: _Optional[_Union[AppUnwrapResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "reason", "reply")
@@ -144,6 +152,8 @@ class Error(_message.Message):
         BAD_CONFIG: _ClassVar[Error.Code]
         KEYRING_UNAVAILABLE: _ClassVar[Error.Code]
         KEY_FILE_CORRUPT: _ClassVar[Error.Code]
+        REFUSED_PAYLOAD: _ClassVar[Error.Code]
+        RATE_LIMITED: _ClassVar[Error.Code]
     INTERNAL: Error.Code
     BAD_REQUEST: Error.Code
     UNSUPPORTED: Error.Code
@@ -170,6 +180,8 @@ class Error(_message.Message):
     BAD_CONFIG: Error.Code
     KEYRING_UNAVAILABLE: Error.Code
     KEY_FILE_CORRUPT: Error.Code
+    REFUSED_PAYLOAD: Error.Code
+    RATE_LIMITED: Error.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -391,8 +403,10 @@ class StatusResponse(_message.Message):
     def __init__(self, locked: _Optional[bool] = ..., backend: _Optional[str] = ..., token_present: _Optional[bool] = ..., backend_unlocked: _Optional[bool] = ..., identity_public_key: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., home: _Optional[str] = ..., socket: _Optional[str] = ..., unlock_failures: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., sessions_open: _Optional[bool] = ..., connections: _Optional[int] = ..., unlock_ttl_remaining: _Optional[int] = ..., ecdh_allowed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("force",)
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    force: bool
+    def __init__(self, force: _Optional[bool] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
     __slots__ = ("bundle",)
@@ -551,3 +565,39 @@ class PublicMessageResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     message: bytes
     def __init__(self, message: _Optional[bytes] = ...) -> None: ...
+
+class AppWrapRequest(_message.Message):
+    __slots__ = ("payload", "type")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    type: int
+    def __init__(self, payload: _Optional[bytes] = ..., type: _Optional[int] = ...) -> None: ...
+
+class AppWrapResponse(_message.Message):
+    __slots__ = ("message", "message_id")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    message_id: bytes
+    def __init__(self, message: _Optional[bytes] = ..., message_id: _Optional[bytes] = ...) -> None: ...
+
+class AppUnwrapRequest(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    def __init__(self, message: _Optional[bytes] = ...) -> None: ...
+
+class AppUnwrapResponse(_message.Message):
+    __slots__ = ("signer", "type", "type_name", "payload", "message_id")
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    signer: bytes
+    type: int
+    type_name: str
+    payload: bytes
+    message_id: bytes
+    def __init__(self, signer: _Optional[bytes] = ..., type: _Optional[int] = ..., type_name: _Optional[str] = ..., payload: _Optional[bytes] = ..., message_id: _Optional[bytes] = ...) -> None: ...
