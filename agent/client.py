@@ -271,8 +271,9 @@ class AgentClient:
     def status(self) -> pb.StatusResponse:
         return self._do(pb.Request(status=pb.StatusRequest()), "status").status
 
-    def rotate(self) -> bytes:
-        return bytes(self._do(pb.Request(rotate=pb.RotateRequest()), "rotate").rotate.bundle)
+    def rotate(self, *, force: bool = False) -> bytes:
+        """Rotate the signed prekey (owner only); ``force`` skips the rate limit (audited)."""
+        return bytes(self._do(pb.Request(rotate=pb.RotateRequest(force=force)), "rotate").rotate.bundle)
 
     def ecdh(self, peer_public: bytes) -> bytes:
         return bytes(self._do(pb.Request(ecdh=pb.EcdhRequest(peer_public=peer_public)), "ecdh").ecdh.shared_x)
@@ -308,6 +309,17 @@ class AgentClient:
         req = pb.PublicMessageRequest(payload=payload)
         return bytes(self._do(pb.Request(public_message=req), "public_message").public_message.message)
 
+    # --- Status application messages (agent/daemon/app_service.py) ----------------------------------------------
+    def app_wrap(self, payload: bytes, type_: int) -> "AppWrapped":
+        """Sign ``payload`` as a status-go ApplicationMetadataMessage of ``type_`` (the agent hashes it itself)."""
+        r = self._do(pb.Request(app_wrap=pb.AppWrapRequest(payload=payload, type=type_)), "app_wrap").app_wrap
+        return AppWrapped(bytes(r.message), bytes(r.message_id))
+
+    def app_unwrap(self, message: bytes) -> "AppUnwrapped":
+        """Verify a marshalled ApplicationMetadataMessage: its signer (65-byte key), type, payload and id."""
+        r = self._do(pb.Request(app_unwrap=pb.AppUnwrapRequest(message=message)), "app_unwrap").app_unwrap
+        return AppUnwrapped(bytes(r.signer), r.type, r.type_name, bytes(r.payload), bytes(r.message_id))
+
     # --- Waku payload layer (agent/daemon/waku_service.py) ------------------------------------------------------
     def waku_seal(self, payload: bytes, *, to: bytes | None = None, sym_key: bytes | None = None,
                   sign: bool = False) -> bytes:
@@ -335,6 +347,21 @@ class AgentClient:
         """Our contact-code channel (key and topic) and the partitioned topic 1:1 messages to us arrive on."""
         r = self._do(pb.Request(waku_contact_code=pb.WakuContactCodeRequest()), "waku_contact_code").waku_contact_code
         return WakuContactCode(bytes(r.sym_key), r.content_topic, bytes(r.topic), r.partitioned_topic)
+
+
+@dataclass(frozen=True)
+class AppWrapped:
+    message: bytes  # marshalled ApplicationMetadataMessage
+    message_id: bytes  # Keccak-256(our 65-byte key || message)
+
+
+@dataclass(frozen=True)
+class AppUnwrapped:
+    signer: bytes  # 65-byte uncompressed key (0x04...)
+    type: int
+    type_name: str  # "" when the agent does not know the number
+    payload: bytes
+    message_id: bytes
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def _sessions(args: argparse.Namespace, c: AgentClient) -> int:
 
 
 def _rotate(args: argparse.Namespace, c: AgentClient) -> int:
-    data = c.rotate()
+    data = c.rotate(force=args.force)
     if args.json:
         print_json(bundle_to_json(data))
     else:
@@ -169,6 +169,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="say which installation of the sender it came from")
     p.add_argument("--max-input", type=int, default=255 * 1024, help=argparse.SUPPRESS)
     add("sessions", "list sessions", client_command(_sessions), json_out=True)
-    add("rotate", "rotate the signed prekey now", client_command(_rotate), json_out=True)
+    p = add("rotate", "rotate the signed prekey now (owner only; rate-limited)", client_command(_rotate),
+            json_out=True)
+    p.add_argument("--force", action="store_true", help="skip the rate limit (recorded in the audit log)")
     p = add("confirm", "confirm processed messages (frees their keys)", client_command(_confirm))
     p.add_argument("refs", nargs="+", metavar="REF", help="confirm refs in hex")

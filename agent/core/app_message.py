@@ -240,10 +240,10 @@ def refusal(payload: bytes, type_: int) -> str | None:
         problem = _protobuf_problem(payload)
         if problem is not None:
             return f"the payload is not a well-formed {type_name(type_)} message ({problem})"
-    if could_be_waku_preimage(payload):
-        return "the payload could be read as a signed Waku envelope: its signature would sign that envelope"
     if could_be_bundle_material(payload):
         return "the payload could be read as bundle-signature material: its signature would sign that bundle"
+    if could_be_waku_preimage(payload):
+        return "the payload could be read as a signed Waku envelope: its signature would sign that envelope"
     return None
 
 
