@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import coincurve  # noqa: E402
 
 from agent.core.identity import contact_code, derive_identity  # noqa: E402
-from tests.daemon.agentproc import AgentFactory  # noqa: E402
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory  # noqa: E402
 
 PHRASE = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 

@@ -36,7 +36,7 @@ from agent.core.ratchet import STATUS_GO, Ratchet  # noqa: E402
 from agent.daemon.sessions import SessionManager  # noqa: E402
 from agent.daemon.store import Store  # noqa: E402
 from backends.memory import MemoryKey  # noqa: E402
-from tests.daemon.agentproc import AgentFactory, AgentProc  # noqa: E402
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc  # noqa: E402
 from tests.sessions.harness import MemoryBackend  # noqa: E402
 
 
@@ -174,7 +174,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             core = core_rate(args.n, payload)
             mgr = manager_rate(args.n, payload, Path(d))
-        a, b = factory.new(), factory.new()
+        a, b = factory.new(config=OWNER_SIGNS), factory.new(config=OWNER_SIGNS)
         a.start()
         b.start()
         print(f"payload {args.size} B, n={args.n}")

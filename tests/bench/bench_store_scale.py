@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from agent.client import AgentClient  # noqa: E402
 from agent.daemon.sessions import SessionManager  # noqa: E402
 from agent.daemon.store import InstallationRecord, PutInstallation, PutSession, SessionRecord, Store  # noqa: E402
-from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc  # noqa: E402
+from tests.daemon.agentproc import OWNER_SIGNS, PASSPHRASE, AgentFactory, AgentProc  # noqa: E402
 from tests.proof.common import Peer, home_backend, rss_kib  # noqa: E402
 
 PAYLOAD = os.urandom(1024)
@@ -85,7 +85,7 @@ def measure(big: int, small: int, rounds: int, n: int) -> dict[str, object]:
     factory = AgentFactory()
     peers: list[Peer] = []
     try:
-        agents = {"small": factory.new(), "big": factory.new()}
+        agents = {"small": factory.new(config=OWNER_SIGNS), "big": factory.new(config=OWNER_SIGNS)}
         sizes = {"small": small, "big": big}
         fill: dict[str, float] = {}
         ready: dict[str, float] = {}

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.client import AgentClient  # noqa: E402
 from backends.memory import MemoryKey  # noqa: E402
-from tests.daemon.agentproc import AgentFactory  # noqa: E402
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory  # noqa: E402
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken  # noqa: E402
 
 _PROVISION = (
@@ -62,6 +62,7 @@ def measure(n: int, rounds: int) -> dict[str, float]:
             config_path = home / "agent.json"
             doc = json.loads(config_path.read_text()) if config_path.exists() else {}
             doc["allow_ecdh"] = True
+            doc.update(OWNER_SIGNS)  # "sign agent": raw digest signing is opt-in
             config_path.write_text(json.dumps(doc))
             agent = factory.new(home=home)
             agent.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin)

@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 KEYAGENT = [sys.executable, "-m", "agent"]
 
 
+#: agent.json policy that lets the owner's own uid use raw digest signing (off by default since it is a forgery
+#: oracle): for the tests that exercise ``sign`` itself, or use it as "a request that needs the key".
+OWNER_SIGNS: dict[str, Any] = {"policy": [{"name": "owner-signs", "uid": os.getuid(), "allow": ["sign"]}]}
+
+
 def make_software_home(home: Path, *, config: dict[str, Any] | None = None) -> Path:
     """A home as ``keyagent init --backend software`` makes it (config.json + identity.key, first SPK), with a
     cheap scrypt so that the many agents these tests start stay fast; ``config`` becomes agent.json."""

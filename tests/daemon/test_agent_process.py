@@ -16,6 +16,7 @@ import pytest
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.paths import socket_path_for
 from tests.daemon.agentproc import (
+    OWNER_SIGNS,
     PASSPHRASE,
     KEYAGENT,
     AgentFactory,
@@ -30,7 +31,7 @@ from tests.daemon.agentproc import (
 
 @pytest.fixture
 def agent(agents: AgentFactory) -> AgentProc:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     return a
 
@@ -158,7 +159,7 @@ def test_start_with_a_wrong_passphrase_fails_with_one_line(agents: AgentFactory)
 
 
 def test_start_without_a_secret_serves_public_requests_then_unlock_opens_everything(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start(passphrase=None)
     with a.client() as c:
         assert len(c.identity().identity_public_key) == 33

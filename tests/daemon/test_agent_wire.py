@@ -19,6 +19,7 @@ from agent.core import secp256k1
 from agent.core.wire import decode_protocol_message
 from agent.pb.keyagent import agent_pb2 as pb
 from tests.daemon.agentproc import (
+    OWNER_SIGNS,
     PASSPHRASE,
     AgentFactory,
     AgentProc,
@@ -42,7 +43,7 @@ def module_agents() -> Iterator[AgentFactory]:
 @pytest.fixture(scope="module")
 def shared(module_agents: AgentFactory) -> AgentProc:
     """One agent with tight limits for the framing tests (each test uses its own connections)."""
-    a = module_agents.new(config={"max_frame": 4096, "frame_timeout": 0.5})
+    a = module_agents.new(config={"max_frame": 4096, "frame_timeout": 0.5, **OWNER_SIGNS})
     a.start()
     return a
 
@@ -203,7 +204,7 @@ def test_ecdh_when_policy_allows_matches_local_dh(agents: AgentFactory) -> None:
 
 
 def test_lock_refuses_secret_use_and_unlock_restores(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     with a.client() as c:
         peer = coincurve.PrivateKey().public_key.format()
@@ -212,7 +213,7 @@ def test_lock_refuses_secret_use_and_unlock_restores(agents: AgentFactory) -> No
         st = c.status()
         assert st.locked and not st.backend_unlocked
         for call in (lambda: c.sign(b"\x01" * 32), lambda: c.encrypt(peer, b"hi"), lambda: c.list_sessions(),
-                     lambda: c.confirm([b"x"]), lambda: c.rotate()):
+                     lambda: c.confirm([b"x"]), lambda: c.rotate(force=True)):
             with pytest.raises(AgentError) as ei:
                 call()
             assert ei.value.code == "LOCKED"
@@ -231,7 +232,7 @@ def test_lock_refuses_secret_use_and_unlock_restores(agents: AgentFactory) -> No
 
 
 def test_lock_with_password_keeps_token_but_gates_requests(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     with a.client() as c:
         c.lock("lockpw")
@@ -248,7 +249,7 @@ def test_lock_with_password_keeps_token_but_gates_requests(agents: AgentFactory)
 
 
 def test_cli_lock_unlock(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     assert a.cli("lock").returncode == 0
     cp = a.cli("sign", "11" * 32)
@@ -260,7 +261,7 @@ def test_cli_lock_unlock(agents: AgentFactory) -> None:
 
 
 def test_unlock_ttl_relocks(agents: AgentFactory) -> None:
-    a = agents.new(config={"socket_check_interval": 0.1})
+    a = agents.new(config={"socket_check_interval": 0.1, **OWNER_SIGNS})
     a.start("--unlock-ttl", "0.3")
     with a.client() as c:
         for _ in range(400):
@@ -274,7 +275,7 @@ def test_unlock_ttl_relocks(agents: AgentFactory) -> None:
 
 
 def test_audit_has_one_line_per_request_and_no_secret(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     b = agents.new()
     b.start()
@@ -319,7 +320,7 @@ def _dr_positions(message: bytes) -> list[tuple[str, bytes, int]]:
 
 
 def test_eight_clients_share_one_agent_without_reusing_a_message_key(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     b = agents.new()
     b.start()
@@ -435,7 +436,7 @@ def test_confirmation_hook_gates_configured_operations(agents: AgentFactory) -> 
     flag = agents.root / "allow"
     log = agents.root / "confirm.log"
     hook = f'echo "$KEYAGENT_CONFIRM_OP $KEYAGENT_CONFIRM_PID $KEYAGENT_CONFIRM_UID" >> {log}; test -e {flag}'
-    a = agents.new(config={"confirm_command": ["sh", "-c", hook], "confirm_ops": ["sign"]})
+    a = agents.new(config={"confirm_command": ["sh", "-c", hook], "confirm_ops": ["sign"], **OWNER_SIGNS})
     a.start()
     with a.client() as c:
         with pytest.raises(AgentError) as ei:
@@ -452,7 +453,7 @@ def test_rotate_changes_the_signed_prekey(agents: AgentFactory) -> None:
     a = agents.new()
     a.start()
     before = json.loads(_cli_ok(a, "bundle", "--json"))
-    after = json.loads(_cli_ok(a, "rotate", "--json"))
+    after = json.loads(_cli_ok(a, "rotate", "--force", "--json"))  # a fresh prekey: inside the rate limit
     (old,) = before["signed_pre_keys"].values()
     (new,) = after["signed_pre_keys"].values()
     assert new["version"] == old["version"] + 1 and new["signed_pre_key"] != old["signed_pre_key"]

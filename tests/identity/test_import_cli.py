@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 
 from agent.core.identity import contact_code
-from tests.daemon.agentproc import KEYAGENT, REPO, AgentFactory
+from tests.daemon.agentproc import KEYAGENT, OWNER_SIGNS, REPO, AgentFactory
 from tests.helpers.softhsm import SoftHSMToken
 
 
@@ -105,6 +105,7 @@ def test_init_from_phrase_into_softhsm_then_agent_whoami(vectors: dict[str, Any]
         _assert_absent("init's stdout", out, needles)
         _assert_absent("init's stderr", err, needles)
 
+        (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))  # `keyagent sign` below: raw signing is opt-in
         agent = agents.new(home=home)
         agent.extra_env["SOFTHSM2_CONF"] = tok.conf
         agent.extra_env["KEYAGENT_PIN"] = tok.pin

@@ -20,6 +20,7 @@ Finally the conversation goes on in both directions after the last restart.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import random
@@ -36,7 +37,7 @@ from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.daemon.sessions import DecryptResult
 from backends.base import Backend
-from tests.daemon.agentproc import PASSPHRASE, AgentFactory, AgentProc
+from tests.daemon.agentproc import OWNER_SIGNS, PASSPHRASE, AgentFactory, AgentProc
 from tests.helpers.softhsm import SoftHSMToken
 from tests.proof.common import Peer, PositionLedger, check_store, home_backend
 
@@ -92,7 +93,7 @@ class _Run:
         if token:
             self.alice = self._token_agent()
         else:
-            self.alice = self.factory.new()
+            self.alice = self.factory.new(config=OWNER_SIGNS)  # the workload signs raw digests
         self.peer = Peer(self.factory.root)
         self.ledger = PositionLedger()
         self.result = CrashResult()
@@ -115,6 +116,7 @@ class _Run:
                             env=tok.env, capture_output=True, text=True, timeout=120)
         if cp.returncode != 0:
             raise RuntimeError(f"provisioning the token home failed: {cp.stderr.strip()}")
+        (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))
         agent = self.factory.new(home=home)
         agent.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin)
         tok.activate()  # this process opens the same token for the store checks
@@ -213,7 +215,7 @@ class _Run:
                 elif op < 0.98:
                     client.bundle()
                 else:  # a signed-prekey rotation: token/key-file write, then the store write; a kill may split them
-                    client.rotate()
+                    client.rotate(force=True)  # the crash harness rotates on purpose: skip the rate limit
                     with self.mu:
                         self.result.rotations += 1
         except AgentUnavailable:

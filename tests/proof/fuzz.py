@@ -43,7 +43,7 @@ from agent.core.errors import MalformedMessage, ProtocolError
 from agent.core.wire import decode_bundle, decode_protocol_message, encode
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.memory import MemoryKey
-from tests.daemon.agentproc import AgentFactory, AgentProc
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc
 from tests.proof.common import Peer, rss_kib
 
 __all__ = [
@@ -333,7 +333,7 @@ class LiveAgent:
     """A fuzzing target: one agent, one peer, one bystander connection."""
 
     def __init__(self, config: dict[str, object] | None = None) -> None:
-        self.config = {"frame_timeout": 2.0, "max_frame": 65536, **(config or {})}
+        self.config = {"frame_timeout": 2.0, "max_frame": 65536, **OWNER_SIGNS, **(config or {})}
         self.factory = AgentFactory()
         self.agent = self.factory.new(config=self.config)
         self.agent.start()

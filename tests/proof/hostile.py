@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.pb.keyagent import agent_pb2 as pb
-from tests.daemon.agentproc import AgentFactory, AgentProc
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc
 from tests.proof.common import rss_kib
 
 __all__ = ["HostileResult", "run_hostile", "main", "HOSTILE_CONFIG"]
 
 #: The agent's limits for the run: defaults except a shorter frame timeout, so cut-offs happen within seconds.
-HOSTILE_CONFIG = {"frame_timeout": 0.5, "max_frame": 65536}
+HOSTILE_CONFIG = {"frame_timeout": 0.5, "max_frame": 65536, **OWNER_SIGNS}
 _STATUS = pb.Request(status=pb.StatusRequest()).SerializeToString()
 _BUNDLE = pb.Request(bundle=pb.BundleRequest()).SerializeToString()
 

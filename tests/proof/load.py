@@ -27,7 +27,7 @@ from pathlib import Path
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.daemon.sessions import DecryptResult
-from tests.daemon.agentproc import AgentFactory
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory
 from tests.proof.common import Peer, PositionLedger, dr_positions, rss_kib
 
 __all__ = ["LoadResult", "run_load", "main", "percentile"]
@@ -110,7 +110,7 @@ def run_load(clients: int, requests: int, *, seed: int = 1, verify: bool = True,
     plans = [_plan(random.Random(rng.getrandbits(64)), requests) for _ in range(clients)]
     factory = AgentFactory()
     # room for every load client plus the set-up/verification connections the agent may not have reaped yet
-    agent = factory.new(config={"max_connections": clients + 16})
+    agent = factory.new(config={"max_connections": clients + 16, **OWNER_SIGNS})
     peer = Peer(root or factory.root)
     result = LoadResult(clients, requests)
     try:
