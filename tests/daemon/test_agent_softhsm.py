@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from agent.client import AgentClient, AgentError
-from tests.daemon.agentproc import AgentFactory, AgentProc
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
@@ -39,6 +39,7 @@ def _token_agent(agents: AgentFactory, tok: SoftHSMToken) -> AgentProc:
     cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), tok.module, f"label:{tok.label}", tok.pin],
                         env=tok.env, capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
+    (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))  # these tests sign raw digests (opt-in)
     agent = agents.new(home=home)
     agent.extra_env["SOFTHSM2_CONF"] = tok.conf
     return agent
