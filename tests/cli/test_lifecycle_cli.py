@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.agentproc import KEYAGENT, PASSPHRASE, AgentFactory, AgentProc
+from tests.daemon.agentproc import KEYAGENT, OWNER_SIGNS, PASSPHRASE, AgentFactory, AgentProc
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
 
 needs_softhsm = pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
@@ -56,7 +56,7 @@ def test_started_locked_is_said_and_status_agrees(agents: AgentFactory) -> None:
 
 
 def test_lock_password_from_a_pipe_and_errors_as_json(agents: AgentFactory) -> None:
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)  # `sign` must meet the lock, not the raw-signing policy
     a.start()
     cp = a.cli("lock", "--password", input=b"")
     err = cp.stderr.decode()
