@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.core.hashing import keccak256
-from tests.daemon.agentproc import AgentFactory
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory
 from tests.helpers.p11kit import SOFTHSM_MODULE, P11KitServer
 
 LABEL, PIN, SO_PIN = "hw-hotplug", "1234", "5678"
@@ -94,6 +95,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[P11KitServer, dict[str, str], Path]]
             "pin=sys.argv[4])")
     subprocess.run([sys.executable, "-c", code, str(home), srv.client_module, LABEL, PIN], env=env, check=True,
                    cwd=REPO, capture_output=True, timeout=120)
+    (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))  # the traffic is raw digest signing (opt-in)
     pin_file = tmp_path / "pin"
     pin_file.write_text(PIN + "\n")
     pin_file.chmod(0o600)
@@ -226,6 +228,7 @@ def test_token_store_vanishes_while_two_agents_talk() -> None:
         cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), SOFTHSM_MODULE, f"pkcs11:token={LABEL}",
                              PIN], env=hsm_env, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert cp.returncode == 0, cp.stderr
+        (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))  # its traffic includes raw digest signing
         alice = factory.new(home=home)
         alice.extra_env.update(SOFTHSM2_CONF=str(conf), KEYAGENT_PIN=PIN)
         alice.start(passphrase=None)
