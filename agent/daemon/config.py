@@ -7,7 +7,7 @@ options override it. The backend's own configuration (token or key file) is read
 Layout::
 
     HOME/agent.json   daemon policy (this module)
-    HOME/state.db     session store (agent/daemon/store.py), SQLite WAL
+    HOME/state.db     session store (agent/daemon/store/sqlite.py), SQLite WAL
     HOME/audit.log    one JSON line per request (agent/daemon/audit.py)
     HOME/agent.log    the daemon's stderr when started in the background
 """

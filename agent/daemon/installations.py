@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from agent.core.wire import pb
 
-from .store import InstallationRecord, SessionRecord
+from .store.rows import InstallationRecord, SessionRecord
 
 __all__ = [
     "MAX_INSTALLATIONS",

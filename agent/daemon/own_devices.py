@@ -22,7 +22,7 @@ from agent.core.wire import pb
 from .installations import MAX_INSTALLATIONS, PROTOCOL_VERSION, select_enabled
 from .prekeys import SignedPrekeys
 from .session_cache import SessionCache
-from .store import InstallationRecord, Op, PutInstallation
+from .store.rows import InstallationRecord, Op, PutInstallation
 
 __all__ = ["OwnDevices", "DeviceInfo", "DeviceError"]
 

@@ -24,7 +24,7 @@ from backends.base import Backend
 from backends.errors import KeyExists, KeyNotFound
 
 from .installations import destroy_due, rotation_due
-from .store import Op, OwnSpkRecord, PutOwnSpk
+from .store.rows import Op, OwnSpkRecord, PutOwnSpk
 
 __all__ = ["SignedPrekeys", "RotationTooSoon", "MAX_LIVE_PREKEYS"]
 

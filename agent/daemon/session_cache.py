@@ -33,15 +33,8 @@ from dataclasses import replace
 
 from agent.core.ratchet import Ratchet
 
-from .store import (
-    DeleteSession,
-    InstallationRecord,
-    Op,
-    PutSession,
-    SessionRecord,
-    SessionSummary,
-    Store,
-)
+from .store.api import StateStore
+from .store.rows import DeleteSession, InstallationRecord, Op, PutSession, SessionRecord, SessionSummary
 
 __all__ = ["LiveSession", "SessionCache"]
 
@@ -67,7 +60,7 @@ class SessionCache:
 
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         *,
         own_identity: bytes,
         keygen: Callable[[], tuple[bytes, bytes]],
@@ -154,7 +147,7 @@ class SessionCache:
 
     def responder_sessions_on(self, spk_public: bytes) -> list[LiveSession]:
         """Our live (not expired) responder sessions started on one of our SPKs; the stored ones are loaded."""
-        for row in self._store.session_summaries("initiator=0 AND expired=0 AND bundle_id=?", (spk_public,)):
+        for row in self._store.live_responder_sessions(spk_public):
             self.peer_sessions(row.identity, row.installation_id)
         return [live for live in self.sessions.values()
                 if not live.rec.initiator and live.rec.bundle_id == spk_public and not live.rec.expired]

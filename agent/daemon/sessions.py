@@ -99,16 +99,8 @@ from .installations import (
 from .own_devices import DeviceInfo, OwnDevices
 from .prekeys import SignedPrekeys
 from .session_cache import LiveSession, SessionCache
-from .store import (
-    InstallationRecord,
-    Op,
-    OwnSpkRecord,
-    PutInstallation,
-    PutMeta,
-    PutPeerReply,
-    SessionRecord,
-    Store,
-)
+from .store.api import StateStore
+from .store.rows import InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply, SessionRecord
 
 __all__ = [
     "SessionManager",
@@ -216,7 +208,7 @@ class SessionManager:
     def __init__(
         self,
         backend: Backend,
-        store: Store,
+        store: StateStore,
         *,
         clock: Callable[[], int],
         rng: Callable[[int], bytes],

@@ -1,0 +1,127 @@
+"""Group commit, shared by the store engines: many requests' write batches, one durable commit.
+
+``submit(batch)`` only queues a batch and returns its sequence number; ``wait(seq)`` blocks until that batch
+is durable. The first waiter that finds no commit in progress becomes the leader: it takes *every* queued
+batch, hands them to the engine's ``_commit`` (applied in submission order inside one transaction, committed
+once); the others sleep on a condition and wake when their sequence number is covered. Concurrent requests
+thus share one fsync (SQLite) or one commit round trip (PostgreSQL), and durability is monotone: batch *n*
+durable implies every batch before it is durable. If a commit fails the store is poisoned (``StoreFailed``):
+the in-memory copy may no longer match the database, so the agent must restart and reload. An engine may
+instead raise :class:`StoreUnavailable` for a commit that *certainly* did not happen (the server was not
+reached): the batch then stays queued and the next ``wait`` retries it; nothing is reported durable before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from .rows import Op, RowCodec, StoreFailed, StoreUnavailable, Write
+
+__all__ = ["GroupCommit"]
+
+Batch = tuple[int, list[Write]]
+
+
+class GroupCommit:
+    """The queue, the leader election and the durability counter; engines implement ``_commit``."""
+
+    _codec: RowCodec
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[Batch] = []
+        self._submitted = 0
+        self._durable = 0
+        self._leader = False
+        self._failed: BaseException | None = None
+        self._closed = False
+        self.commits = 0  # number of durable commits: the group-commit benchmark and tests read it
+
+    def _commit(self, batch: list[Batch]) -> None:
+        """Apply every write of ``batch`` in order in one transaction and make it durable (engine's job)."""
+        raise NotImplementedError
+
+    def submit(self, ops: Sequence[Op]) -> int:
+        """Queue a batch (applied atomically, in submission order); return its sequence number for ``wait``.
+
+        Sealing happens here, in the caller's thread, so the commit leader only does SQL.
+        """
+        rows = [self._codec.encode(op) for op in ops]
+        with self._cond:
+            self._check_usable()
+            self._submitted += 1
+            self._queue.append((self._submitted, rows))
+            return self._submitted
+
+    def last_submitted(self) -> int:
+        with self._cond:
+            return self._submitted
+
+    def durable(self) -> int:
+        with self._cond:
+            return self._durable
+
+    def wait(self, seq: int) -> None:
+        """Block until batch ``seq`` (and so every earlier one) is durable; commit it ourselves if nobody is."""
+        with self._cond:
+            if seq > self._submitted:
+                raise ValueError("waiting for a batch that was never submitted")
+            while self._durable < seq:
+                self._check_usable()
+                if self._leader:
+                    self._cond.wait()
+                    continue
+                if not self._queue:  # cannot happen: batches are taken in order; never spin on it
+                    raise StoreFailed("store queue out of order")
+                self._leader = True
+                batch, self._queue = self._queue, []
+                self._cond.release()
+                error: BaseException | None = None
+                try:
+                    self._commit(batch)
+                except BaseException as e:  # noqa: BLE001 - any failure poisons the store (but see below)
+                    error = e
+                finally:
+                    self._cond.acquire()
+                    self._leader = False
+                    if isinstance(error, StoreUnavailable):
+                        self._queue = batch + self._queue  # certainly not applied: retried by the next wait
+                    elif error is not None:
+                        self._failed = error
+                    elif batch:
+                        self._durable = batch[-1][0]
+                        self.commits += 1
+                    self._cond.notify_all()
+                if isinstance(error, StoreUnavailable):
+                    raise error
+                if error is not None:
+                    raise StoreFailed("committing agent state failed; restart the agent") from error
+
+    def write(self, ops: Sequence[Op]) -> None:
+        """Submit a batch and wait until it is durable."""
+        self.wait(self.submit(ops))
+
+    def sync(self) -> None:
+        """Wait until everything submitted so far is durable."""
+        self.wait(self.last_submitted())
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise StoreFailed("an earlier commit failed; restart the agent") from self._failed
+        if self._closed:
+            raise StoreFailed("the store is closed")
+
+    def _drain_for_close(self) -> None:
+        """Commit anything queued (best effort: a failed store closes all the same), then refuse new work."""
+        with self._cond:
+            pending = self._submitted
+            failed = self._failed is not None
+            closed = self._closed
+        if not failed and not closed:
+            try:
+                self.wait(pending)
+            except StoreFailed:
+                pass
+        with self._cond:
+            self._closed = True
