@@ -108,6 +108,10 @@ def validate_config(cfg: Any) -> None:
         secp256k1.public_key(bytes.fromhex(pub))
     except ValueError as exc:
         raise BackendConfigError("config identity_public_key is not a 33-byte secp256k1 key") from exc
+    store = cfg.get("store")
+    if store is not None and not (isinstance(store, dict) and store.get("kind") == "postgresql"
+                                  and isinstance(store.get("url"), str)):
+        raise BackendConfigError("config store must be {\"kind\": \"postgresql\", \"url\": \"postgresql://...\"}")
     kind = cfg.get("backend")
     if kind == "pkcs11":
         p = _need(cfg, "pkcs11", dict, "config")
@@ -215,12 +219,15 @@ def provision_identity(
     scrypt_n: int = DEFAULT_SCRYPT_N,
     first_spk: bool = True,
     store_pin_in_keyring: bool = False,
+    namespace: bytes | None = None,
 ) -> dict[str, Any]:
     """Create the home's identity key (generated, adopted from the token, or imported from ``import_secret``),
     the first signed prekey (version 1), and ``config.json``. Returns the written config.
 
     ``store_pin_in_keyring`` (pkcs11, opt-in) keeps the PIN in the OS keyring (``keyring_backend`` names it) so
     the agent can log in unattended; a missing keyring is an error, never a plaintext fallback.
+    ``namespace`` (pkcs11): the 8-byte prefix of the token objects' ids, given when a home joins a shared store
+    and must find the signed prekeys the other agents of the identity made (random otherwise).
     ``import_secret`` is a 32-byte secp256k1 scalar (e.g. derived from a recovery phrase). On a token it is
     stored SENSITIVE and non-EXTRACTABLE, but the token marks it imported (NEVER_EXTRACTABLE false): it is
     protected from now on, it was not born there. ``force`` accepts an adopted extractable key.
@@ -262,7 +269,10 @@ def provision_identity(
     from backends.pkcs11.backend import Pkcs11Backend
     from backends.pkcs11.keys import KeyRef, identity_key_ref, spk_key_ref
 
-    namespace = secrets.token_bytes(8)
+    if namespace is None:
+        namespace = secrets.token_bytes(8)
+    elif len(namespace) != 8:
+        raise BackendConfigError("a token namespace is 8 bytes")
     adopted = adopt_id is not None or adopt_label is not None
     if adopted:
         ik_ref = KeyRef(adopt_id or b"", adopt_label)

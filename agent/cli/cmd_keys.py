@@ -42,9 +42,40 @@ def _secret(path: str | None, env: str, what: str, *, confirm: bool = False, pin
     raise BackendConfigError(f"no {what}: use --{'pin' if 'PIN' in env else 'passphrase'}-file or ${env}")
 
 
+def _cmd_join(args: argparse.Namespace) -> int:
+    """``init --store URL --join``: another agent of the identity whose state is in that store."""
+    from agent.daemon.store.shared_home import join_store
+
+    if args.backend != "pkcs11" or not args.module or not args.token:
+        print("keyagent: init --join needs --backend pkcs11 --module PATH --token TOKEN (the token that holds the "
+              "store's identity key)", file=sys.stderr)
+        return EXIT_INPUT
+    if args.adopt_id or args.adopt_label or args.from_phrase:
+        print("keyagent: init --join takes the identity key the store names; it adopts or imports nothing else",
+              file=sys.stderr)
+        return EXIT_INPUT
+    pin = _secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True)
+    cfg = join_store(args.home, args.store, module=args.module, token=args.token, pin=pin,
+                     os_locking=args.os_locking)
+    print(f"home: {args.home}")
+    print(f"backend: {cfg['backend']}")
+    print(f"identity public key: {cfg['identity_public_key']}")
+    print(f"store: postgresql (joined; {cfg['store']['url']})")
+    return 0
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from backends.home import provision_identity
 
+    if args.join:
+        if not args.store:
+            print("keyagent: --join needs --store URL", file=sys.stderr)
+            return EXIT_INPUT
+        return _cmd_join(args)
+    if args.store:
+        from agent.daemon.store.location import check_store_url
+
+        check_store_url(args.store)  # refused before anything is provisioned
     kw: dict[str, Any] = {}
     if args.backend == "pkcs11":
         if not args.module or not args.token:
@@ -98,6 +129,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
             print(f"keyagent: note: {IMPORTED_NOTICE}", file=sys.stderr)
     else:
         cfg = provision_identity(args.home, args.backend, **kw)
+    if args.store:
+        from agent.daemon.store.shared_home import attach_new_store
+
+        cfg = attach_new_store(args.home, cfg, args.store, secret=kw.get("pin") or kw.get("passphrase") or "")
     print(f"home: {args.home}")
     print(f"backend: {cfg['backend']}")
     print(f"identity public key: {cfg['identity_public_key']}")
@@ -114,6 +149,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         print(f"name: {vis['alias']}  {vis['emoji_hash']}  (compare with the name Status shows for this phrase)")
         print(f"key UID: {cfg['status']['key_uid']} (Status chat key imported from the recovery phrase)")
     print("signed prekey: version 1")
+    if args.store:
+        print(f"store: postgresql ({args.store})")
     return 0
 
 
@@ -166,6 +203,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--phrase-from", choices=("auto", "stdin", "pinentry", "tty"), default="auto",
                    help="where --from-phrase reads the phrase (auto: pinentry/terminal when stdin is a terminal, "
                         "else stdin)")
+    p.add_argument("--store", metavar="URL",
+                   help="keep the state in PostgreSQL (a libpq postgresql:// URL without a password: use a 0600 "
+                        "passfile) instead of state.db; several agents of the identity can share it")
+    p.add_argument("--join", action="store_true",
+                   help="with --store: add an agent to the identity whose state is already there (the same token "
+                        "key, checked against the store's record); no new key is made")
     p.set_defaults(func=_cmd_init)
 
     m = subparsers.add_parser("migrate", parents=[common],

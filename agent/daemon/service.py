@@ -36,7 +36,7 @@ from agent.daemon.handler_api import (
 )
 from agent.daemon.policy import Policy
 from agent.daemon.sessions import SessionManager
-from agent.daemon.store import Store
+from agent.daemon.store.location import open_store
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -78,7 +78,9 @@ def default_session_factory(home: Home, backend: Backend) -> SessionFactory:
     """Open the home's store with the identity key (needs the backend unlocked) and a SessionManager over it."""
 
     def factory() -> SessionsLike:
-        store = Store(home.state, backend.identity())
+        from backends.home import load_config
+
+        store = open_store(home.path, load_config(str(home.path)), backend.identity())
         try:
             manager: SessionsLike = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom)
         except BaseException:

@@ -30,6 +30,13 @@ Why a message key is never used twice, across kill -9 and power loss
        submitted batch at the time its result was computed (``_run``), so it also never returns a result
        built on another request's not-yet-durable state.
 
+    6. With a store that several agents share (PostgreSQL), every state transition of this agent runs in
+       the store's *turn* (its store-wide lock, held from before the cache is read until the writes are
+       durable, written through the connection that holds it), and a turn that finds rows another agent wrote
+       reloads the whole cache first (``_current``): two agents never work on one ratchet, and a session that
+       moves between agents is reloaded, so rule 3 puts it past every position the other agent reserved.
+       The argument, and what a partition does, is in :mod:`agent.daemon.store.postgres`.
+
 State lives on disk; memory holds a bounded cache
     See :mod:`agent.daemon.session_cache`: nothing is read at start-up, and a cached session is dropped only
     when reloading its row gives back exactly what memory holds.
@@ -238,28 +245,53 @@ class SessionManager:
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
         self.identity: bytes = self._ik.public_key()
-        self._cache = SessionCache(store, own_identity=self.identity, keygen=self._keygen, send_reserve=send_reserve,
-                                   cache_peers=cache_peers, cache_identities=cache_identities)
-        self._replies: dict[bytes, int] = store.load_peer_replies()
+        self._new_cache: Callable[[], SessionCache] = lambda: SessionCache(
+            store, own_identity=self.identity, keygen=self._keygen, send_reserve=send_reserve,
+            cache_peers=cache_peers, cache_identities=cache_identities)
+        self._new_prekeys: Callable[[], SignedPrekeys] = lambda: SignedPrekeys(
+            backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns, grace_ns=spk_grace_ns)
+        self._refresh_ns = bundle_refresh_ns
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
 
-        ops: list[Op] = []
-        iid = store.get_meta("installation_id")
-        if iid is None:
-            self.installation_id = new_installation_id(rng)
-            ops.append(PutMeta("installation_id", self.installation_id.encode()))
-        else:
-            self.installation_id = iid.decode()
-        self._prekeys = SignedPrekeys(backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns,
-                                      grace_ns=spk_grace_ns)
-        self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
-                               installation_id=self.installation_id, clock=clock, refresh_ns=bundle_refresh_ns)
-        with self._lock:
-            self._maintain(ops)
-            self._cache.flush(ops)
-            if ops:
-                self._cache.submit(ops)
-        store.sync()
+        store.enter()
+        try:
+            self._load()
+            ops: list[Op] = []
+            iid = store.get_meta("installation_id")
+            if iid is None:
+                self.installation_id = new_installation_id(rng)
+                ops.append(PutMeta("installation_id", self.installation_id.encode()))
+            else:
+                self.installation_id = iid.decode()
+            self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
+                                   installation_id=self.installation_id, clock=clock, refresh_ns=bundle_refresh_ns)
+            with self._lock:
+                self._maintain(ops)
+                self._cache.flush(ops)
+                if ops:
+                    self._cache.submit(ops)
+            store.sync()
+        finally:
+            store.leave()
+
+    def _load(self) -> None:
+        """(Re)build everything cached from the store: at start, and whenever the store says another agent
+        wrote since our last turn (a shared store, :mod:`agent.daemon.store.postgres`). The caller holds the
+        store's turn; nothing of ours is pending then (a turn ends only when its writes are durable or
+        abandoned), so nothing is lost by dropping the old copies, and rule 3 applies to every reloaded session."""
+        self._epoch = self._store.cache_epoch
+        self._cache = self._new_cache()
+        self._replies: dict[bytes, int] = self._store.load_peer_replies()
+        self._prekeys = self._new_prekeys()
+        if hasattr(self, "_own"):
+            self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
+                                   installation_id=self.installation_id, clock=self._clock,
+                                   refresh_ns=self._refresh_ns)
+
+    def _current(self) -> None:
+        """Under the state lock, inside a turn: reload if the store's rows moved on without us (rule 6)."""
+        if self._store.cache_epoch != self._epoch:
+            self._load()
 
     # ------------------------------------------------------------------ small helpers
 
@@ -284,19 +316,24 @@ class SessionManager:
         ops: list[Op] = []
         error: BaseException | None = None
         result: _T | None = None
-        with self._lock:
-            try:
-                self._maintain(ops)
-                result = work(ops)
-            except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
-                error = e
-            if error is None:  # a failed request writes nothing it need not (cache upkeep waits for the next)
-                self._cache.evict(ops)
-            self._cache.flush(ops)
-            if ops:
-                self._cache.submit(ops)
-            seq = self._store.last_submitted()
-        self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
+        self._store.enter()  # rule 6: a shared store's turn (a no-op for the embedded one)
+        try:
+            with self._lock:
+                try:
+                    self._current()
+                    self._maintain(ops)
+                    result = work(ops)
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
+                    error = e
+                if error is None:  # a failed request writes nothing it need not (cache upkeep waits for the next)
+                    self._cache.evict(ops)
+                self._cache.flush(ops)
+                if ops:
+                    self._cache.submit(ops)
+                seq = self._store.last_submitted()
+            self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
+        finally:
+            self._store.leave()  # only now may another agent load what we wrote
         if error is not None:
             raise error
         return result  # type: ignore[return-value]  # work() returned: result holds its value
@@ -396,8 +433,7 @@ class SessionManager:
 
     def devices(self) -> list[DeviceInfo]:
         """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""
-        with self._lock:
-            return self._own.infos()
+        return self._run(lambda ops: self._own.infos())
 
     def _set_device(self, installation_id: str, enabled: bool) -> None:
         self._run(lambda ops: self._own.set_enabled(installation_id, enabled, ops))
@@ -412,12 +448,11 @@ class SessionManager:
 
     def list_sessions(self) -> list[SessionInfo]:
         """Every session, oldest first: the stored rows, with the cached copies (authoritative) on top."""
-        with self._lock:
-            return [
-                SessionInfo(r.identity, r.installation_id, r.initiator, r.confirmed, r.expired, r.created_ns,
-                            r.last_used_ns, r.bundle_id)
-                for r in self._cache.rows()
-            ]
+        return self._run(lambda ops: [
+            SessionInfo(r.identity, r.installation_id, r.initiator, r.confirmed, r.expired, r.created_ns,
+                        r.last_used_ns, r.bundle_id)
+            for r in self._cache.rows()
+        ])
 
     # ------------------------------------------------------------------ sending
 
@@ -766,10 +801,15 @@ class SessionManager:
         """Write exact sending positions of the cached sessions (the others' rows already hold theirs, see
         "State lives on disk"), so a clean restart leaves no gap; then close the store."""
         try:
-            with self._lock:
-                ops = self._cache.closing_writes()
-                if ops:
-                    self._store.write(ops)
+            self._store.enter()
+            try:
+                with self._lock:
+                    # a stale cache (another agent wrote since) has nothing of ours left to write
+                    ops = self._cache.closing_writes() if self._store.cache_epoch == self._epoch else []
+                    if ops:
+                        self._store.write(ops)
+            finally:
+                self._store.leave()
         finally:
             self._store.close()  # also after a failed store: the connection is released either way
 

@@ -6,9 +6,10 @@ batch, hands them to the engine's ``_commit`` (applied in submission order insid
 once); the others sleep on a condition and wake when their sequence number is covered. Concurrent requests
 thus share one fsync (SQLite) or one commit round trip (PostgreSQL), and durability is monotone: batch *n*
 durable implies every batch before it is durable. If a commit fails the store is poisoned (``StoreFailed``):
-the in-memory copy may no longer match the database, so the agent must restart and reload. An engine may
-instead raise :class:`StoreUnavailable` for a commit that *certainly* did not happen (the server was not
-reached): the batch then stays queued and the next ``wait`` retries it; nothing is reported durable before.
+the in-memory copy may no longer match the database, so the agent must restart and reload. An engine whose
+server may come back (PostgreSQL) raises :class:`StoreUnavailable` instead: every queued batch is then
+abandoned (its waiters get the error; none of their results was handed out) and the engine's ``_abandon``
+tells the session manager to reload its cache from the database, whatever of those batches reached it.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ class GroupCommit:
         self._durable = 0
         self._leader = False
         self._failed: BaseException | None = None
+        self._lost = 0  # batches up to this one were abandoned (StoreUnavailable): never reported durable
         self._closed = False
         self.commits = 0  # number of durable commits: the group-commit benchmark and tests read it
 
     def _commit(self, batch: list[Batch]) -> None:
         """Apply every write of ``batch`` in order in one transaction and make it durable (engine's job)."""
         raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """Queued batches were thrown away after an unavailable commit: the engine invalidates caches."""
 
     def submit(self, ops: Sequence[Op]) -> int:
         """Queue a batch (applied atomically, in submission order); return its sequence number for ``wait``.
@@ -68,6 +73,8 @@ class GroupCommit:
             if seq > self._submitted:
                 raise ValueError("waiting for a batch that was never submitted")
             while self._durable < seq:
+                if seq <= self._lost:
+                    raise StoreUnavailable("the state database went away before this change was stored; retry")
                 self._check_usable()
                 if self._leader:
                     self._cond.wait()
@@ -86,7 +93,10 @@ class GroupCommit:
                     self._cond.acquire()
                     self._leader = False
                     if isinstance(error, StoreUnavailable):
-                        self._queue = batch + self._queue  # certainly not applied: retried by the next wait
+                        # abandoned with everything queued behind it (built on it); the cache is reloaded
+                        self._queue = []
+                        self._lost = self._submitted
+                        self._abandon()
                     elif error is not None:
                         self._failed = error
                     elif batch:

@@ -162,6 +162,16 @@ class SqliteStore(GroupCommit):
             rows = dict(fresh)
         return rows
 
+    # --- the turn: one agent per home (the home's agent lock), so there is nothing to take or reload -------------
+
+    cache_epoch = 0
+
+    def enter(self) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
+
     # --- sealing (tests and tools seal values the way rows are sealed) -----------------------------------------
 
     def seal(self, value: bytes, *ad_parts: bytes) -> bytes:
