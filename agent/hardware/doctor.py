@@ -454,6 +454,18 @@ def _check_socket_dir(ctx: DoctorContext) -> CheckResult:
 
 @check("store", order=70, title="session store readable")
 def _check_store(ctx: DoctorContext) -> CheckResult:
+    cfg = ctx.config
+    if cfg is None:  # the config check did not run (doctor --check store): read it ourselves
+        from backends.home_config import HomeConfigError, read_home_config
+
+        try:
+            got = read_home_config(ctx.home)
+            cfg = got if isinstance(got, dict) else None
+        except HomeConfigError:
+            cfg = None
+    store = (cfg or {}).get("store")
+    if isinstance(store, dict) and store.get("kind") == "postgresql":
+        return _check_pg_store(str(store.get("url", "")))
     home = Path(ctx.home)
     path = home / "state.db"
     if not path.exists():
@@ -476,6 +488,27 @@ def _check_store(ctx: DoctorContext) -> CheckResult:
     if mode & 0o077:
         return CheckResult(Status.WARN, f"{path}: {tables} table(s), but mode {mode:04o}", f"chmod 600 {path}")
     return CheckResult(Status.OK, f"{path}: opens read-only, {tables} table(s)")
+
+
+def _check_pg_store(url: str) -> CheckResult:
+    """A shared store: the server answers, the schema is ours, and which agents share it (the server's own
+    session list says which are alive; nothing is guessed from timestamps)."""
+    from agent.daemon.store.location import check_store_url
+    from agent.daemon.store.postgres import PG_SCHEMA_VERSION, list_agents
+    from agent.daemon.store.rows import StoreError
+
+    try:
+        check_store_url(url)
+        agents = list_agents(url)
+    except StoreError as exc:
+        return CheckResult(Status.FAIL, f"PostgreSQL store: {exc}",
+                           "start the database or fix the URL in config.json (libpq form, password in a passfile)")
+    alive = [a for a in agents if a.alive]
+    names = ", ".join(f"{a.host} pid {a.pid}" for a in alive) or "none running"
+    gone = len(agents) - len(alive)
+    tail = f"; {gone} registered agent(s) not connected" if gone else ""
+    return CheckResult(Status.OK, f"PostgreSQL store (schema {PG_SCHEMA_VERSION}) answers; agents sharing it: "
+                       f"{names}{tail}")
 
 
 def _udev_needed(ctx: DoctorContext) -> bool:

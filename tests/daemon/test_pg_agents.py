@@ -184,6 +184,13 @@ def test_three_agents_share_one_identity_and_split_concurrent_encrypts(
     ((_iid, _spk, version),) = spks.pop()
     assert version == 2
 
+    # doctor checks the store and names the three agents that share it (alive per the server's session list)
+    cp = subprocess.run([*KEYAGENT, "--home", str(trio[0].home), "doctor", "--check", "store"], env=trio[0].env,
+                        capture_output=True, text=True, timeout=60)
+    assert "agents sharing it" in cp.stdout, cp.stdout + cp.stderr
+    for a in trio:
+        assert f"pid {a.pid}" in cp.stdout
+
 
 def test_kill_9_of_one_agent_mid_load_the_others_go_on_at_once(
         agents: AgentFactory, token: SoftHSMToken, db_url: str, peer: Peer) -> None:

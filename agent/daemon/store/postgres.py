@@ -523,4 +523,6 @@ def list_agents(url: str) -> list[AgentInfo]:
                 " FROM agents a ORDER BY a.started_ns").fetchall()
     except psycopg.OperationalError as exc:
         raise _unavailable(exc) from None
+    except psycopg.Error as exc:  # no such table: not a keyagent store (or not yet created)
+        raise StoreNotCreated(f"this database holds no keyagent store ({type(exc).__name__})") from None
     return [AgentInfo(str(r[0]), str(r[1]), int(r[2]), int(r[3]), bool(r[4])) for r in rows]
