@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import secp256k1
-from .errors import BadSignature, EmptyBundle, IdentityMismatch
+from .errors import BadSignature, EmptyBundle, IdentityMismatch, NonCanonicalSignature
 from .hashing import keccak256
 from .keyops import KeyOps
 from .keys import require_compressed
@@ -79,14 +79,19 @@ def verify_bundle(bundle: pb.Bundle) -> bytes:
     """Verify a received bundle and return its 33-byte identity key (status-go ``ExtractIdentity``).
 
     Raises EmptyBundle (no prekeys), MalformedKey (identity or any SPK not a 33-byte point),
-    BadSignature (unrecoverable signature, V ≥ 4) or IdentityMismatch (signed by someone else).
+    BadSignature (unrecoverable signature, V ≥ 4), BadBundle (a high-S signature: go-ethereum's ``Sign`` only
+    makes low-S ones, and accepting the twin ``(r, n - s)`` would give one bundle two byte forms) or
+    IdentityMismatch (signed by someone else).
     """
     if len(bundle.signed_pre_keys) == 0:
         raise EmptyBundle("bundle has no signed prekeys")
     identity = require_compressed(bytes(bundle.identity), "bundle identity")
     for inst in _sorted_ids(bundle.signed_pre_keys.keys()):
         require_compressed(bytes(bundle.signed_pre_keys[inst].signed_pre_key), f"signed prekey of {inst!r}")
-    signer = secp256k1.recover(signature_digest(bundle), bytes(bundle.signature))
+    signature = bytes(bundle.signature)
+    if len(signature) == 65 and not secp256k1.is_low_s(signature):
+        raise NonCanonicalSignature("high-S bundle signature (go-ethereum signs low-S only)")
+    signer = secp256k1.recover(signature_digest(bundle), signature)
     if secp256k1.address(signer) != secp256k1.address(identity):
         raise IdentityMismatch("identity key and signature mismatch")
     return identity

@@ -11,6 +11,8 @@ __all__ = [
     "BadSignature",
     "IdentityMismatch",
     "EmptyBundle",
+    "BadBundle",
+    "NonCanonicalSignature",
     "DecryptFailed",
     "TooManySkipped",
     "MessageKeyGone",
@@ -49,6 +51,19 @@ class IdentityMismatch(BadSignature):
 
 class EmptyBundle(ProtocolError):
     """A bundle without any signed prekey: nothing to start a session with."""
+
+
+class BadBundle(ProtocolError):
+    """A validly signed bundle we refuse to store (stale or digit-shifted version/timestamp, too many or too
+    long installation ids, a high-S twin): ask the peer for its current bundle."""
+
+    code = ErrorCode.BAD_BUNDLE
+
+
+class NonCanonicalSignature(BadBundle, BadSignature):
+    """A high-S twin of a valid signature: it verifies, but go-ethereum never makes one (answered BAD_BUNDLE)."""
+
+    code = ErrorCode.BAD_BUNDLE
 
 
 class DecryptFailed(ProtocolError):

@@ -10,12 +10,20 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from agent.core.errors import BadBundle
 from agent.core.wire import pb
 
 from .store.rows import InstallationRecord, SessionRecord
 
 __all__ = [
     "MAX_INSTALLATIONS",
+    "MAX_BUNDLE_INSTALLATIONS",
+    "MAX_STORED_INSTALLATIONS",
+    "MAX_INSTALLATION_ID",
+    "MAX_VERSION_JUMP",
+    "MAX_FUTURE_NS",
+    "TIMESTAMP_FLOOR_NS",
+    "check_bundle_shape",
     "PROTOCOL_VERSION",
     "BundleUpdate",
     "new_installation_id",
@@ -31,6 +39,20 @@ __all__ = [
 
 #: At most 3 installations per identity take part (self included): status-go ``MaxInstallations``.
 MAX_INSTALLATIONS = 3
+#: A bundle names at most this many installations: status-go signs self + ``MaxInstallations - 1`` own devices.
+MAX_BUNDLE_INSTALLATIONS = MAX_INSTALLATIONS
+#: Installations kept per identity (status-go keeps all but uses the newest 3); past it new ones are not recorded,
+#: so one identity cannot grow the store without bound.
+MAX_STORED_INSTALLATIONS = 16
+#: Installation ids are UUIDs (36 characters) in status-go; longer ids are refused.
+MAX_INSTALLATION_ID = 36
+#: A signed-prekey version may move up by at most this much at once (status-go adds 1 per rotation).
+MAX_VERSION_JUMP = 1000
+#: A bundle timestamp may be at most this far ahead of our clock (clock skew between devices).
+MAX_FUTURE_NS = 24 * 3600 * 10**9
+#: 2017-01-01 in ns: no genuine Status bundle is older; a timestamp below it once the clock is past it has lost
+#: digits (moved into the last version of the signature material, which has no separators).
+TIMESTAMP_FLOOR_NS = 1_483_228_800 * 10**9
 #: Our client protocol version, put in ``SignedPreKey.protocol_version`` (status-go ``protocolVersion``).
 PROTOCOL_VERSION = 1
 
@@ -41,8 +63,20 @@ def new_installation_id(rng: Callable[[int], bytes]) -> str:
 
 
 def is_installation_id(text: str) -> bool:
-    """Installation ids are opaque strings on the wire; we only insist on printable, bounded, non-"none"."""
-    return 0 < len(text) <= 128 and text.isprintable() and text != "none"
+    """Installation ids are opaque strings on the wire (status-go makes UUIDs); we insist on printable ASCII, at
+    most a UUID's length, not ``"none"``."""
+    return 0 < len(text) <= MAX_INSTALLATION_ID and text.isascii() and text.isprintable() and text != "none"
+
+
+def check_bundle_shape(bundle: pb.Bundle) -> None:
+    """Refuse (BadBundle) a bundle no status-go client makes, before its signature is even checked: more than
+    ``MAX_BUNDLE_INSTALLATIONS`` entries, or an installation id that is not a short printable id."""
+    n = len(bundle.signed_pre_keys)
+    if n > MAX_BUNDLE_INSTALLATIONS:
+        raise BadBundle(f"bundle names {n} installations; at most {MAX_BUNDLE_INSTALLATIONS} are accepted")
+    for iid in bundle.signed_pre_keys:
+        if not is_installation_id(iid):
+            raise BadBundle(f"installation id {iid[:40]!r} is not at most {MAX_INSTALLATION_ID} printable characters")
 
 
 def select_enabled(
@@ -79,24 +113,36 @@ def apply_bundle(
     our_installation_id: str,
     now_ns: int,
 ) -> BundleUpdate:
-    """Merge a *verified* bundle of ``identity`` into the known installations.
+    """Merge a *verified* bundle of ``identity`` into the known installations, or refuse all of it (BadBundle).
 
     Rules (status-go-facts §6): the timestamp only moves forward; a higher SPK version replaces the prekey
     and marks the installation for re-keying; a lower or equal version never replaces it; a peer's new
     installation starts enabled, one of our own starts disabled until the user approves it (pairing); our own
     installation id is never recorded.
+
+    Acceptance (the signature material ``… ‖ decimal(version) ‖ decimal(ts)`` has no separators, so digits can
+    move between the last version and the timestamp under the same signature): the timestamp may not be more
+    than ``MAX_FUTURE_NS`` ahead of ``now_ns`` nor, once the clock is past 2017, before 2017 (a 19-digit
+    nanosecond timestamp that lost a digit); a higher version is taken only with a timestamp not older than the
+    stored one and at most ``MAX_VERSION_JUMP`` above it. status-go signs every bundle afresh with
+    ``time.Now().UnixNano()`` and raises its version by one per rotation, so its genuine bundles always pass.
     """
+    check_bundle_shape(bundle)
+    ts = int(bundle.timestamp)
+    if ts > now_ns + MAX_FUTURE_NS:
+        raise BadBundle("bundle timestamp is implausibly far in the future")
+    if ts < TIMESTAMP_FLOOR_NS <= now_ns:
+        raise BadBundle("bundle timestamp is before 2017 (digits moved into the version?)")
     out: list[InstallationRecord] = []
     rekeyed: list[str] = []
-    ts = int(bundle.timestamp)
+    new_ids: list[str] = []
     for iid in sorted(bundle.signed_pre_keys.keys()):
         if identity == our_identity and iid == our_installation_id:
-            continue
-        if not is_installation_id(iid):
             continue
         spk = bundle.signed_pre_keys[iid]
         cur = existing.get((identity, iid))
         if cur is None:
+            new_ids.append(iid)
             out.append(
                 InstallationRecord(
                     identity=identity,
@@ -112,6 +158,10 @@ def apply_bundle(
             continue
         new = cur
         if cur.spk is None or spk.version > cur.spk_version:
+            if cur.spk is not None and ts < cur.timestamp_ns:
+                raise BadBundle(f"installation {iid!r}: a higher prekey version with an older timestamp")
+            if cur.spk is not None and spk.version - cur.spk_version > MAX_VERSION_JUMP:
+                raise BadBundle(f"installation {iid!r}: prekey version jumps by more than {MAX_VERSION_JUMP}")
             new = replace(new, spk=bytes(spk.signed_pre_key), spk_version=int(spk.version))
             if cur.spk is not None:
                 rekeyed.append(iid)
@@ -121,6 +171,11 @@ def apply_bundle(
             new = replace(new, timestamp_ns=ts)
         if new != cur:
             out.append(new)
+    room = MAX_STORED_INSTALLATIONS - sum(1 for (ident, _iid) in existing if ident == identity)
+    if len(new_ids) > room:
+        # the identity already names as many installations as we keep: the new ones are not recorded (the known
+        # ones, which the bundle may still update, stay)
+        out = [r for r in out if r.installation_id not in new_ids]
     return BundleUpdate(tuple(out), tuple(rekeyed))
 
 

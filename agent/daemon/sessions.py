@@ -66,6 +66,7 @@ Concurrent sessions and interoperability
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -73,7 +74,14 @@ from typing import TypeVar
 
 from agent.core import bundle as core_bundle
 from agent.core import fallback, x3dh
-from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedMessage, ProtocolError, UnknownSession
+from agent.core.errors import (
+    BadBundle,
+    DecryptFailed,
+    IdentityMismatch,
+    MalformedMessage,
+    ProtocolError,
+    UnknownSession,
+)
 from agent.core.keyops import KeyOps
 from agent.core.keys import public_from_secret, require_compressed
 from agent.core.ratchet import STATUS_GO, Header, Profile, Ratchet
@@ -97,6 +105,7 @@ from backends.errors import KeyNotFound
 from .installations import (
     MAX_INSTALLATIONS,
     apply_bundle,
+    check_bundle_shape,
     choose_session,
     incoming_supersedes,
     new_installation_id,
@@ -120,6 +129,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 HOUR_NS = 3600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -365,7 +375,8 @@ class SessionManager:
     # ------------------------------------------------------------------ bundles and devices
 
     def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op]) -> None:
-        """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version."""
+        """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version.
+        Raises BadBundle (nothing changed) when the acceptance rules refuse it."""
         self._cache.devices(identity)  # apply_bundle looks up this identity's installations only
         up = apply_bundle(self._cache.installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
@@ -379,6 +390,14 @@ class SessionManager:
                     live.rec.expired = True  # the next send runs a new X3DH to the new prekey
                     self._cache.mark_dirty(live.rec.sid)
 
+    def _merge_received(self, identity: bytes, bundles: list[pb.Bundle], ops: list[Op]) -> None:
+        """Bundles that rode on a message: a refused one is dropped (the message still counts), never an error."""
+        for b in bundles:
+            try:
+                self._merge_bundle(identity, b, ops)
+            except BadBundle as exc:
+                log.info("a bundle on a message from %s was refused: %s", identity.hex()[:16], exc)
+
     def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
         b = decode_bundle(data)
         return self._verify_cached(b), b
@@ -391,6 +410,7 @@ class SessionManager:
             hit = self._verified.get(key)
         if hit is not None:
             return hit
+        check_bundle_shape(b)  # a 1,000-entry bundle is refused before its signature material is hashed
         identity = core_bundle.verify_bundle(b)  # raises on a bad bundle: nothing is cached then
         with self._lock:
             if len(self._verified) >= 512:
@@ -544,7 +564,7 @@ class SessionManager:
             if verified is not None:  # the updates the locked phase will apply, seen without applying them
                 self._cache.devices(peer)
                 up = apply_bundle(self._cache.installations, peer, verified, our_identity=self.identity,
-                                  our_installation_id=self.installation_id, now_ns=0)
+                                  our_installation_id=self.installation_id, now_ns=self._clock())
                 for rec in up.records:
                     overlay.setdefault(rec.identity, {})[rec.installation_id] = rec
             need = []
@@ -632,7 +652,11 @@ class SessionManager:
         msg = decode_protocol_message(message)
         bundles = []
         for b in msg.bundles:
-            signer = self._verify_cached(b)
+            try:
+                signer = self._verify_cached(b)
+            except BadBundle as exc:  # validly formed message, bundle refused: read it, keep the bundle out
+                log.info("a bundle on a message was refused: %s", exc)
+                continue
             if signer != sender:  # name the key that did sign it: usually a wrong --from
                 from agent.core.identity import zq3_encode
 
@@ -662,14 +686,16 @@ class SessionManager:
 
         def work(ops: list[Op]) -> DecryptResult | NoSession:
             def no_session(text: str, reason: str) -> NoSession:
-                for b in bundles:
-                    self._merge_bundle(sender, b, ops)
+                # A message we cannot read is anyone's to craft: its bundles are not stored, except our own
+                # identity's (only our own devices hold the key that signed them; that is how an unpaired
+                # device of ours gets listed for approval).
+                if sender == self.identity:
+                    self._merge_received(sender, bundles, ops)
                 return NoSession(text, reason=reason, reply=self._reply(sender, ops))
 
             if entry is None:
                 if msg.public_message:
-                    for b in bundles:
-                        self._merge_bundle(sender, b, ops)
+                    self._merge_received(sender, bundles, ops)
                     return DecryptResult(bytes(msg.public_message), sender_iid, b"", None, False, True)
                 if sender == self.identity:
                     return no_session("a device of ours that is not paired with this one", "not_paired")
@@ -678,13 +704,11 @@ class SessionManager:
                 got = self._decrypt_dr(sender, sender_iid, entry, x3dh_pre)
                 if isinstance(got, str):
                     return no_session(f"no session for this message ({got})", got)
-                for b in bundles:
-                    self._merge_bundle(sender, b, ops)
+                self._merge_received(sender, bundles, ops)
                 return got
             if dh_plain is not None:
                 pt = dh_plain
-                for b in bundles:
-                    self._merge_bundle(sender, b, ops)
+                self._merge_received(sender, bundles, ops)
                 # the sender had no bundle of ours: answer with it (an empty payload is itself such an answer)
                 reply = self._reply(sender, ops) if pt else None
                 return DecryptResult(pt, sender_iid, b"", reply, False, False)

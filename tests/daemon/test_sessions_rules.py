@@ -5,9 +5,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+import pytest
+
 from agent.core.bundle import sign_bundle
+from agent.core.errors import BadBundle
 from agent.daemon.installations import (
+    MAX_BUNDLE_INSTALLATIONS,
+    MAX_FUTURE_NS,
+    MAX_STORED_INSTALLATIONS,
+    MAX_VERSION_JUMP,
+    TIMESTAMP_FLOOR_NS,
     apply_bundle,
+    check_bundle_shape,
     choose_session,
     destroy_due,
     incoming_supersedes,
@@ -25,7 +34,7 @@ BOB = MemoryKey(b"\x02" * 32)
 
 
 def spk(version: int) -> bytes:
-    return MemoryKey(bytes([version + 0x40]) * 32).public_key()
+    return MemoryKey(bytes([version % 150 + 0x40]) * 32).public_key()
 
 
 def inst(iid: str, ts: int, *, identity: bytes = BOB.public_key(), enabled: bool = True, has_spk: bool = True,
@@ -44,7 +53,8 @@ def test_installation_id_is_lowercase_uuid4_from_injected_rng() -> None:
     assert u.version == 4 and iid == str(u) and iid == iid.lower()
     assert new_installation_id(lambda n: b"\xab" * n) == iid  # deterministic from the RNG
     assert is_installation_id(iid) and not is_installation_id("none") and not is_installation_id("")
-    assert not is_installation_id("x" * 129) and not is_installation_id("a\nb")
+    assert not is_installation_id("x" * 37) and not is_installation_id("a\nb") and not is_installation_id("é")
+    assert is_installation_id("x" * 36) and is_installation_id("bob-device-1")
 
 
 def test_select_enabled_newest_first_capped_and_filtered() -> None:
@@ -81,11 +91,13 @@ def test_apply_bundle_new_peer_devices_start_enabled_own_start_disabled() -> Non
 def test_apply_bundle_version_up_rekeys_down_is_ignored_timestamp_only_forward() -> None:
     cur = inst("b1", 100, version=2)
     existing = {(BOB.public_key(), "b1"): cur}
-    up = apply_bundle(existing, BOB.public_key(), bundle(BOB, {"b1": (3, 1)}, 50),
+    up = apply_bundle(existing, BOB.public_key(), bundle(BOB, {"b1": (3, 1)}, 150),
                       our_identity=ME.public_key(), our_installation_id="me", now_ns=0)
     (rec,) = up.records
-    assert up.rekeyed == ("b1",) and rec.spk_version == 3 and rec.spk == spk(3)
-    assert rec.timestamp_ns == 100  # older timestamp does not move it back
+    assert up.rekeyed == ("b1",) and rec.spk_version == 3 and rec.spk == spk(3) and rec.timestamp_ns == 150
+    with pytest.raises(BadBundle, match="older timestamp"):  # a higher version needs a timestamp not older
+        apply_bundle(existing, BOB.public_key(), bundle(BOB, {"b1": (3, 1)}, 50),
+                     our_identity=ME.public_key(), our_installation_id="me", now_ns=0)
     down = apply_bundle(existing, BOB.public_key(), bundle(BOB, {"b1": (1, 1)}, 200),
                         our_identity=ME.public_key(), our_installation_id="me", now_ns=0)
     (rec,) = down.records
@@ -124,3 +136,40 @@ def test_rotation_destroy_and_reply_timing() -> None:
     assert not destroy_due(5, 5 + day - 1, day) and destroy_due(5, 5 + day, day)
     assert reply_allowed(None, 0, 100)
     assert not reply_allowed(10, 109, 100) and reply_allowed(10, 110, 100)
+
+
+REAL_NOW = 1_700_000_000 * 10**9
+
+
+def test_apply_bundle_refuses_future_pre_2017_and_version_jumps() -> None:
+    kw = dict(our_identity=ME.public_key(), our_installation_id="me", now_ns=REAL_NOW)
+    with pytest.raises(BadBundle, match="future"):
+        apply_bundle({}, BOB.public_key(), bundle(BOB, {"b1": (1, 1)}, REAL_NOW + MAX_FUTURE_NS + 1), **kw)
+    with pytest.raises(BadBundle, match="2017"):
+        apply_bundle({}, BOB.public_key(), bundle(BOB, {"b1": (1, 1)}, TIMESTAMP_FLOOR_NS - 1), **kw)
+    cur = inst("b1", REAL_NOW - 10, version=2)
+    with pytest.raises(BadBundle, match="jumps"):
+        apply_bundle({(BOB.public_key(), "b1"): cur}, BOB.public_key(),
+                     bundle(BOB, {"b1": (2 + MAX_VERSION_JUMP + 1, 1)}, REAL_NOW), **kw)
+    ok = apply_bundle({(BOB.public_key(), "b1"): cur}, BOB.public_key(),
+                      bundle(BOB, {"b1": (2 + MAX_VERSION_JUMP, 1)}, REAL_NOW), **kw)
+    assert ok.rekeyed == ("b1",)
+
+
+def test_bundle_shape_caps_entries_and_id_length() -> None:
+    with pytest.raises(BadBundle, match="installations"):
+        check_bundle_shape(bundle(BOB, {f"b{i}": (1, 1) for i in range(MAX_BUNDLE_INSTALLATIONS + 1)}, 10))
+    with pytest.raises(BadBundle, match="printable"):
+        check_bundle_shape(bundle(BOB, {"x" * 37: (1, 1)}, 10))
+    check_bundle_shape(bundle(BOB, {f"b{i}": (1, 1) for i in range(MAX_BUNDLE_INSTALLATIONS)}, 10))
+
+
+def test_per_identity_cap_records_no_new_installation_past_it() -> None:
+    kw = dict(our_identity=ME.public_key(), our_installation_id="me", now_ns=REAL_NOW)
+    existing = {(BOB.public_key(), f"b{i:02}"): inst(f"b{i:02}", REAL_NOW - 100 + i)
+                for i in range(MAX_STORED_INSTALLATIONS - 1)}
+    up = apply_bundle(existing, BOB.public_key(), bundle(BOB, {"new": (1, 1)}, REAL_NOW), **kw)
+    assert [r.installation_id for r in up.records] == ["new"]  # the last free place
+    existing[(BOB.public_key(), "new")] = up.records[0]
+    full = apply_bundle(existing, BOB.public_key(), bundle(BOB, {"b00": (1, 1), "newer": (1, 1)}, REAL_NOW), **kw)
+    assert [r.installation_id for r in full.records] == ["b00"]  # a known one is still updated, no new one

@@ -154,6 +154,7 @@ class Error(_message.Message):
         KEY_FILE_CORRUPT: _ClassVar[Error.Code]
         REFUSED_PAYLOAD: _ClassVar[Error.Code]
         RATE_LIMITED: _ClassVar[Error.Code]
+        BAD_BUNDLE: _ClassVar[Error.Code]
     INTERNAL: Error.Code
     BAD_REQUEST: Error.Code
     UNSUPPORTED: Error.Code
@@ -182,6 +183,7 @@ class Error(_message.Message):
     KEY_FILE_CORRUPT: Error.Code
     REFUSED_PAYLOAD: Error.Code
     RATE_LIMITED: Error.Code
+    BAD_BUNDLE: Error.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
