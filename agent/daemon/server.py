@@ -354,8 +354,9 @@ class AgentServer:
             return
         exe = exe_of(cred.pid)
         if not self.policy.allows(cred):
-            sock.close()
+            # audited before the client can see the close, like every answer
             self._refused(ClientContext(cred, exe, conn_id, False), "DENIED", "uid not admitted")
+            sock.close()
             return
         ctx = ClientContext(cred=cred, exe=exe, conn=conn_id, owner=self.policy.is_owner(cred))
         with self._conns_mu:
@@ -364,9 +365,9 @@ class AgentServer:
             if conn is not None:
                 self._conns.add(conn)
         if conn is None:
-            sock.close()
             self._refused(ctx, "BUSY", "per-uid connection cap" if verdict is Verdict.UID_FULL
                           else "too many connections")
+            sock.close()  # after the audit line, so a client that saw the close finds it recorded
             return
         conn.thread.start()
 
