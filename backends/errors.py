@@ -22,6 +22,7 @@ __all__ = [
     "PassphraseRequired",
     "PassphraseIncorrect",
     "KeyringUnavailable",
+    "NothingToCheck",
     "KeyNotFound",
     "KeyExists",
     "KeyExtractable",
@@ -105,6 +106,13 @@ class KeyringUnavailable(BackendError):
     """The OS keyring is missing or refused: name a working backend; the agent never falls back to plaintext."""
 
     code = ErrorCode.KEYRING_UNAVAILABLE
+
+
+class NothingToCheck(BackendError):
+    """An unlock of a key that is already unlocked and has no secret to compare (a keyring-protected key file):
+    answering "unlocked" would confirm whatever was typed, so it is refused; nothing changes, no failure counts."""
+
+    code = ErrorCode.BAD_REQUEST
 
 
 class KeyNotFound(BackendError):

@@ -43,6 +43,7 @@ from backends.errors import (
     KeyFileCorrupt,
     KeyNotFound,
     KeyringUnavailable,
+    NothingToCheck,
     PassphraseIncorrect,
     PassphraseRequired,
 )
@@ -360,10 +361,16 @@ class SoftwareBackend:
             self._file_key = None
 
     def unlock(self, secret: str, *, force: bool = False) -> None:
-        """Decrypt the key file with ``secret`` (passphrase; ignored for keyring files). ``force`` is unused."""
+        """Decrypt the key file with ``secret`` (passphrase; ignored for keyring files). ``force`` is unused.
+
+        A keyring file that is already unlocked refuses: it has no passphrase the secret could be checked
+        against, and answering "unlocked" would tell the user a mistyped secret was right."""
         with self._mu:
             self._ensure_open()
             header = self._read_header()  # the file on disk is the truth
+            if header.kdf["name"] == "keyring" and self._keys is not None:
+                raise NothingToCheck("the agent is already unlocked and its key file is protected by the OS "
+                                     "keyring, which has no passphrase to check: nothing was changed")
             file_key = self._derive(header, secret)
             keys = _decrypt(self._path, header, file_key)
             self._header, self._file_key, self._keys = header, file_key, keys

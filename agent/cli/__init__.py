@@ -45,33 +45,9 @@ def _version() -> str:
     return str(__version__)
 
 
-def error_code(exc: BaseException) -> str:
-    """The stable code of an error: its ``code`` attribute (the agent's vocabulary), else one for OS errors."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code:
-        return code
-    wire = getattr(code, "name", None)  # an enum member
-    if isinstance(wire, str):
-        return wire
-    if isinstance(exc, PermissionError):
-        return "PERMISSION_DENIED"
-    if isinstance(exc, FileNotFoundError):
-        return "NOT_FOUND"
-    if isinstance(exc, OSError):
-        return "OS_ERROR"
-    return "INTERNAL"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    return str(exc) or type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keyagent`` console script."""
-    from agent.cli.common import EXIT_INPUT, fail_coded, set_json_errors
+    from agent.cli.common import EXIT_INPUT, describe_error, error_code, fail_coded, set_json_errors
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("KEYAGENT_DEBUG"):
             raise
         code = error_code(exc)
-        fix = "check the file's owner and mode (the home and its files must be yours)" \
-            if isinstance(exc, PermissionError) else None
-        return fail_coded(code, _describe(exc), EXIT_INPUT, fix)
+        if isinstance(exc, PermissionError):
+            fix: str | None = "check the file's owner and mode (the home and its files must be yours)"
+        elif code == "INTERNAL":  # not an error we know: say so, without Python's class name
+            fix = "report this as a keyagent bug (KEYAGENT_DEBUG=1 prints the details)"
+        else:
+            fix = None
+        return fail_coded(code, describe_error(exc), EXIT_INPUT, fix)
     return rc
 
 

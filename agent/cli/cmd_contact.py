@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from agent.cli.common import EXIT_INPUT, InputError, client_command, plain_doc
+from agent.cli.common import EXIT_INPUT, InputError, client_command, fail, plain_doc
 from agent.client import AgentClient
 from agent.daemon.contact_card import PREFIX
 
@@ -156,17 +156,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     target, code = args.target, args.code
     if target == "import":
         if code is None:
-            print("keyagent: contact import needs the CODE (or - to read it from stdin)", file=sys.stderr)
-            return EXIT_INPUT
+            return fail("contact import needs the CODE (or - to read it from stdin)", EXIT_INPUT)
         args.import_code = code
     elif target is not None:
         if code is not None:
-            print(f"keyagent: unexpected argument {code!r}", file=sys.stderr)
-            return EXIT_INPUT
+            return fail(f"unexpected argument {code!r}", EXIT_INPUT)
         if not target.strip().startswith(PREFIX) and target != "-":
-            print(f"keyagent: {target!r} is neither `import` nor a contact code ({PREFIX}…); for a peer's chat "
-                  "key use keyagent inspect-key", file=sys.stderr)
-            return EXIT_INPUT
+            return fail(f"{target!r} is neither `import` nor a contact code ({PREFIX}…); for a peer's chat "
+                        "key use keyagent inspect-key", EXIT_INPUT)
         args.import_code = target  # a contact code pasted without `import`
     return client_command(_show)(args)
 

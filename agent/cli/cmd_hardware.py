@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_OK
+from agent.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_OK, describe_error, fail, fail_coded
 from agent.hardware import doctor, udev, usbscan
 
 __all__ = ["register", "add_devices_subcommand", "devices_subcommands"]
@@ -212,16 +212,14 @@ def _cmd_install_udev(args: argparse.Namespace) -> int:
     try:
         udev.validate_group(args.group)
     except ValueError as exc:
-        print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(f"{exc}", EXIT_INPUT)
     if args.print_only:
         sys.stdout.write(udev.render_rules(args.group))
         return EXIT_OK
     try:
         dest = udev.install_rules(args.group, args.dest)
     except udev.UdevInstallError as exc:
-        print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(f"{exc}", EXIT_FAILED)
     print(f"installed {dest} (group {args.group})")
     reload_cmds = [["udevadm", "control", "--reload"], ["udevadm", "trigger", "--subsystem-match=usb",
                                                         "--action=add"]]
@@ -263,15 +261,16 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         pin = _doctor_pin(args)
-    except (OSError, ValueError) as exc:
-        print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    except OSError as exc:  # the PIN file: named with the OS's reason, not Python's exception text
+        return fail_coded("BAD_INPUT", f"cannot read the PIN file: {describe_error(exc)}", EXIT_INPUT,
+                          "check the path and that the file is yours (mode 0600)")
+    except ValueError as exc:
+        return fail_coded("BAD_INPUT", str(exc), EXIT_INPUT, "")
     ctx = doctor.DoctorContext(home=os.path.abspath(os.path.expanduser(args.home)), pin=pin, socket_path=args.socket)
     try:
         results = doctor.run_checks(ctx, only=args.check)
-    except ValueError as exc:
-        print(f"keyagent: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    except ValueError as exc:  # an unknown --check name: the message lists the known ones
+        return fail_coded("BAD_INPUT", str(exc), EXIT_INPUT, "")
     if args.json:
         print(json.dumps({"results": [r.to_json() for r in results], "exit": doctor.exit_code(results)},
                          indent=2))

@@ -91,8 +91,7 @@ def _cmd_inspect_key(args: argparse.Namespace) -> int:
     try:
         doc = peer_document(args.identity, contact=not args.no_contact_code)
     except BadIdentity as exc:
-        print(f"keyagent: BAD_IDENTITY: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(f"BAD_IDENTITY: {exc}", EXIT_INPUT)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
     else:

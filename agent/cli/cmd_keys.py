@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from agent.cli.common import EXIT_INPUT, InputError, fail_coded
+from agent.cli.common import EXIT_INPUT, InputError, fail, fail_coded
 
 __all__ = ["register"]
 
@@ -47,13 +47,11 @@ def _cmd_join(args: argparse.Namespace) -> int:
     from agent.daemon.store.shared_home import join_store
 
     if args.backend != "pkcs11" or not args.module or not args.token:
-        print("keyagent: init --join needs --backend pkcs11 --module PATH --token TOKEN (the token that holds the "
-              "store's identity key)", file=sys.stderr)
-        return EXIT_INPUT
+        return fail("init --join needs --backend pkcs11 --module PATH --token TOKEN (the token that holds the "
+                    "store's identity key)", EXIT_INPUT)
     if args.adopt_id or args.adopt_label or args.from_phrase:
-        print("keyagent: init --join takes the identity key the store names; it adopts or imports nothing else",
-              file=sys.stderr)
-        return EXIT_INPUT
+        return fail("init --join takes the identity key the store names; it adopts or imports nothing else",
+                    EXIT_INPUT)
     pin = _secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True)
     cfg = join_store(args.home, args.store, module=args.module, token=args.token, pin=pin,
                      os_locking=args.os_locking)
@@ -69,8 +67,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     if args.join:
         if not args.store:
-            print("keyagent: --join needs --store URL", file=sys.stderr)
-            return EXIT_INPUT
+            return fail("--join needs --store URL", EXIT_INPUT)
         return _cmd_join(args)
     if args.store:
         from agent.daemon.store.location import check_store_url
@@ -79,8 +76,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {}
     if args.backend == "pkcs11":
         if not args.module or not args.token:
-            print("keyagent: init --backend pkcs11 needs --module PATH and --token TOKEN", file=sys.stderr)
-            return EXIT_INPUT
+            return fail("init --backend pkcs11 needs --module PATH and --token TOKEN", EXIT_INPUT)
         kw.update(module=args.module, token=args.token, os_locking=args.os_locking, force=args.force,
                   pin=_secret(args.pin_file, "KEYAGENT_PIN", "token user PIN", pinentry=True))
         if args.keyring:
@@ -89,14 +85,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
             try:
                 kw["adopt_id"] = bytes.fromhex(args.adopt_id)
             except ValueError:
-                print("keyagent: --adopt-id must be hex", file=sys.stderr)
-                return EXIT_INPUT
+                return fail("--adopt-id must be hex", EXIT_INPUT)
         if args.adopt_label:
             kw["adopt_label"] = args.adopt_label
     else:
         if args.adopt_id or args.adopt_label:
-            print("keyagent: adopting a key needs --backend pkcs11", file=sys.stderr)
-            return EXIT_INPUT
+            return fail("adopting a key needs --backend pkcs11", EXIT_INPUT)
         if args.keyring:
             kw.update(use_keyring=True, keyring_backend=args.keyring_backend)
         else:
@@ -106,8 +100,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
             kw["scrypt_n"] = args.scrypt_n
     if args.from_phrase:  # issue 9: a Status recovery phrase, read from stdin/pinentry/terminal only
         if "adopt_id" in kw or "adopt_label" in kw:
-            print("keyagent: --from-phrase imports a key; it cannot also adopt one", file=sys.stderr)
-            return EXIT_INPUT
+            return fail("--from-phrase imports a key; it cannot also adopt one", EXIT_INPUT)
         from agent.identity.phrase_import import IMPORTED_NOTICE, init_from_phrase
 
         def problem(text: str) -> None:

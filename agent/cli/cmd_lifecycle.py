@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_OK, InputError, agent_socket, client_command,
-                              command_adder, fail, fail_coded, print_doc)
+                              command_adder, describe_error, error_code, fail, fail_coded, print_doc)
 from agent.client import AgentClient, AgentError, AgentUnavailable
 
 __all__ = ["register"]
@@ -147,8 +147,8 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
 
         return run_foreground(home, config, socket_path=sock, secret=secret, ready=ready)
     except Exception as exc:
-        code = getattr(type(exc), "code", type(exc).__name__)
-        line = f"{code}: {exc}"
+        code = error_code(exc)  # the error's own code (OS errors get one too): never a Python class name
+        line = f"{code}: {describe_error(exc)}"
         if str(code) in ("PIN_LOCKED", "PIN_FINAL_TRY"):  # the way out needs a running agent: say how to get one
             line += (" -- start the agent without a PIN (no --pin-file, KEYAGENT_PIN unset), then run "
                      "`keyagent unlock --force`")
@@ -156,7 +156,7 @@ def _run_foreground(args: argparse.Namespace, home: Any, config: Any, sock: str)
         if ready_fd is not None:
             write_ready(ready_fd, f"ERROR {line}")
             ready_fd = None
-        return fail(f"cannot start: {line}", EXIT_FAILED)
+        return fail_coded(code, f"cannot start: {line.partition(': ')[2]}", EXIT_FAILED)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:

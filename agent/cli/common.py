@@ -18,7 +18,8 @@ from typing import Any, Callable
 from agent.client import AgentClient, AgentError, AgentUnavailable, UntrustedSocket, resolve_socket
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_INPUT", "EXIT_UNREACHABLE", "InputError", "agent_socket", "client_command",
-           "fail", "fail_coded", "plain_doc", "fix_for", "set_json_errors", "print_json", "print_doc", "write_bytes",
+           "fail", "fail_coded", "error_code", "describe_error", "plain_doc", "fix_for", "set_json_errors",
+           "print_json", "print_doc", "write_bytes",
            "refuse_binary_to_terminal", "read_stdin", "parse_peer", "read_bundle_file", "peer_names"]
 
 #: The exit codes of every ``keyagent`` command (each command's docstring says which it uses).
@@ -80,6 +81,32 @@ def fail_coded(code: str, message: str, exit_code: int, fix: str | None = None) 
         text += f" ({hint})"
     print(text, file=sys.stderr)
     return exit_code
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code of an error: its ``code`` attribute (the agent's vocabulary), else one for OS errors."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    wire = getattr(code, "name", None)  # an enum member
+    if isinstance(wire, str):
+        return wire
+    if isinstance(exc, PermissionError):
+        return "PERMISSION_DENIED"
+    if isinstance(exc, FileNotFoundError):
+        return "NOT_FOUND"
+    if isinstance(exc, OSError):
+        return "OS_ERROR"
+    return "INTERNAL"
+
+
+def describe_error(exc: BaseException) -> str:
+    """What happened, for a person: the file and the OS's reason for an OS error, else the error's own text
+    (never ``[Errno 13]`` or a Python class name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc) or "an unexpected error"
 
 
 def _home_given(args: argparse.Namespace) -> bool:

@@ -44,6 +44,7 @@ __all__ = [
     "exit_code",
     "format_results",
     "EARLIEST_SANE_TIME",
+    "CHECK_CRASHED",
 ]
 
 #: 2025-01-01T00:00:00Z. A wall clock before this is certainly wrong (RTC reset, no NTP yet).
@@ -84,8 +85,9 @@ class NamedResult:
     result: CheckResult
 
     def to_json(self) -> dict[str, Any]:
+        code = CHECK_CRASHED if self.result.summary.startswith(CHECK_CRASHED + ": ") else None
         return {"check": self.name, "title": self.title, "status": self.result.status.name,
-                "summary": self.result.summary, "fix": self.result.fix}
+                "summary": self.result.summary, "fix": self.result.fix, "code": code}
 
 
 @dataclass
@@ -168,10 +170,32 @@ def run_checks(ctx: DoctorContext, only: Iterable[str] | None = None) -> list[Na
         try:
             result = reg.fn(ctx)
         except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
-            result = CheckResult(Status.FAIL, f"the check itself crashed: {type(exc).__name__}: {exc}",
-                                 "report this as a keyagent bug (run with KEYAGENT_DEBUG=1 for details)")
+            result = _crashed(exc)
         out.append(NamedResult(reg.name, reg.title, result))
     return out
+
+
+#: The code a check that could not finish reports (its summary starts with it, as every CLI error does).
+CHECK_CRASHED = "CHECK_CRASHED"
+
+
+def _crashed(exc: Exception) -> CheckResult:
+    """A check that raised, in the CLI's one error style: the code, what happened, the fix; no class names or
+    raw exception text (a file the check met is named with the OS's reason). KEYAGENT_DEBUG=1 prints the
+    traceback on stderr for a bug report."""
+    if os.environ.get("KEYAGENT_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return CheckResult(Status.FAIL, f"{CHECK_CRASHED}: the check could not finish: {where}{exc.strerror}",
+                           f"check {exc.filename or 'that file'} (owner, mode, a real file rather than a broken "
+                           "link), then run keyagent doctor again" if exc.filename else
+                           "fix the cause named above, then run keyagent doctor again")
+    what = str(exc).splitlines()[0][:200] if str(exc) else "an unexpected error"
+    return CheckResult(Status.FAIL, f"{CHECK_CRASHED}: the check could not finish: {what}",
+                       "report this as a keyagent bug (KEYAGENT_DEBUG=1 keyagent doctor prints the details)")
 
 
 def exit_code(results: list[NamedResult]) -> int:
