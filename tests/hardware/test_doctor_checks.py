@@ -80,7 +80,11 @@ def test_registry_is_extensible_and_a_crash_is_a_fail(home: Path, tmp_path: Path
 
     results = doctor.run_checks(ctx_for(home, tmp_path), only=["zz-ok", "zz-crash"])
     assert [(r.name, r.result.status) for r in results] == [("zz-ok", Status.OK), ("zz-crash", Status.FAIL)]
-    assert "RuntimeError: boom" in results[1].result.summary and results[1].title == "crashes"
+    # the one error style: the code and what happened, no Python class name; a bug's fix says to report it
+    assert results[1].result.summary == "CHECK_CRASHED: the check could not finish: boom"
+    assert "RuntimeError" not in results[1].result.summary and "bug" in (results[1].result.fix or "")
+    assert results[1].to_json()["code"] == "CHECK_CRASHED" and results[0].to_json()["code"] is None
+    assert results[1].title == "crashes"
     assert doctor.exit_code(results) == 1 and doctor.exit_code(results[:1]) == 0
     doctor.unregister_check("zz-crash")
     assert "zz-crash" not in doctor.registered_checks()
