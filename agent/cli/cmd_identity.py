@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from agent.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, InputError, agent_socket,
-                              client_command, command_adder, fail, print_json)
+                              client_command, command_adder, describe_error, fail, print_json)
 from agent.client import AgentClient, AgentError, AgentUnavailable, UntrustedSocket
 
 __all__ = ["register"]
@@ -57,7 +57,8 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
         except UnsafeHome as err:  # the home is not believed: say why, not "no readable config"
             return fail(f"{err.code}: {err}", EXIT_FAILED)
         except Exception as err:
-            return fail(f"{exc}, and the home has no readable config.json ({err})", EXIT_UNREACHABLE)
+            return fail(f"{exc}, and the home has no readable config.json ({describe_error(err)})",
+                        EXIT_UNREACHABLE)
         print("keyagent: no agent running; read from the home's config.json", file=sys.stderr)
     if args.json:
         print_json(doc)

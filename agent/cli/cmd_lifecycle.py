@@ -36,6 +36,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
         return fail_coded(exc.code, str(exc), EXIT_FAILED, "")
     except BackendConfigError as exc:
         return fail_coded(exc.code, str(exc), EXIT_INPUT)
+    if kind is None:  # refused before anything is written: a mistyped --home must not become an empty home
+        missing = "" if home.path.is_dir() else " (no such directory)"
+        return fail_coded("BAD_CONFIG", f"{home.path} holds no identity{missing}", EXIT_FAILED,
+                          f"check --home / $KEYAGENT_HOME for a typo, or run keyagent init --home {home.path}")
     try:
         config = load_config(home).with_overrides(
             allow_uids=tuple(args.allow_uid) if args.allow_uid else None,

@@ -189,10 +189,13 @@ def _crashed(exc: Exception) -> CheckResult:
         traceback.print_exception(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        return CheckResult(Status.FAIL, f"{CHECK_CRASHED}: the check could not finish: {where}{exc.strerror}",
-                           f"check {exc.filename or 'that file'} (owner, mode, a real file rather than a broken "
-                           "link), then run keyagent doctor again" if exc.filename else
-                           "fix the cause named above, then run keyagent doctor again")
+        if not exc.filename:
+            fix = "fix the cause named above, then run keyagent doctor again"
+        elif isinstance(exc, PermissionError):
+            fix = f"check the owner and mode of {exc.filename} (the home and its files must be yours)"
+        else:
+            fix = f"check {exc.filename} (a real file, not a broken link), then run keyagent doctor again"
+        return CheckResult(Status.FAIL, f"{CHECK_CRASHED}: the check could not finish: {where}{exc.strerror}", fix)
     what = str(exc).splitlines()[0][:200] if str(exc) else "an unexpected error"
     return CheckResult(Status.FAIL, f"{CHECK_CRASHED}: the check could not finish: {what}",
                        "report this as a keyagent bug (KEYAGENT_DEBUG=1 keyagent doctor prints the details)")
@@ -430,6 +433,9 @@ def _check_key_file(ctx: DoctorContext, cfg: dict[str, Any]) -> CheckResult:
         return CheckResult(Status.FAIL, f"key file {path} is owned by uid {st.st_uid}", f"chown {os.getuid()} {path}")
     if mode & 0o077:
         return CheckResult(Status.FAIL, f"key file {path} has mode {mode:04o}", f"chmod 600 {path}")
+    if not os.access(path, os.R_OK):  # mode 0000 passes the check above, but the agent cannot read it
+        return CheckResult(Status.FAIL, f"key file {path} is not readable by you (mode {mode:04o})",
+                           f"chmod 600 {path}")
     return CheckResult(Status.OK, f"software key file {path} (mode 0600; no token: keys live in host memory)")
 
 
