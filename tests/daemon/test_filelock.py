@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from agent.daemon import filelock
 from agent.daemon.filelock import FileLock, LockHeld
 
 
@@ -24,18 +27,56 @@ def test_second_taker_is_refused_until_release(tmp_path: Path) -> None:
     assert not path.exists()  # a clean release leaves no .sock.lock behind (issue 19)
 
 
-def test_a_taker_that_opened_the_removed_file_locks_the_current_one(tmp_path: Path) -> None:
-    """The race removal opens: B opened the old file before A released (and removed) it. B must not end up holding
-    the removed inode while C holds the new file."""
-    import fcntl
+class _Interleave:
+    """``fcntl`` as agent.daemon.filelock sees it, running ``before`` once between acquire's open and its flock:
+    the window in which another agent can release (and remove) the file the taker just opened. The locks are real
+    flocks on real files; only the order of events is forced."""
 
+    LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+    def __init__(self, before: Callable[[], None]) -> None:
+        self._before: Callable[[], None] | None = before
+
+    def flock(self, fd: int, op: int) -> None:
+        if self._before is not None:
+            run, self._before = self._before, None
+            run()
+        fcntl.flock(fd, op)
+
+
+def test_a_taker_that_opened_the_removed_file_does_not_hold_a_lock_beside_the_new_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B opens the lock file; A releases (removes it); C takes the new file; B's flock then succeeds on the removed
+    inode. Without acquire's re-check B would return holding a lock nobody else can see: two agents on one
+    socket. With it, B looks again, meets C's lock and is refused."""
     path = tmp_path / "agent.sock.lock"
     a = FileLock.acquire(path)
-    stale_fd = os.open(path, os.O_RDWR)  # B's open, before A releases
-    a.release()
-    c = FileLock.acquire(path)  # C creates and locks the new file
-    fcntl.flock(stale_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # B's flock on the old inode succeeds...
-    os.close(stale_fd)
-    with pytest.raises(LockHeld):  # ...but acquire re-checks the path and meets C's lock
+    holders: list[FileLock] = []
+
+    def a_releases_and_c_takes() -> None:
+        a.release()
+        holders.append(FileLock.acquire(path))  # C (the real fcntl: the patch is only on B's call)
+
+    monkeypatch.setattr(filelock, "fcntl", _Interleave(a_releases_and_c_takes))
+    with pytest.raises(LockHeld):
+        FileLock.acquire(path)  # B
+    monkeypatch.undo()
+    assert len(holders) == 1 and path.exists()
+    with pytest.raises(LockHeld):  # C still holds the file the path names
         FileLock.acquire(path)
-    c.release()
+    holders[0].release()
+
+
+def test_a_taker_that_opened_the_removed_file_locks_the_new_one_when_free(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same window with no C: B must end up holding the file the path names (not the removed inode), so a
+    later taker is refused."""
+    path = tmp_path / "agent.sock.lock"
+    a = FileLock.acquire(path)
+    monkeypatch.setattr(filelock, "fcntl", _Interleave(a.release))
+    b = FileLock.acquire(path)
+    monkeypatch.undo()
+    assert path.exists() and os.stat(path).st_ino == os.fstat(b._fd).st_ino
+    with pytest.raises(LockHeld):
+        FileLock.acquire(path)
+    b.release()
