@@ -113,3 +113,21 @@ def test_unlock_of_an_unlocked_keyring_agent_refuses_any_secret(agents: AgentFac
     assert a.cli("lock").returncode == 0
     assert a.cli("unlock", input=b"x\n").returncode == 0
     assert json.loads(a.cli("status", "--json").stdout)["state"] == "unlocked"
+
+
+def test_a_phrase_with_a_word_not_in_the_list_is_refused_by_default(agents: AgentFactory) -> None:
+    """A one-letter typo in a recovery phrase must not quietly make another identity (exit 0): refused with the
+    reason and the way to proceed, nothing created."""
+    phrase = " ".join(["abandon"] * 11 + ["abut"]).replace("abandon", "abandonn", 1)  # "abandonn": not a word
+    home = agents.root / "typo-phrase"
+    pw = agents.root / "pw"
+    pw.write_text("a passphrase")
+    pw.chmod(0o600)
+    env = {k: v for k, v in agents.new().env.items() if not k.startswith("KEYAGENT_")}
+    argv = [*KEYAGENT, "--home", str(home), "init", "--backend", "software", "--passphrase-file", str(pw),
+            "--scrypt-n", "1024", "--from-phrase"]
+    cp = subprocess.run(argv, input=phrase + "\n", env=env, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 2 and cp.stderr.startswith("keyagent: BAD_PHRASE: "), cp.stderr
+    assert "--accept-bad-phrase" in cp.stderr and not home.exists()
+    _no_leak(cp.stderr)
+    assert phrase not in cp.stdout + cp.stderr
