@@ -9,7 +9,7 @@ EXPECTED = {
     "TokenError": "TOKEN_ERROR", "Locked": "LOCKED", "PinRequired": "PIN_REQUIRED",
     "PinIncorrect": "PIN_INCORRECT", "PinLocked": "PIN_LOCKED", "PinFinalTry": "PIN_FINAL_TRY",
     "PassphraseRequired": "PASSPHRASE_REQUIRED", "PassphraseIncorrect": "PASSPHRASE_INCORRECT",
-    "KeyringUnavailable": "KEYRING_UNAVAILABLE", "KeyNotFound": "KEY_NOT_FOUND", "KeyExists": "KEY_EXISTS",
+    "KeyringUnavailable": "KEYRING_UNAVAILABLE", "NothingToCheck": "BAD_REQUEST", "KeyNotFound": "KEY_NOT_FOUND", "KeyExists": "KEY_EXISTS",
     "KeyExtractable": "KEY_EXTRACTABLE", "IdentityChanged": "IDENTITY_CHANGED", "KeyFileCorrupt": "KEY_FILE_CORRUPT",
     "MechanismUnsupported": "UNSUPPORTED",
 }
