@@ -21,7 +21,7 @@ from agent.core.keyops import KeyOps
 from agent.core.ratchet import Ratchet
 from agent.core.wire import decode_protocol_message
 from agent.daemon.sessions import SessionManager
-from agent.daemon.store import SCHEMA_VERSION, Store
+from agent.daemon.store import SCHEMA_VERSION, StateStore, Store
 from backends.base import Backend
 from backends.memory import MemoryKey
 from backends.software import SoftwareBackend
@@ -34,6 +34,7 @@ __all__ = [
     "PositionLedger",
     "StoreReport",
     "check_store",
+    "check_pg_store",
     "dr_positions",
     "rss_kib",
 ]
@@ -138,29 +139,55 @@ def check_store(state_db: Path, identity: KeyOps, *, handed: Iterable[tuple[byte
             conn.close()
         store = Store(work / "state.db", identity)
         try:
-            sessions = store.load_sessions()  # unseals every row: StoreCorrupt on a bad one
-            installations = store.load_installations()
-            spks = store.load_own_spks()
-            if store.get_meta("installation_id") is None:
-                problems.append("no installation id")
-            if not any(s.expired_ns is None and not s.destroyed for s in spks):
-                problems.append("no live signed prekey")
-            marks: dict[bytes, int] = {}
-            for rec in sessions:
-                ratchet = Ratchet.from_bytes(rec.state)
-                chain, pos = ratchet.sending_position()
-                if pos > rec.send_hwm:
-                    problems.append(f"session {rec.sid.hex()}: next send {pos} above its mark {rec.send_hwm}")
-                marks[chain] = max(marks.get(chain, 0), rec.send_hwm)
-            for chain, n in handed:
-                if chain in marks and n >= marks[chain]:
-                    problems.append(f"chain {chain.hex()[:16]}: handed out n={n} but the durable mark is "
-                                    f"{marks[chain]} (a restart would reuse it)")
+            return _check_rows(store, handed, problems)
         finally:
             store.close()
-        return StoreReport(len(sessions), len(installations), len(spks), problems)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_pg_store(url: str, identity: KeyOps, *, handed: Iterable[tuple[bytes, int]] = ()) -> StoreReport:
+    """The same invariants on a PostgreSQL store's committed rows (after a kill, or with agents still serving:
+    every row read is a committed one, and a position is handed out only after its mark was committed).
+
+    The server's own crash safety stands in for ``PRAGMA integrity_check``; checked here: the schema version is
+    ours and ``store_gen`` (what tells agents someone else wrote) is there, then every row as in
+    :func:`check_store`."""
+    from agent.daemon.store.postgres import PG_SCHEMA_VERSION, PgStore
+
+    problems: list[str] = []
+    store = PgStore(url, identity, agent_id="crash-harness-check")
+    try:
+        if store.schema_version() != PG_SCHEMA_VERSION:
+            problems.append(f"schema version {store.schema_version()} != {PG_SCHEMA_VERSION}")
+        if len(store._read("SELECT gen FROM store_gen")) != 1:
+            problems.append("store_gen row missing")
+        return _check_rows(store, handed, problems)
+    finally:
+        store.close()
+
+
+def _check_rows(store: StateStore, handed: Iterable[tuple[bytes, int]], problems: list[str]) -> StoreReport:
+    """The store's own invariants, engine-neutral (see :func:`check_store`)."""
+    sessions = store.load_sessions()  # unseals every row: StoreCorrupt on a bad one
+    installations = store.load_installations()
+    spks = store.load_own_spks()
+    if store.get_meta("installation_id") is None:
+        problems.append("no installation id")
+    if not any(s.expired_ns is None and not s.destroyed for s in spks):
+        problems.append("no live signed prekey")
+    marks: dict[bytes, int] = {}
+    for rec in sessions:
+        ratchet = Ratchet.from_bytes(rec.state)
+        chain, pos = ratchet.sending_position()
+        if pos > rec.send_hwm:
+            problems.append(f"session {rec.sid.hex()}: next send {pos} above its mark {rec.send_hwm}")
+        marks[chain] = max(marks.get(chain, 0), rec.send_hwm)
+    for chain, n in handed:
+        if chain in marks and n >= marks[chain]:
+            problems.append(f"chain {chain.hex()[:16]}: handed out n={n} but the durable mark is "
+                            f"{marks[chain]} (a restart would reuse it)")
+    return StoreReport(len(sessions), len(installations), len(spks), problems)
 
 
 def rss_kib(pid: int) -> int:

@@ -1,6 +1,7 @@
 """Crash harness: a real agent under load from several clients, SIGKILLed at random points, restarted, again.
 
     .venv/bin/python -m tests.proof.crash --trials 50 [--clients 6] [--seed N] [--min-run 0.05] [--max-run 0.8]
+    .venv/bin/python -m tests.proof.crash --store postgresql [--agents 2] ...
 
 Each trial restarts the agent (``keyagent start``), lets ``--clients`` client threads hammer it with a mix of
 encrypt / decrypt / confirm / sign / bundle / rotate requests, and SIGKILLs it after a random delay, mid-request. A peer
@@ -15,6 +16,13 @@ too. The promises checked, over every trial (a violation is reported with the tr
    on disk too (the duplicate then no longer decrypts);
 4. after every kill the store passes ``PRAGMA integrity_check`` and its own invariants (``check_store``).
 Finally the conversation goes on in both directions after the last restart.
+
+``--store postgresql``: the identity lives on a fresh SoftHSM2 token and the state in a throw-away PostgreSQL
+server (:mod:`tests.helpers.postgres`), the home made by ``keyagent init --store URL``; the checks after each kill
+read the PostgreSQL rows (``check_pg_store``). ``--agents 2`` adds a second agent of the same identity
+(``init --store URL --join``): the clients are split between the two, each trial SIGKILLs one of them at random
+and the other keeps serving for a while before the checks (its requests after the kill are counted; none may
+fail), so promise 1 also covers two agents handing out positions of the same sessions.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from agent.client import AgentClient, AgentError, AgentUnavailable
 from agent.core import secp256k1
 from agent.daemon.sessions import DecryptResult
 from backends.base import Backend
-from tests.daemon.agentproc import OWNER_SIGNS, PASSPHRASE, AgentFactory, AgentProc
+from tests.daemon.agentproc import KEYAGENT, OWNER_SIGNS, PASSPHRASE, REPO, AgentFactory, AgentProc
+from tests.helpers.postgres import PgServer
 from tests.helpers.softhsm import SoftHSMToken
-from tests.proof.common import Peer, PositionLedger, check_store, home_backend
+from tests.proof.common import Peer, PositionLedger, check_pg_store, check_store, home_backend
 
 __all__ = ["CrashResult", "run_crash_trials", "main"]
 
@@ -61,14 +70,16 @@ class CrashResult:
     signatures: int = 0
     rotations: int = 0
     requests_cut_by_kill: int = 0
+    served_after_kill: int = 0  # two agents: requests the surviving agent answered after the other's kill
     violations: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.trials} trials: {self.handed_ciphertexts} ciphertexts handed out, {self.peer_decrypted} "
                 f"decrypted at the peer; {self.handed_plaintexts} plaintexts handed out, "
                 f"{self.rechecked_plaintexts} re-read and {self.rechecked_confirms} confirms re-checked after "
-                f"restarts; {self.signatures} signatures; {self.rotations} prekey rotations; {self.requests_cut_by_kill} requests cut by a kill; "
-                f"{len(self.violations)} violations")
+                f"restarts; {self.signatures} signatures; {self.rotations} prekey rotations; "
+                f"{self.requests_cut_by_kill} requests cut by a kill; {self.served_after_kill} served by a "
+                f"surviving agent after a kill; {len(self.violations)} violations")
 
 
 @dataclass
@@ -82,7 +93,7 @@ class _Received:
 
 class _Run:
     def __init__(self, root: Path, clients: int, seed: int, min_run: float, max_run: float,
-                 token: bool = False) -> None:
+                 token: bool = False, store: str = "sqlite", agents: int = 1) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.clients = clients
@@ -90,10 +101,17 @@ class _Run:
         self.factory = AgentFactory()
         self._stack = ExitStack()
         self._backend: Backend | None = None
-        if token:
-            self.alice = self._token_agent()
+        self.store_url = ""
+        self.killed = threading.Event()  # set between a trial's kill and its checks
+        if store == "postgresql":
+            self.agents = self._pg_agents(agents)
+        elif agents != 1:
+            raise ValueError("several agents share a PostgreSQL store only (--store postgresql)")
+        elif token:
+            self.agents = [self._token_agent()]
         else:
-            self.alice = self.factory.new(config=OWNER_SIGNS)  # the workload signs raw digests
+            self.agents = [self.factory.new(config=OWNER_SIGNS)]  # the workload signs raw digests
+        self.alice = self.agents[0]
         self.peer = Peer(self.factory.root)
         self.ledger = PositionLedger()
         self.result = CrashResult()
@@ -124,6 +142,35 @@ class _Run:
 
         self._backend = open_backend(load_config(str(home)), home=str(home), pin_source=lambda _: tok.pin)
         return agent
+
+    def _pg_agents(self, n: int) -> list[AgentProc]:
+        """``n`` agents of one SoftHSM2 identity whose state is one PostgreSQL database, made the way an operator
+        makes them: ``init --store URL`` for the first, ``init --store URL --join`` for the others."""
+        pg = self._stack.enter_context(PgServer())
+        tok = self._stack.enter_context(SoftHSMToken())
+        self.store_url = pg.url()
+        out: list[AgentProc] = []
+        for i in range(n):
+            home = self.factory.root / f"pg-home-{i}"
+            cp = subprocess.run([*KEYAGENT, "--home", str(home), "init", "--backend", "pkcs11", "--module", tok.module,
+                                 "--token", f"label:{tok.label}", "--store", self.store_url, *(["--join"] if i else [])],
+                                env=dict(tok.env, KEYAGENT_PIN=tok.pin, PYTHONPATH=str(REPO)), capture_output=True,
+                                text=True, timeout=120)
+            if cp.returncode != 0:
+                raise RuntimeError(f"init --store{' --join' if i else ''} failed: {cp.stderr.strip()}")
+            (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))
+            agent = self.factory.new(home=home)
+            agent.extra_env.update(SOFTHSM2_CONF=tok.conf, KEYAGENT_PIN=tok.pin)
+            out.append(agent)
+        tok.activate()  # this process opens the same token for the store checks
+        from backends.home import load_config, open_backend
+
+        home0 = str(out[0].home)
+        self._backend = open_backend(load_config(home0), home=home0, pin_source=lambda _: tok.pin)
+        return out
+
+    def _live_agent(self) -> AgentProc:
+        return next(a for a in self.agents if a.pid and a.alive())
 
     def violation(self, trial: int, text: str) -> None:
         with self.mu:
@@ -167,15 +214,21 @@ class _Run:
     # --- the clients -----------------------------------------------------------------------------------------
     def client_loop(self, trial: int, k: int, stop: threading.Event, seed: int) -> None:
         rng = random.Random(seed)
+        agent = self.agents[k % len(self.agents)]
         try:
-            client = AgentClient(self.alice.sock, timeout=30).connect()
+            client = AgentClient(agent.sock, timeout=30).connect()
         except AgentUnavailable:
             return  # killed before this client got in
         i = 0
         in_flight: tuple[bytes, bytes] | None = None
+        after_kill = False
         try:
             while not stop.is_set():
                 i += 1
+                if after_kill:  # the previous request was sent after the other agent's kill, and answered
+                    with self.mu:
+                        self.result.served_after_kill += 1
+                after_kill = self.killed.is_set()
                 op = rng.random()
                 if op < 0.35:
                     try:
@@ -232,7 +285,7 @@ class _Run:
     def recheck(self, trial: int) -> None:
         with self.mu:
             received, self.received = self.received, []
-        with AgentClient(self.alice.sock) as c:
+        with AgentClient(self._live_agent().sock) as c:
             for rec in received:
                 if rec.confirm == "unknown":
                     continue  # the confirm was cut by the kill: either outcome is allowed
@@ -255,7 +308,10 @@ class _Run:
 
     # --- one trial --------------------------------------------------------------------------------------------
     def trial(self, t: int) -> None:
-        self.alice.start()
+        for agent in self.agents:
+            if not (agent.pid and agent.alive()):
+                agent.start()
+        self.killed.clear()
         self.recheck(t)
         stop = threading.Event()
         peer_thread = threading.Thread(target=self.peer_loop, args=(t, stop), daemon=True)
@@ -265,9 +321,13 @@ class _Run:
         for th in threads:
             th.start()
         time.sleep(self.rng.uniform(self.min_run, self.max_run))
-        os.kill(self.alice.pid, signal.SIGKILL)  # mid-request: no clean shutdown, no final write
-        if not self.alice.wait_exit(30):
+        victim = self.rng.choice(self.agents)
+        os.kill(victim.pid, signal.SIGKILL)  # mid-request: no clean shutdown, no final write
+        if not victim.wait_exit(30):
             raise RuntimeError("the killed agent did not exit")
+        if len(self.agents) > 1:  # the others go on at once: the database released the victim's lock
+            self.killed.set()
+            time.sleep(self.rng.uniform(0.2, 0.4))
         stop.set()
         for th in threads:
             th.join(60)
@@ -275,7 +335,10 @@ class _Run:
         self.drain_peer(t)
         with self.mu:
             handed = list(self.handed_chain_n)
-        report = check_store(self.alice.home / "state.db", self._ik, handed=handed, scratch=self.factory.root)
+        if self.store_url:
+            report = check_pg_store(self.store_url, self._ik, handed=handed)
+        else:
+            report = check_store(self.alice.home / "state.db", self._ik, handed=handed, scratch=self.factory.root)
         for problem in report.problems:
             self.violation(t, f"store check: {problem}")
         self.result.trials += 1
@@ -291,9 +354,17 @@ class _Run:
         self.alice.wait_exit(30)
 
     def finish(self) -> None:
-        """After the last kill: restart, re-check, and the conversation still goes both ways."""
-        self.alice.start()
+        """After the last kill: restart, re-check, and the conversation still goes both ways (through every
+        agent when there are several)."""
+        for agent in self.agents:
+            if not (agent.pid and agent.alive()):
+                agent.start()
         self.recheck(-1)
+        for agent in self.agents[1:]:
+            with AgentClient(agent.sock) as c:
+                msg = c.encrypt(self.peer.identity, b"after all the kills, other agent").message
+            self.ledger.add(msg)
+            self.peer_take(-1, b"after all the kills, other agent", msg)
         with AgentClient(self.alice.sock) as c:
             msg = c.encrypt(self.peer.identity, b"after all the kills").message
             self.ledger.add(msg)
@@ -324,11 +395,12 @@ class _Run:
 
 def run_crash_trials(trials: int, *, clients: int = 6, seed: int | None = None, min_run: float = 0.05,
                      max_run: float = 0.8, root: Path | None = None, progress: bool = False,
-                     token: bool = False) -> CrashResult:
+                     token: bool = False, store: str = "sqlite", agents: int = 1) -> CrashResult:
     """Run the harness; the result lists every violated promise (empty = all held). ``token``: the agent's
-    identity and prekeys live on a fresh SoftHSM2 token instead of a software key file."""
+    identity and prekeys live on a fresh SoftHSM2 token instead of a software key file. ``store="postgresql"``:
+    the state lives in a throw-away PostgreSQL server (identity on a token), shared by ``agents`` agents."""
     seed = random.SystemRandom().getrandbits(32) if seed is None else seed
-    run = _Run(root or Path("/tmp"), clients, seed, min_run, max_run, token)
+    run = _Run(root or Path("/tmp"), clients, seed, min_run, max_run, token, store, agents)
     try:
         run.setup()
         for t in range(1, trials + 1):
@@ -351,12 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-run", type=float, default=0.05, help="shortest time before the kill (s)")
     ap.add_argument("--max-run", type=float, default=0.8, help="longest time before the kill (s)")
     ap.add_argument("--token", action="store_true", help="identity on a fresh SoftHSM2 token (PKCS#11 backend)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="postgresql: state in a throw-away PostgreSQL server, identity on a SoftHSM2 token")
+    ap.add_argument("--agents", type=int, default=1, help="with --store postgresql: agents sharing the store")
     args = ap.parse_args(argv)
     seed = random.SystemRandom().getrandbits(32) if args.seed is None else args.seed
     print(f"crash harness: {args.trials} trials, {args.clients} clients, seed {seed}"
-          f"{', SoftHSM2 token' if args.token else ''}", flush=True)
+          f"{', SoftHSM2 token' if args.token or args.store == 'postgresql' else ''}"
+          f"{f', PostgreSQL store, {args.agents} agent(s)' if args.store == 'postgresql' else ''}", flush=True)
     result = run_crash_trials(args.trials, clients=args.clients, seed=seed, min_run=args.min_run,
-                              max_run=args.max_run, progress=True, token=args.token)
+                              max_run=args.max_run, progress=True, token=args.token, store=args.store,
+                              agents=args.agents)
     print(result.summary())
     for v in result.violations:
         print("VIOLATION:", v)
