@@ -12,7 +12,8 @@ import pytest
 from agent.core.wire import decode_protocol_message, encode
 from agent.daemon.store import PutSession, Store
 from backends.memory import MemoryKey
-from tests.proof.common import Peer, PositionLedger, check_store, dr_positions
+from tests.helpers.postgres import PgServer, require_postgres
+from tests.proof.common import Peer, PositionLedger, check_pg_store, check_store, dr_positions
 from tests.helpers.softhsm import SOFTHSM_MODULE
 from tests.proof.crash import run_crash_trials
 
@@ -35,6 +36,62 @@ def test_three_kill_9_trials_with_the_identity_on_a_softhsm_token(tmp_path: Path
                               root=tmp_path, token=True)
     assert result.violations == []
     assert result.trials == 3 and result.handed_ciphertexts > 0 and result.peer_decrypted >= result.handed_ciphertexts
+
+
+@pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
+def test_three_kill_9_trials_on_the_postgresql_store(tmp_path: Path) -> None:
+    require_postgres()
+    result = run_crash_trials(3, clients=4, seed=int.from_bytes(os.urandom(4), "big"), min_run=0.3, max_run=0.6,
+                              root=tmp_path, store="postgresql")
+    assert result.violations == []
+    assert result.trials == 3 and result.handed_ciphertexts > 0 and result.peer_decrypted >= result.handed_ciphertexts
+    assert result.handed_plaintexts > 0 and result.rechecked_plaintexts + result.rechecked_confirms > 0
+
+
+@pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
+def test_four_trials_kill_9_one_of_two_agents_sharing_the_postgresql_store(tmp_path: Path) -> None:
+    require_postgres()
+    result = run_crash_trials(4, clients=4, seed=int.from_bytes(os.urandom(4), "big"), min_run=0.3, max_run=0.6,
+                              root=tmp_path, store="postgresql", agents=2)
+    assert result.violations == []
+    assert result.trials == 4 and result.handed_ciphertexts > 0 and result.peer_decrypted >= result.handed_ciphertexts
+    assert result.served_after_kill > 0  # the surviving agent went on serving after every kill, without errors
+    assert result.requests_cut_by_kill > 0
+
+
+def test_check_pg_store_passes_live_rows_and_flags_a_position_above_the_mark(tmp_path: Path) -> None:
+    """The negative control of the PostgreSQL checks: the invariant check reads the server's rows and catches
+    a handed-out position at or above the durable mark, and a session whose mark is below its next send."""
+    import time
+
+    from agent.daemon.sessions import SessionManager
+    from agent.daemon.store.postgres import PgStore
+    from tests.sessions.harness import MemoryBackend
+
+    require_postgres()
+    with PgServer() as pg:
+        key = MemoryKey.generate()
+        store = PgStore(pg.url(), key, create=True)
+        mgr = SessionManager(MemoryBackend(key), store, clock=time.time_ns, rng=os.urandom)
+        bob = Peer(tmp_path)
+        try:
+            msg = mgr.encrypt(bob.identity, b"one", bob.bundle()).message
+            (pos, _), = dr_positions(msg)
+            chain, n = pos[2], pos[3]
+            ok = check_pg_store(pg.url(), key, handed=[(chain, n)])
+            assert ok.problems == [] and ok.sessions == 1
+            bad = check_pg_store(pg.url(), key, handed=[(chain, 10_000)])
+            assert any("durable mark" in p for p in bad.problems)
+            mgr.close()
+            store = PgStore(pg.url(), key)
+            (rec,) = store.load_sessions()
+            rec.send_hwm = 0
+            store.write([PutSession(rec)])
+            store.close()
+            low = check_pg_store(pg.url(), key)
+            assert any("above its mark" in p for p in low.problems)
+        finally:
+            bob.close()
 
 
 def _conversation(tmp_path: Path) -> tuple[Peer, Peer, bytes]:
