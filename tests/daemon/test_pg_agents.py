@@ -295,3 +295,33 @@ def test_join_refuses_another_identity(agents: AgentFactory, db_url: str) -> Non
                             env=env, capture_output=True, text=True, timeout=120)
         assert cp.returncode != 0
         assert not (home / "config.json").exists()
+
+
+def _private_keys(tok: SoftHSMToken) -> int:
+    return tok.pkcs11_tool("--list-objects", "--type", "privkey", login=True).count("Private Key Object")
+
+
+def test_init_store_failure_leaves_no_keys_behind(agents: AgentFactory, token: SoftHSMToken, db_url: str,
+                                                  tmp_path: Path) -> None:
+    """An init --store that cannot create the store (the database already holds one: --join was meant; the
+    database is away) removes the token keys and the key file it had just made, not only the config."""
+    _init(agents, token, db_url, join=False)
+    assert _private_keys(token) == 2  # the store's identity key and its first signed prekey
+    env = dict(token.env, KEYAGENT_PIN=token.pin, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    away = f"postgresql:///keyagent?host={tmp_path / 'no-such-server'}&user=keyagent"
+    for n, url in enumerate((db_url, away)):
+        home = agents.root / f"failed-{n}"
+        cp = subprocess.run([*KEYAGENT, "--home", str(home), "init", "--backend", "pkcs11", "--module", token.module,
+                             "--token", f"label:{token.label}", "--store", url], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert cp.returncode != 0
+        assert ("--join" in cp.stderr) if n == 0 else ("cannot be reached" in cp.stderr), cp.stderr
+        assert not (home / "config.json").exists()
+        assert _private_keys(token) == 2, f"init --store left keys on the token ({cp.stderr.strip()})"
+    # a software home: its key file goes too
+    home = agents.root / "failed-sw"
+    cp = subprocess.run([*KEYAGENT, "--home", str(home), "init", "--backend", "software", "--scrypt-n", "4096",
+                         "--store", away], env=dict(env, KEYAGENT_PASSPHRASE="pw for the test"),
+                        capture_output=True, text=True, timeout=120)
+    assert cp.returncode != 0 and "cannot be reached" in cp.stderr, cp.stderr
+    assert not (home / "config.json").exists() and not (home / "identity.key").exists()

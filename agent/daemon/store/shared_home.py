@@ -40,14 +40,20 @@ def attach_new_store(home: str, cfg: dict[str, Any], url: str, *, secret: str) -
     """Create the store at ``url`` for a freshly provisioned home and point its config at it.
 
     ``secret``: the PIN (pkcs11) or passphrase (software) the home was just provisioned with. If the store
-    cannot be created the home's config is removed again (the home is unusable without its state).
+    cannot be created (the database is away, it already holds a store: ``--join`` was meant, ...) everything
+    provisioning made is undone (:func:`_undo_provision`): a home without its state is unusable, and keys
+    left behind on a token would be orphans nobody knows to delete.
     """
     from backends.home import open_backend, write_config
 
     from .postgres import PgStore
 
     check_store_url(url)
-    backend = open_backend(cfg, home=home, pin_source=lambda _w: secret, passphrase_source=lambda _w: secret)
+    try:
+        backend = open_backend(cfg, home=home, pin_source=lambda _w: secret, passphrase_source=lambda _w: secret)
+    except BaseException:
+        os.unlink(os.path.join(home, "config.json"))  # without the backend its keys cannot be destroyed here
+        raise
     try:
         store = PgStore(url, backend.identity(), create=True)
         try:
@@ -58,10 +64,32 @@ def attach_new_store(home: str, cfg: dict[str, Any], url: str, *, secret: str) -
         write_config(home, cfg)
         return cfg
     except BaseException:
-        os.unlink(os.path.join(home, "config.json"))
+        _undo_provision(home, cfg, backend)
         raise
     finally:
         backend.close()
+
+
+def _undo_provision(home: str, cfg: Mapping[str, Any], backend: Any) -> None:
+    """Remove what ``provision_identity`` made for a home whose store could not be created: the config, the
+    first signed prekey, and the identity key unless it was adopted (it existed before init; its owner keeps
+    it). Best effort after the config is gone: the store error is what the caller must see."""
+    os.unlink(os.path.join(home, "config.json"))
+    if cfg["backend"] == "pkcs11":
+        from backends.pkcs11.keys import KeyRef
+
+        try:
+            backend.destroy_signed_prekey(1)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
+        if cfg["pkcs11"].get("identity_origin") != "adopted":
+            try:
+                backend.destroy_key(KeyRef(bytes.fromhex(cfg["pkcs11"]["identity_id"]),
+                                           cfg["pkcs11"].get("identity_label")))
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+    else:
+        Path(home, cfg["software"]["key_file"]).unlink(missing_ok=True)
 
 
 def read_home_record(url: str) -> dict[str, Any]:
