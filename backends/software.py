@@ -352,6 +352,25 @@ class SoftwareBackend:
                 detail=self._path,
             )
 
+    #: Keys live in this process: a signature or DH is CPU work here, never a device round trip.
+    keys_in_process = True
+
+    def busy(self) -> bool:
+        """True while another thread holds the key file (an unlock's KDF): a caller that must not wait asks."""
+        if not self._mu.acquire(blocking=False):
+            return True
+        self._mu.release()
+        return False
+
+    def status_nowait(self) -> BackendStatus | None:
+        """:meth:`status` if it can be had without waiting (None while an unlock's KDF holds the key file)."""
+        if not self._mu.acquire(blocking=False):
+            return None
+        try:
+            return self.status()
+        finally:
+            self._mu.release()
+
     def release(self) -> None:
         """Nothing to release: a key file holds no device other programs could wait for."""
 

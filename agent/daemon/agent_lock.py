@@ -107,6 +107,11 @@ class LockManager:
         with self._mu:
             self._deadline = self._clock() + self._ttl if self._ttl > 0 else None
 
+    def lock_due(self) -> bool:
+        """True if the unlock TTL has run out and the next :meth:`tick` will lock (and call the backend)."""
+        with self._mu:
+            return self._deadline is not None and not self._locked and self._clock() >= self._deadline
+
     def tick(self) -> bool:
         """Lock if the TTL expired; True if this call locked. Called before requests and by a periodic timer."""
         with self._mu:

@@ -72,15 +72,27 @@ class OwnDevices:
         return select_enabled(self._cache.devices(self._identity).values(), self._identity,
                               exclude=self._installation_id, limit=limit)
 
-    def bundle(self) -> pb.Bundle:
-        """Our signed bundle: self + up to 2 enabled own devices; re-signed when it changes or gets old."""
+    def _key(self) -> tuple[tuple[str, bytes, int, int], ...]:
         cur = self._prekeys.current()
         assert cur is not None  # the manager's upkeep always leaves a current SPK
         entries = [(self._installation_id, cur.public, cur.version, PROTOCOL_VERSION)]
         for dev in self._enabled(MAX_INSTALLATIONS - 1):
             assert dev.spk is not None
             entries.append((dev.installation_id, dev.spk, dev.spk_version, dev.protocol_version))
-        key = tuple(sorted(entries))
+        return tuple(sorted(entries))
+
+    def cached_bundle(self) -> pb.Bundle | None:
+        """The bundle :meth:`bundle` would return now if that needs no new signature (no token work), else None."""
+        if self._prekeys.current() is None:
+            return None
+        cached = self._bundle_cache
+        if cached is None or cached[0] != self._key() or self._clock() - cached[1] >= self._refresh_ns:
+            return None
+        return cached[2]
+
+    def bundle(self) -> pb.Bundle:
+        """Our signed bundle: self + up to 2 enabled own devices; re-signed when it changes or gets old."""
+        key = self._key()
         now = self._clock()
         cached = self._bundle_cache
         if cached is not None and cached[0] == key and now - cached[1] < self._refresh_ns:

@@ -11,12 +11,26 @@ request. Refused connections and broken frames from uids other than the owner's 
 ``refusal_log_burst`` times per ``refusal_log_window`` per uid (agent/daemon/throttle.py), so an outsider cannot fill
 the logs with them.
 
-Threads: asyncio runs the control side (accepting, signals, the socket watch, upkeep); each admitted connection
-gets its own thread doing blocking I/O and running its requests inline. A request thus costs one thread wake-up
-(the connection thread leaving ``recv``) instead of three (event loop, executor worker, event loop again); on this
-VM that was ~250 µs of a ~275 µs status round trip. Per-request timeouts are kept by a watchdog thread: a request
-still running past its limit gets a TIMEOUT answer at once, and its connection is closed when the work ends (its
-late result is dropped; the state change it made, if any, is durable and harmless: see sessions.py).
+Serving model: one event loop serves every connection (accepting, reading, framing, writing, timers, signals, the
+socket watch, upkeep). Each request takes one of three paths:
+
+* cheap requests (``status``, ``identity``, ``bundle``) are answered right there from memory
+  (:meth:`Service.answer_from_memory`), touching neither the store nor the token;
+* when the backend's keys are in this process (a key file), session and key requests run on the loop too
+  (:meth:`Service.answer_inline`): their work is CPU, which the GIL serialises anyway, and only the wait for
+  durability leaves the loop - one commit thread (:class:`_DurableAnswers`) waits for the batch each answer needs
+  and hands the answers back, so answers queued meanwhile share one fsync and none leaves before its state is on
+  disk (sessions.py, rule 5);
+* everything else (every request to a token, whose operations are device round trips; confirmation hooks; a cheap
+  request whose answer is not in memory) runs on a bounded pool of ``workers`` threads.
+
+So most requests cost no thread hand-off at all (on this VM a hand-off costs ~100-150 µs of CPU, more than the
+request), and more clients mean more requests per loop pass instead of more threads convoying on the GIL (the
+thread-per-connection model this replaces served 8 clients no faster than 1, and identity slower). The answers of
+one loop pass share one audit write, written before any of them is sent. Per-request time limits are loop timers:
+a request still running on a worker past its limit gets a TIMEOUT answer at once, and its connection is closed when
+the work ends (its late result is dropped; the state change it made, if any, is durable and harmless: see
+sessions.py).
 
 Process behaviour: SIGTERM/SIGINT stop cleanly (listener closed, socket removed if still ours, state closed);
 SIGHUP releases the token so other programs can use it; the agent exits when its socket file is deleted or
@@ -34,7 +48,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from google.protobuf.message import DecodeError
 
@@ -48,7 +62,7 @@ from agent.daemon.logcap import cap  # length only: the log formatter escapes
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
 from agent.daemon.throttle import Throttle
 from agent.daemon.token_gate import BUSY_BACKOFF
-from agent.framing import FrameError, FrameReader, encode_frame
+from agent.framing import FrameDecoder, FrameError, encode_frame
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -58,104 +72,338 @@ log = logging.getLogger("keyagent.server")
 
 #: Seconds between idle upkeep runs (SPK rotation is due every 24 h; requests also trigger it).
 _UPKEEP_INTERVAL = 600.0
-#: Seconds between watchdog scans for requests past their time limit (the TIMEOUT answer is this late at most).
-_WATCHDOG_TICK = 0.1
 
 
-class _Connection:
-    """One admitted client: its socket, its thread, and the state the watchdog needs."""
+class _Connection(asyncio.Protocol):
+    """One admitted client, served on the event loop: frames in, one request at a time, answers out.
 
-    def __init__(self, server: "AgentServer", sock: socket.socket, ctx: ClientContext) -> None:
+    Cheap requests are answered inline from memory (:meth:`Service.answer_from_memory`); any other goes to the
+    bounded worker pool, and the connection reads nothing more until its answer is written (backpressure: the
+    client's next frames wait in the kernel's socket buffer). One timer runs at a time: the idle clock between
+    frames, the frame clock from a frame's first byte to its last, or the request's time limit.
+    """
+
+    def __init__(self, server: "AgentServer", ctx: ClientContext) -> None:
         self.server = server
-        self.sock = sock
         self.ctx = ctx
-        self.send_mu = threading.Lock()  # one writer at a time: this thread, or the watchdog's TIMEOUT answer
-        self.request: pb.Request | None = None  # running request (None between requests)
+        self.frames = FrameDecoder(server.config.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.request: pb.Request | None = None  # running on a worker (None between requests)
         self.started = 0.0
-        self.deadline = 0.0
-        self.timed_out = False
-        self.thread = threading.Thread(target=self.run, name=f"keyagent-conn-{ctx.conn}", daemon=True)
+        self.timed_out = False  # TIMEOUT was answered; the connection ends when the work does
+        self.closing = False
+        self._eof = False  # the client shut down its writing side: serve what arrived, then close
+        self._held = False  # BUSY backoff: the next request waits
+        self._write_paused = False  # the client does not read its answers
+        self._timer: asyncio.TimerHandle | None = None
+        self._clock = ""  # which clock _timer is: "frame", "request", "write", "close"
+        # the idle clock is lazy: each request only moves its deadline; one timer re-checks when it fires
+        self._idle_at: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
 
-    def run(self) -> None:
-        try:
-            self._serve()
-        except Exception:  # a bug in one connection's handling must not go unlogged or touch the others
-            log.exception("conn %d failed", self.ctx.conn)
-        finally:
-            self.server._forget(self)
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+    # --- asyncio callbacks ----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._arm_idle()
 
-    def _serve(self) -> None:
-        server, ctx, cfg = self.server, self.ctx, self.server.config
-        reader = FrameReader(self.sock, max_frame=cfg.max_frame, frame_timeout=cfg.frame_timeout,
-                             idle_timeout=cfg.idle_timeout)
-        service = server.service
-        while not server.stopping:
+    def data_received(self, data: bytes) -> None:
+        self.frames.feed(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._pump()
+        return True  # keep our side open: an answer may still be owed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self._idle_at = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self.server._forget(self)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: read nothing more; drop it if it stays so (frame_timeout x 3)."""
+        self._write_paused = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._arm("write", self.server.config.frame_timeout * 3, self._abort)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._clock == "write":
+            self._cancel_timer()
+        self._continue()
+
+    # --- requests ----------------------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Take whole frames and serve them while nothing holds the connection back."""
+        server, ctx = self.server, self.ctx
+        while self.request is None and not (self._held or self._write_paused or self.closing):
+            if server.stopping:
+                self._close()
+                return
             try:
-                frame = reader.read()
+                frame = self.frames.next()
             except FrameError as exc:
                 server._bad_frame(ctx, str(exc))
-                return
-            except OSError:
+                self._close()
                 return
             if frame is None:
+                if self._eof:
+                    if self.frames.pending:
+                        server._bad_frame(ctx, "truncated frame")
+                    self._close()
+                elif self.frames.pending:
+                    self._idle_at = None
+                    if self._clock != "frame":  # from the frame's first byte (slow-loris)
+                        self._arm("frame", server.config.frame_timeout, self._frame_timeout)
+                else:
+                    self._arm_idle()
                 return
+            self._idle_at = None
+            if self._clock == "frame":
+                self._cancel_timer()
             try:
                 request = pb.Request.FromString(frame)
             except (DecodeError, RuntimeWarning, ValueError):
                 server._bad_frame(ctx, "undecodable frame")
-                self._send(pb.Response(error=pb.Error(code=pb.Error.BAD_REQUEST,
-                                                      message="frame is not a keyagent Request")))
+                self._write(pb.Response(error=pb.Error(code=pb.Error.BAD_REQUEST,
+                                                       message="frame is not a keyagent Request")))
+                self._close()
                 return
-            with self.send_mu:
-                self.request, self.started = request, time.monotonic()
-                self.deadline = self.started + service.limit(request.WhichOneof("request"))
-            response, fields = service.process(request, ctx)
-            with self.send_mu:
-                self.request = None
-                if self.timed_out:  # the watchdog answered TIMEOUT (and audited it); the result is dropped
-                    return
-                service.record(ctx, fields)  # audited before the client can see the answer
-                sent = self._send(response)
-            if not sent:
+            try:
+                inline = server.service.answer_from_memory(request, ctx)
+            except Exception:  # a bug in the fast path must not cost the answer: the worker path gives it
+                log.exception("conn %d: answering from memory failed", ctx.conn)
+                inline = None
+            if inline is not None:
+                self._answer(*inline)
+                continue
+            try:
+                ran = server.service.answer_inline(request, ctx)
+            except Exception:  # process() answers every error itself: this is a bug; do not run it twice
+                log.exception("conn %d: running a request inline failed", ctx.conn)
+                self._close()
                 return
-            if response.WhichOneof("response") == "error" and response.error.code == pb.Error.BUSY:
-                time.sleep(BUSY_BACKOFF)  # answered at once; this connection's next request waits
+            if ran is None:
+                self._submit(request)
+                return
+            response, fields, seq, manager = ran
+            if not seq or manager.is_durable(seq):
+                self._answer(response, fields)
+                continue
+            assert self.transport is not None
+            self.request, self.started = request, time.monotonic()  # one request at a time, as on a worker
+            self.transport.pause_reading()
+            server._durable.add(self, request, response, fields, seq, manager)
+            return
 
-    def _send(self, response: pb.Response) -> bool:
-        """Write one response frame (caller holds send_mu or is the only writer); False if the client is gone."""
-        try:
-            self.sock.settimeout(self.server.config.frame_timeout * 3)  # a client that never reads is dropped
-            self.sock.sendall(encode_frame(response.SerializeToString()))
-            return True
-        except OSError:
-            return False
+    def _submit(self, request: pb.Request) -> None:
+        """Run a request on the worker pool; nothing more is read from this client until it is answered."""
+        assert self.transport is not None
+        service = self.server.service
+        self.request, self.started = request, time.monotonic()
+        self.transport.pause_reading()
+        self._arm("request", service.limit(request.WhichOneof("request")), self._expire)
+        future = asyncio.get_running_loop().run_in_executor(self.server.executor, service.process, request,
+                                                            self.ctx)
+        future.add_done_callback(self._done)
 
-    def expire(self, now: float) -> None:
-        """Watchdog: answer TIMEOUT if the running request is past its limit (the connection ends after it)."""
-        if not self.send_mu.acquire(blocking=False):
-            return  # the connection thread is sending right now: it is not stuck
-        try:
-            request = self.request
-            if request is None or self.timed_out or now < self.deadline:
-                return
-            self.timed_out = True
-            response, fields = self.server.service.timeout_response(request, self.ctx, self.started)
-            log.warning("conn %d: %s request timed out", self.ctx.conn, request.WhichOneof("request"))
+    def _done(self, future: "asyncio.Future[tuple[pb.Response, dict[str, object]]]") -> None:
+        self.request = None
+        if self._clock == "request":
+            self._cancel_timer()
+        if future.cancelled():
+            self._close()
+            return
+        exc = future.exception()
+        if exc is not None:  # process() never raises: a bug, or the pool was shut down under us
+            log.error("conn %d: request failed outside its handler", self.ctx.conn, exc_info=exc)
+            self._close()
+            return
+        response, fields = future.result()
+        if self.timed_out:  # the client got TIMEOUT (audited then); the late result is dropped with the connection
+            self._close()
+            return
+        if self.closing:  # the client left: what was done is still audited
             self.server.service.record(self.ctx, fields)
-            self._send(response)
-        finally:
-            self.send_mu.release()
+            return
+        self._answer(response, fields)
+        self._continue()
+
+    def _durable_answer(self, request: pb.Request, response: pb.Response, fields: dict[str, object],
+                        error: BaseException | None) -> None:
+        """Event loop: the state of an inline request is on disk (or the store failed): answer it now."""
+        self.request = None
+        if error is not None:
+            response, fields = self.server.service.durability_failed(request, fields, error)
+        if self.closing:  # the client left: what was done is still audited
+            self.server.service.record(self.ctx, fields)
+            return
+        self._answer(response, fields)
+        self._continue()
+
+    def _answer(self, response: pb.Response | bytes, fields: dict[str, object]) -> None:
+        """Queue the answer: the loop writes every answer of this pass (audit lines first) at its end."""
+        self.server._queue_answer(self, response, fields)
+        if (not isinstance(response, bytes) and response.WhichOneof("response") == "error"
+                and response.error.code == pb.Error.BUSY):
+            self._held = True  # answered at once; this connection's next request waits
+            asyncio.get_running_loop().call_later(BUSY_BACKOFF, self._unhold)
+
+    def _unhold(self) -> None:
+        self._held = False
+        self._continue()
+
+    def _continue(self) -> None:
+        """Serve the next frame (already buffered, or read on)."""
+        if self.closing or self.request is not None or self._held or self._write_paused:
+            return
+        assert self.transport is not None
+        self.transport.resume_reading()
+        self._pump()
+
+    def _expire(self) -> None:
+        """The running request is past its limit: answer TIMEOUT now (the connection ends when the work does)."""
+        self._clock, self._timer = "", None
+        request = self.request
+        if request is None or self.closing:
+            return
+        self.timed_out = True
+        service = self.server.service
+        response, fields = service.timeout_response(request, self.ctx, self.started)
+        log.warning("conn %d: %s request timed out", self.ctx.conn, request.WhichOneof("request"))
+        service.record(self.ctx, fields)
+        self._write(response)
+
+    def _write(self, response: pb.Response) -> None:
+        """Write an answer now, after any still queued (answers go out in request order)."""
+        self.server._flush_answers()
+        self._send(response)
+
+    def _send(self, response: pb.Response | bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(encode_frame(response if isinstance(response, bytes) else response.SerializeToString()))
+
+    # --- clocks and closing --------------------------------------------------------------------------------
+    def _arm(self, clock: str, seconds: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._clock = clock
+        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
+
+    def _arm_idle(self) -> None:
+        """Start (or restart) the idle clock: between frames, with no request running."""
+        idle = self.server.config.idle_timeout
+        if idle <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_at = loop.time() + idle
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_at, self._idle)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._clock = None, ""
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self._idle_at is None or self.closing:
+            return  # a request is running or a frame is arriving: their clocks apply (the next idle one re-arms)
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._idle_at:
+            self._idle_timer = loop.call_at(self._idle_at, self._idle)
+            return
+        self._close()  # idle too long: hang up like a clean close
+
+    def _frame_timeout(self) -> None:
+        self._clock, self._timer = "", None
+        self.server._bad_frame(self.ctx, "frame timeout")
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what is written so far has gone out (a client that never reads it is cut after a while)."""
+        if self.closing:
+            return
+        self.server._flush_answers()  # what was answered goes out before the close
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            self._arm("close", self.server.config.frame_timeout * 3, self._abort)
+        else:
+            self._cancel_timer()
+        transport.close()
+
+    def _abort(self) -> None:
+        self._clock, self._timer = "", None
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def shutdown(self) -> None:
-        """Unblock the thread's recv/send (stop)."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        """Stop: close now (buffered answers still go out)."""
+        self._close()
+
+
+class _DurableAnswers:
+    """Answers computed on the event loop whose state is not yet on disk: one thread waits for the commit (becoming
+    the store's commit leader), then hands them back to the loop. Answers queued meanwhile share that commit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._items: list[tuple[_Connection, pb.Request, pb.Response, dict[str, object], int, Any]] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="keyagent-commit", daemon=True)
+        self._thread.start()
+
+    def add(self, conn: _Connection, request: pb.Request, response: pb.Response, fields: dict[str, object],
+            seq: int, manager: Any) -> None:
+        with self._cond:
+            self._items.append((conn, request, response, fields, seq, manager))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._stopping:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                items, self._items = self._items, []
+            latest: dict[int, tuple[Any, int]] = {}  # per session manager (one, unless reopened)
+            for _, _, _, _, seq, manager in items:
+                prev = latest.get(id(manager))
+                if prev is None or seq > prev[1]:
+                    latest[id(manager)] = (manager, seq)
+            error: BaseException | None = None
+            try:
+                for manager, seq in latest.values():
+                    manager.wait_durable(seq)  # durability is monotone: the highest covers the others
+            except BaseException as exc:  # noqa: BLE001 - every waiting client is told
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, items, error)
+            except RuntimeError:  # the loop is closed: the agent is gone
+                return
+
+    @staticmethod
+    def _deliver(items: list[tuple[_Connection, pb.Request, pb.Response, dict[str, object], int, Any]],
+                 error: BaseException | None) -> None:
+        for conn, request, response, fields, _, _ in items:
+            conn._durable_answer(request, response, fields, error)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(10)
 
 
 class AgentServer:
@@ -191,6 +439,24 @@ class AgentServer:
         self._throttle = Throttle(burst=config.refusal_log_burst, window=config.refusal_log_window)
         self._throttle_mu = threading.Lock()
         self.stopping = False
+        self._answers: list[tuple[_Connection, pb.Response | bytes, dict[str, object]]] = []
+
+    # --- answers: one audit write per loop pass ------------------------------------------------------------------
+    def _queue_answer(self, conn: _Connection, response: pb.Response | bytes, fields: dict[str, object]) -> None:
+        """Event loop: keep an answer until the end of this pass; every connection ready in one pass shares one
+        audit write (with 8 clients, most passes serve several)."""
+        self._answers.append((conn, response, fields))
+        if len(self._answers) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_answers)
+
+    def _flush_answers(self) -> None:
+        """Audit every queued answer (one write), then send them: audited before any client can see its answer."""
+        answers, self._answers = self._answers, []
+        if not answers:
+            return
+        self.service.record_all([(conn.ctx, fields) for conn, _, fields in answers])
+        for conn, response, _ in answers:
+            conn._send(response)
 
     # --- callbacks the service and signals use ----------------------------------------------------------------
     @staticmethod
@@ -234,13 +500,13 @@ class AgentServer:
             on_stop=lambda: self._stop_soon(loop),
             on_release=self.release_token, connections=self.connection_count,
         )
+        self.executor = executor
+        self._durable = _DurableAnswers(loop)
         accepting = False
-        watchdog = threading.Thread(target=self._watchdog, name="keyagent-watchdog", daemon=True)
         try:
             await loop.run_in_executor(executor, self.service.try_open_sessions)
             loop.add_reader(sock.fileno(), self._accept, sock)
             accepting = True
-            watchdog.start()
             loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(executor, self.release_token))
@@ -256,9 +522,8 @@ class AgentServer:
             if accepting:
                 loop.remove_reader(sock.fileno())
             self.stopping = True
-            await loop.run_in_executor(None, self._drain_connections)
-            if watchdog.is_alive():
-                watchdog.join()
+            await self._drain_connections()
+            self._durable.close()
             if claimed is not None:
                 claimed.release()
             else:
@@ -282,7 +547,7 @@ class AgentServer:
                 self._conns.discard(conn)
                 self._slots.give_back(conn.ctx.cred.uid)
 
-    def _drain_connections(self) -> None:
+    async def _drain_connections(self) -> None:
         """Close idle connections at once; let ones mid-request finish their reply (bounded wait), then close all."""
         with self._conns_mu:
             conns = list(self._conns)
@@ -290,21 +555,13 @@ class AgentServer:
             if conn.request is None:
                 conn.shutdown()
         deadline = time.monotonic() + min(5.0, self.config.request_timeout)
-        for conn in conns:
-            conn.thread.join(max(0.0, deadline - time.monotonic()))
+        while any(conn.request is not None for conn in conns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         for conn in conns:
             conn.shutdown()
-            conn.thread.join(1.0)
-
-    def _watchdog(self) -> None:
-        """Answer TIMEOUT for requests past their limit (see :meth:`_Connection.expire`)."""
-        while not self.stopping:
-            time.sleep(_WATCHDOG_TICK)
-            now = time.monotonic()
-            with self._conns_mu:
-                busy = [c for c in self._conns if c.request is not None and now >= c.deadline]
-            for conn in busy:
-                conn.expire(now)
+        deadline = time.monotonic() + 1.0
+        while self.connection_count() and time.monotonic() < deadline:  # answers flushed, transports closed
+            await asyncio.sleep(0.01)
 
     async def _watch(self, claimed: ClaimedSocket | None) -> None:
         """Exit when our socket file disappears; auto-lock when the unlock TTL expires; periodic upkeep."""
@@ -345,7 +602,6 @@ class AgentServer:
     def _admit(self, sock: socket.socket) -> None:
         self._next_conn += 1
         conn_id = self._next_conn
-        sock.setblocking(True)
         try:
             cred = peer_cred(sock)
         except OSError:
@@ -361,7 +617,7 @@ class AgentServer:
         ctx = ClientContext(cred=cred, exe=exe, conn=conn_id, owner=self.policy.is_owner(cred))
         with self._conns_mu:
             verdict = self._slots.take(cred.uid, ctx.owner)
-            conn = _Connection(self, sock, ctx) if verdict is Verdict.ADMIT else None
+            conn = _Connection(self, ctx) if verdict is Verdict.ADMIT else None
             if conn is not None:
                 self._conns.add(conn)
         if conn is None:
@@ -369,7 +625,15 @@ class AgentServer:
                           else "too many connections")
             sock.close()  # after the audit line, so a client that saw the close finds it recorded
             return
-        conn.thread.start()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: conn, sock))
+
+        def attached(t: "asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]") -> None:
+            if t.cancelled() or t.exception() is not None:  # no transport: the slot goes back, the socket closes
+                self._forget(conn)
+                sock.close()
+
+        task.add_done_callback(attached)
 
     def _quiet(self, ctx: ClientContext, kind: str) -> tuple[bool, int]:
         """Whether to log this refusal/broken frame (owner: always) and how many were held back before it."""

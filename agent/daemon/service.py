@@ -1,8 +1,11 @@
 """One handler per request: policy → work → audit, and typed errors → stable wire codes.
 
-The server's connection threads hand every decoded :class:`Request` to :meth:`Service.process` together with
-who sent it (in a thread, because backend and session-manager calls block: token round trips, the store's fsync);
-the server applies the time limit (:meth:`Service.limit`, :meth:`Service.timeout_response`). Each request checks
+The server's event loop first offers every decoded :class:`Request` to :meth:`Service.answer_from_memory`: the
+cheap requests (``status``, ``identity``, ``bundle``) are answered there, on the loop, from state already in memory,
+touching neither the store nor the token, and never waiting on a lock another thread may hold for long. Every other
+request (and a cheap one whose answer is not in memory right now) goes to :meth:`Service.process` on a worker
+thread, because backend and session-manager calls block: token round trips, the store's fsync. The server applies
+the time limit (:meth:`Service.limit`, :meth:`Service.timeout_response`). Each request checks
 policy (lock state, ecdh policy, owner-only requests, the confirmation hook), does the work, yields one audit line
 (:meth:`Service.record`) and one :class:`Response`. Every exception becomes ``Error{code, message}``: typed errors
 derive from :class:`~agent.core.error_codes.CodedError` and name their code; anything else is a bug, reported as
@@ -37,6 +40,7 @@ from agent.daemon.handler_api import (
 from agent.daemon.policy import Policy
 from agent.daemon.sessions import SessionManager
 from agent.daemon.store.location import open_store
+from backends.home_config import config_path
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
 
@@ -51,6 +55,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("keyagent.service")
+
+#: Requests run on the event loop itself when the backend's keys are in this process (their work is CPU then; only
+#: the wait for durability leaves the loop). Anything else - and everything with a token - runs on a worker.
+_INLINE = frozenset({"encrypt", "decrypt", "confirm", "sign", "ecdh", "add_bundle", "list_sessions", "bundle",
+                     "identity"})
 
 #: Requests allowed while the agent is locked: nothing in them uses a secret or reveals session metadata
 #: (``bundle`` answers the last bundle signed before the lock, never a new signature; ``app_unwrap`` only verifies).
@@ -69,6 +78,7 @@ class SessionsLike(Protocol):
     def list_sessions(self) -> Sequence[Any]: ...
     def rotate_signed_prekey(self, min_interval_ns: int = 0) -> int: ...
     def last_bundle(self) -> bytes | None: ...
+    def durable_bundle(self) -> bytes | None: ...
 
 
 SessionFactory = Callable[[], SessionsLike]
@@ -134,6 +144,13 @@ class Service:
         self._connections = connections
         self._started = time.monotonic()
         self.policy = Policy(config.policy, allow_ecdh=config.allow_ecdh)
+        # identity answer cache: (config.json's stat signature, installation id, response); the identity key never
+        # changes under a running agent, the recorded key UID only with config.json
+        self._identity_cache: tuple[object, str, bytes] | None = None  # ... and the serialised Response
+        self._bundle_answer: tuple[bytes, bytes] | None = None  # (our bundle, the serialised Response carrying it)
+        self._status_nowait: Callable[[], Any] | None = getattr(backend, "status_nowait", None)
+        self._keys_in_process = bool(getattr(backend, "keys_in_process", False))
+        self._backend_busy: Callable[[], bool] = getattr(backend, "busy", lambda: True)
         self._handlers: dict[str, Callable[[pb.Request, ClientContext], Outcome]] = {
             "identity": self._identity,
             "bundle": self._bundle,
@@ -245,6 +262,79 @@ class Service:
             fields["rule"] = rule
         return response, fields
 
+    def answer_from_memory(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response | bytes,
+                                                                                 dict[str, object]] | None:
+        """The answer to a cheap request from memory, on the caller's (the event loop's) thread, or None.
+
+        None means "send it to :meth:`process` on a worker": not a cheap kind, the confirmation hook applies to it,
+        or its answer needs the token, the store or a lock someone may hold for long (an unlock's KDF, a commit)
+        right now. Never blocks, never raises for the client's input (the answer is the same as process' would be).
+        The answer may come serialised (a Response's bytes): identity and bundle do not change per request.
+        """
+        kind = request.WhichOneof("request")
+        if kind not in ("status", "identity", "bundle") or kind in self.config.confirm_ops:
+            return None
+        try:
+            self.policy.check(kind, request, ctx)
+        except Exception:  # refused: the worker path gives the refusal (and its audit line) as always
+            return None
+        start = time.monotonic()
+        response: pb.Response | bytes | None
+        if kind == "status":
+            response = self._status_from_memory()
+        elif kind == "identity":
+            response = self._identity_from_memory()
+        elif kind == "bundle":
+            if self.lock.lock_due() or self.lock.locked:  # locked: the last signed bundle, said so (worker path)
+                return None
+            manager = self.sessions_if_open()
+            from_memory = getattr(manager, "durable_bundle", None)  # a test double may not have one
+            cached = from_memory() if callable(from_memory) else None
+            answer = self._bundle_answer
+            if cached is None:
+                response = None
+            elif answer is not None and answer[0] is cached:
+                response = answer[1]
+            else:
+                response = pb.Response(bundle=pb.BundleResponse(bundle=cached)).SerializeToString()
+                self._bundle_answer = (cached, response)
+        else:
+            return None
+        if response is None:
+            return None
+        fields: dict[str, object] = dict(
+            type=kind, result="ok", ms=round((time.monotonic() - start) * 1000, 3), conn=ctx.conn,
+            key="" if kind == "status" else "identity", peer="", detail="",
+        )
+        return response, fields
+
+    def answer_inline(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response, dict[str, object], int,
+                                                                             Any] | None:
+        """Run a request on the caller's (the event loop's) thread without waiting for durability, or None.
+
+        Only when the backend's keys are in this process (a key file: signatures and DHs are CPU work), nobody
+        holds them (an unlock's KDF), the session state is open and no hook or TTL lock applies. Returns the
+        response, its audit fields, the store batch it needs on disk (0: none) and the session manager to wait
+        with (``wait_durable``/``is_durable``); the caller must not send the response before that batch is durable
+        (sessions.py, rule 5 and ``deferred``).
+        """
+        kind = request.WhichOneof("request")
+        if not self._keys_in_process or kind not in _INLINE or kind in self.config.confirm_ops:
+            return None
+        manager = self.sessions_if_open()
+        deferred = getattr(manager, "deferred", None)
+        if manager is None or not callable(deferred) or self.lock.lock_due() or self._backend_busy():
+            return None
+        with deferred() as d:
+            response, fields = self.process(request, ctx)
+        return response, fields, d.seq, manager
+
+    def durability_failed(self, request: pb.Request, fields: dict[str, object],
+                          exc: BaseException) -> tuple[pb.Response, dict[str, object]]:
+        """The answer for an inline request whose state could not be made durable (the store failed)."""
+        response = self._error(exc, request.WhichOneof("request"))
+        return response, dict(fields, result=pb.Error.Code.Name(response.error.code))
+
     def timeout_response(self, request: pb.Request, ctx: ClientContext, started: float) -> tuple[pb.Response,
                                                                                                dict[str, object]]:
         """The TIMEOUT answer (and its audit fields) for a request still running past :meth:`limit`."""
@@ -257,8 +347,12 @@ class Service:
 
     def record(self, ctx: ClientContext, fields: dict[str, object]) -> None:
         """Write one audit line; a full disk must not take the agent down (the failure itself is logged)."""
+        self.record_all([(ctx, fields)])
+
+    def record_all(self, entries: Sequence[tuple[ClientContext, dict[str, object]]]) -> None:
+        """Write the audit lines of several requests with one write (the server's batch of answers)."""
         try:
-            self.audit.record(ctx.cred, ctx.exe, **fields)
+            self.audit.write([self.audit.line(ctx.cred, ctx.exe, **fields) for ctx, fields in entries])
         except OSError as exc:
             log.error("cannot write the audit log: %s", exc.strerror)
 
@@ -311,7 +405,26 @@ class Service:
         return pb.Response(error=err)
 
     # --- handlers (run in a worker thread) -------------------------------------------------------------------
+    def _config_signature(self) -> object:
+        """What changes when config.json (the recorded key UID) does: its inode, size and times."""
+        try:
+            st = os.stat(config_path(str(self.home.path)))
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _identity_from_memory(self) -> bytes | None:
+        cached = self._identity_cache
+        if cached is None:
+            return None
+        manager = self.sessions_if_open()
+        iid = manager.installation_id if manager is not None else ""
+        if cached[0] != self._config_signature() or cached[1] != iid:
+            return None  # the worker rebuilds it (and the cache)
+        return cached[2]
+
     def _identity(self, req: pb.Request, ctx: ClientContext) -> Outcome:
+        signature = self._config_signature()  # before reading: a change while we read invalidates what we cache
         pub = self.backend.identity().public_key()
         out = pb.IdentityResponse(
             identity_public_key=pub,
@@ -331,7 +444,9 @@ class Service:
         out.share_link = share_link(pub)
         out.contact_code_topic = cc["contact_code_topic"]
         out.contact_code_key = bytes.fromhex(cc["contact_code_key"][2:])
-        return Outcome(pb.Response(identity=out), key="identity")
+        response = pb.Response(identity=out)
+        self._identity_cache = (signature, out.installation_id, response.SerializeToString())
+        return Outcome(response, key="identity")
 
     def _bundle(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         if self.lock.locked:
@@ -407,8 +522,18 @@ class Service:
         self.try_open_sessions()
         return Outcome(pb.Response(unlock=pb.UnlockResponse()))
 
+    def _status_from_memory(self) -> pb.Response | None:
+        """Status from memory: only if the backend can say its state without waiting (a key file's backend; a
+        token's status is a token round trip) and no unlock TTL is about to lock the backend."""
+        if self._status_nowait is None or self.lock.lock_due():
+            return None
+        st = self._status_nowait()
+        return None if st is None else self._status_response(st)
+
     def _status(self, req: pb.Request, ctx: ClientContext) -> Outcome:
-        st = self.backend.status()
+        return Outcome(self._status_response(self.backend.status()))
+
+    def _status_response(self, st: Any) -> pb.Response:
         manager = self.sessions_if_open()
         out = pb.StatusResponse(
             locked=self.lock.locked,
@@ -429,7 +554,7 @@ class Service:
             ecdh_allowed=self.config.allow_ecdh,
             detail=st.detail,
         )
-        return Outcome(pb.Response(status=out))
+        return pb.Response(status=out)
 
     def _rotate(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         manager = self.sessions()

@@ -87,12 +87,18 @@ class SessionCache:
         self._inst_seq: dict[bytes, int] = {}  # identity -> batch of its latest installation write
         self._inst_written: set[bytes] = set()
         self._dirty: set[bytes] = set()
+        # the latest store batch any session or installation this request looked at was written in (rule 5 in
+        # sessions.py: a request that writes nothing waits for that batch only); reset per request by the manager
+        self.read_seq = 0
 
     # ------------------------------------------------------------------ installations
 
     def devices(self, identity: bytes) -> dict[str, InstallationRecord]:
         """The installations of ``identity`` (cached, else read from the store), by installation id."""
         group = self._by_identity.get(identity)
+        seq = self._inst_seq.get(identity, 0)
+        if seq > self.read_seq:
+            self.read_seq = seq
         if group is None:
             group = {rec.installation_id: rec for rec in self._store.load_installations_of(identity)}
             self._by_identity[identity] = group
@@ -116,6 +122,9 @@ class SessionCache:
         group = self._by_peer.get(key)
         if group is not None:
             self._by_peer.move_to_end(key)
+            for live in group:
+                if live.seq > self.read_seq:
+                    self.read_seq = live.seq
             return list(group)
         group = []
         for rec in self._store.load_peer_sessions(identity, installation_id):
@@ -241,8 +250,8 @@ class SessionCache:
             self._write(self.sessions[sid], ops, exact=False)
         self._dirty.clear()
 
-    def submit(self, ops: list[Op]) -> None:
-        """Submit this request's batch and note its number on everything it wrote (for eviction)."""
+    def submit(self, ops: list[Op]) -> int:
+        """Submit this request's batch and note its number on everything it wrote (for eviction); returns it."""
         try:
             seq = self._store.submit(ops)
         finally:
@@ -255,6 +264,7 @@ class SessionCache:
         for op in ops:
             if isinstance(op, DeleteSession):
                 self._tombstones[op.sid] = seq
+        return seq
 
     def closing_writes(self) -> list[Op]:
         """Writes of the exact sending positions of every cached session (the others' rows already hold theirs),

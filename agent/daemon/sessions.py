@@ -26,9 +26,20 @@ Why a message key is never used twice, across kill -9 and power loss
        incoming session with the SPK DH of its first ratchet step, the active X3DH of a new outgoing one,
        and DH-fallback decryption.
     5. The store applies batches in submission order and reports durability monotonically, so "batch n is
-       durable" implies every earlier state transition is too. Each call waits for the store's latest
-       submitted batch at the time its result was computed (``_run``), so it also never returns a result
-       built on another request's not-yet-durable state.
+       durable" implies every earlier state transition is too. A call that wrote something waits for its own
+       batch, which therefore covers whatever earlier transitions it built on. A call that wrote nothing (an
+       encrypt inside an already written reservation, a confirm of refs already gone, ``our_bundle``) waits
+       only for the batches its result was built on (``_run``): the latest write of every session and
+       installation it looked at (the cache records the batch of each write and reports the highest one a
+       request touched, ``SessionCache.read_seq``) and the latest batch holding anything else (our prekeys,
+       meta, reply times, deletes: ``_other_seq``). Every in-memory change is written in the request that
+       makes it (rule 2's positions below the mark are covered by the mark's batch), and rows read from the
+       store are committed, hence durable; so such a call never returns a result built on another request's
+       not-yet-durable state, and no longer waits behind unrelated commits (another peer's decrypt).
+       Under :meth:`SessionManager.deferred` (the server's event loop) the wait moves out of the call, not
+       away: the call reports the batch it would have waited for, and the server's commit thread waits for it
+       before the answer leaves the agent; so for the client nothing changes, and concurrent answers share
+       one fsync.
 
     6. With a store that several agents share (PostgreSQL), every state transition of this agent runs in
        the store's *turn* (its store-wide lock, held from before the cache is read until the writes are
@@ -116,7 +127,8 @@ from .own_devices import DeviceInfo, OwnDevices
 from .prekeys import SignedPrekeys
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
-from .store.rows import InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply, SessionRecord
+from .store.rows import (InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply,
+                         PutSession, SessionRecord)
 
 __all__ = [
     "SessionManager",
@@ -211,6 +223,24 @@ class _PrecomputedDH:
         return self._value if peer_public == self._peer else self._key.dh(peer_public)
 
 
+class Deferred:
+    """The context of :meth:`SessionManager.deferred` (one thread's calls)."""
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+        self.seq = 0
+
+    def __enter__(self) -> "Deferred":
+        if getattr(self._local, "on", False):
+            raise RuntimeError("deferred() does not nest")
+        self._local.on, self._local.seq = True, 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seq = self._local.seq
+        self._local.on = False
+
+
 def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
     """Local row id of a session (never on the wire); SHA-256 because it is computed on every X3DH message."""
     h = hashlib.sha256(b"keyagent/session\x00")
@@ -220,7 +250,8 @@ def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemer
 
 
 class SessionManager:
-    """One installation of one identity. Thread-safe; every result is durable before it is returned."""
+    """One installation of one identity. Thread-safe; every result is durable before it is returned (under
+    :meth:`deferred`: before the caller hands it out)."""
 
     def __init__(
         self,
@@ -262,6 +293,11 @@ class SessionManager:
             backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns, grace_ns=spk_grace_ns)
         self._refresh_ns = bundle_refresh_ns
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
+        # our bundle as last handed out by a state transition: (the Bundle object, its bytes, the store batch
+        # that covers every state it was built on), for durable_bundle()
+        self._published: tuple[pb.Bundle, bytes, int] | None = None
+        self._other_seq = 0  # the latest batch holding prekey, meta, reply-time or delete writes (rule 5)
+        self._deferring = threading.local()  # see deferred()
 
         store.enter()
         try:
@@ -331,6 +367,7 @@ class SessionManager:
             with self._lock:
                 try:
                     self._current()
+                    self._cache.read_seq = 0  # (after _current: a reload replaces the cache)
                     self._maintain(ops)
                     result = work(ops)
                 except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
@@ -338,15 +375,47 @@ class SessionManager:
                 if error is None:  # a failed request writes nothing it need not (cache upkeep waits for the next)
                     self._cache.evict(ops)
                 self._cache.flush(ops)
-                if ops:
-                    self._cache.submit(ops)
-                seq = self._store.last_submitted()
-            self._store.wait(seq)  # rule 5: also covers earlier requests whose state we built on
+                if ops:  # rule 5: our own batch; durability is monotone, so it covers every earlier one too
+                    seq = self._cache.submit(ops)
+                    if any(not isinstance(op, (PutSession, PutInstallation)) for op in ops):
+                        self._other_seq = seq  # session and installation writes are tracked per row instead
+                elif error is None:  # rule 5: wrote nothing; only what it was built on must be durable
+                    seq = max(self._other_seq, self._cache.read_seq)
+                else:
+                    seq = self._store.last_submitted()
+                self._stamp_bundle(self._store.last_submitted())
+            if getattr(self._deferring, "on", False) and self.can_defer():
+                self._deferring.seq = max(self._deferring.seq, seq)  # the caller waits before it answers
+            else:
+                self._store.wait(seq)
         finally:
             self._store.leave()  # only now may another agent load what we wrote
         if error is not None:
             raise error
         return result  # type: ignore[return-value]  # work() returned: result holds its value
+
+    def deferred(self) -> "Deferred":
+        """Run calls in this thread without waiting for durability; the caller must wait before it answers.
+
+        ``with manager.deferred() as d: result = manager.encrypt(...)`` returns as soon as the state transition
+        is done and its batch submitted; ``d.seq`` is then the batch the result needs on disk (rule 5; 0 = none)
+        and nothing derived from ``result`` may leave before ``manager.wait_durable(d.seq)`` returned. This lets
+        an event loop do the CPU work itself and leave only the fsync to another thread (several answers then
+        share one commit). A call that raises has its partial state submitted all the same; ``d.seq`` covers it.
+        """
+        return Deferred(self._deferring)
+
+    def can_defer(self) -> bool:
+        """Only the embedded store: a shared one's turn lasts until the writes are durable (rule 6)."""
+        return self._store.kind == "sqlite"
+
+    def wait_durable(self, seq: int) -> None:
+        """Block until batch ``seq`` (and every earlier one) is durable (committing it if nobody is)."""
+        if seq:
+            self._store.wait(seq)
+
+    def is_durable(self, seq: int) -> bool:
+        return seq <= self._store.durable()
 
     # ------------------------------------------------------------------ upkeep: our prekeys, old sessions
 
@@ -426,7 +495,33 @@ class SessionManager:
 
     def our_bundle(self) -> bytes:
         """Our current signed Bundle protobuf (self + up to 2 enabled own devices)."""
-        return self._run(lambda ops: encode(self._own.bundle()))
+        return self._run(lambda ops: encode(self._own.bundle()))  # _run stamps it for durable_bundle
+
+    def _stamp_bundle(self, seq: int) -> None:
+        """Under the lock, after a transition's batch ``seq`` is submitted: if our cached signed bundle is new,
+        remember it with ``seq`` (it was built on state submitted no later than that)."""
+        b = self._own.cached_bundle()
+        if b is not None and (self._published is None or self._published[0] is not b):
+            self._published = (b, encode(b), seq)
+
+    def durable_bundle(self) -> bytes | None:
+        """Our bundle from memory, or None (the caller then asks :meth:`our_bundle`): never waits, never signs.
+
+        Only a bundle everything it names is durable for (the batch it was stamped with is), that needs no new
+        signature and no prekey rotation now; the lock is only tried (a request holding it means "ask later").
+        """
+        if not self.can_defer() or not self._lock.acquire(blocking=False):
+            return None  # a shared store: another agent may have moved our prekeys on (rule 6)
+        try:
+            if self._prekeys.rotation_due(self._clock()):
+                return None
+            b = self._own.cached_bundle()
+            published = self._published
+            if b is None or published is None or published[0] is not b:
+                return None
+        finally:
+            self._lock.release()
+        return published[1] if self._store.durable() >= published[2] else None
 
     def rotate_signed_prekey(self, min_interval_ns: int = 0) -> int:
         """Rotate now (version + 1, new backend key); returns the new version. Also happens every 24 h.

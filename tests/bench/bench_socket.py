@@ -11,7 +11,13 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
 * ``socket x8``: eight clients doing the same concurrently (eight apps sharing A's identity, to one peer).
 * ``sign core`` / ``sign xN``: the socket's own overhead: an identity-key signature in process vs through the
   socket (1 and 8 clients), no durable state involved.
-Targets (issue 7): socket x1 >= 25 % and socket x8 >= 50 % of core.
+* ``echo xN`` / ``status xN`` / ``identity xN``: the floor of a trivial request. ``echo`` is a bare asyncio echo
+  server on a Unix socket (its own process); ``status`` and ``identity`` are those requests to agent A. The same
+  client harness drives all three: N client *processes* (so the clients' own GIL does not cap the rate), each a
+  blocking socket sending one pre-encoded frame and reading the answer, in a loop. Ratio: against ``echo`` at the
+  same client count, in the same run.
+Targets (issue 7): socket x1 >= 25 % and socket x8 >= 50 % of core. Issue 16 on the way there: socket x1 >= 0.12,
+socket x8 >= 0.20 of core; status and identity >= 0.6 of echo at 1 client and >= 0.25 at 8.
 
 Start-to-ready: wall time of ``keyagent start`` until it printed the eval lines (the socket accepts by then),
 with the passphrase given (includes the key file's KDF and opening the store) and without (starts locked).
@@ -21,7 +27,11 @@ Not a test: nothing asserts.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing as mp
 import os
+import socket
+import struct
 import statistics
 import sys
 import tempfile
@@ -33,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.client import AgentClient  # noqa: E402
 from agent.core.ratchet import STATUS_GO, Ratchet  # noqa: E402
+from agent.pb.keyagent import agent_pb2 as pb  # noqa: E402
 from agent.daemon.sessions import SessionManager  # noqa: E402
 from agent.daemon.store import Store  # noqa: E402
 from backends.memory import MemoryKey  # noqa: E402
@@ -147,6 +158,112 @@ def sign_socket_rate(n: int, clients: int, a: AgentProc) -> float:
     return per * clients / (time.perf_counter() - t0)
 
 
+def _echo_server(path: str, ready: "mp.synchronize.Event") -> None:
+    """A bare asyncio echo server (Protocol, no framing logic: bytes back as they come): the socket floor."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_unix_server(Echo, path)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def _client_loop(path: str, frame: bytes, seconds: float, start: "mp.synchronize.Event", out: "mp.Queue[int]") -> None:
+    """One client process: send the frame, read one framed answer, repeat until the time is up; report the count."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+
+    def read_exact(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed")
+            buf += chunk
+        return buf
+
+    s.sendall(frame)  # warm up (and connect-time admission) before the clock starts
+    read_exact(struct.unpack(">I", read_exact(4))[0])
+    start.wait()
+    count = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        s.sendall(frame)
+        read_exact(struct.unpack(">I", read_exact(4))[0])
+        count += 1
+    s.close()
+    out.put(count)
+
+
+def trivial_rate(path: str, frame: bytes, clients: int, seconds: float) -> float:
+    """Requests per second of ``frame`` against ``path`` from ``clients`` client processes."""
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    out: "mp.Queue[int]" = ctx.Queue()
+    procs = [ctx.Process(target=_client_loop, args=(path, frame, seconds, start, out)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    time.sleep(0.3)  # every client connected and warmed up
+    t0 = time.perf_counter()
+    start.set()
+    total = sum(out.get(timeout=seconds + 30) for _ in procs)
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return total / elapsed
+
+
+def trivial_rows(agent_sock: str, seconds: float) -> None:
+    """echo / status / identity at 1 and 8 clients, interleaved per client count (same load on each side)."""
+    ctx = mp.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="kecho") as d:
+        path = os.path.join(d, "echo.sock")
+        ready = ctx.Event()
+        server = ctx.Process(target=_echo_server, args=(path, ready), daemon=True)
+        server.start()
+        try:
+            ready.wait(10)
+            frames = {name: (lambda b: struct.pack(">I", len(b)) + b)(req.SerializeToString())
+                      for name, req in (("status", pb.Request(status=pb.StatusRequest())),
+                                        ("identity", pb.Request(identity=pb.IdentityRequest())))}
+            for clients in (1, 8):
+                echo = trivial_rate(path, frames["status"], clients, seconds)
+                print(f"{'echo x' + str(clients):<12} {echo:>10.0f} {1.0:>7.2f}   (req/s; bare asyncio echo server)")
+                for name, frame in frames.items():
+                    rate = trivial_rate(agent_sock, frame, clients, seconds)
+                    print(f"{name + ' x' + str(clients):<12} {rate:>10.0f} {rate / echo:>7.2f}")
+        finally:
+            server.terminate()
+            server.join()
+
+
+def fsync_ms(directory: Path, rounds: int = 50) -> float:
+    """Median latency of one 4 KiB write + fsync in ``directory`` (where the agents keep their state): the floor
+    of one durable commit, which every decrypt pays before its plaintext is handed out."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(rounds):
+            os.write(fd, b"\0" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
 def start_times(factory: AgentFactory, rounds: int) -> tuple[float, float]:
     with_secret: list[float] = []
     locked: list[float] = []
@@ -167,6 +284,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--start-rounds", type=int, default=3)
+    ap.add_argument("--trivial-seconds", type=float, default=2.0)
+    ap.add_argument("--only-trivial", action="store_true", help="only the echo/status/identity rows")
     args = ap.parse_args()
     payload = os.urandom(args.size)
     factory = AgentFactory()
@@ -179,16 +298,21 @@ def main() -> None:
         b.start()
         print(f"payload {args.size} B, n={args.n}")
         print(f"{'row':<12} {'msg/s':>10} {'ratio':>7}")
+        if args.only_trivial:
+            trivial_rows(a.sock, args.trivial_seconds)
+            return
         print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}")
         print(f"{'manager':<12} {mgr:>10.0f} {mgr / core:>7.2f}")
         for clients in (1, 8):
             rate = socket_rate(args.n, clients, payload, a, b)
             print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}")
+        print(f"fsync p50: {fsync_ms(a.home):.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)
         print(f"{'sign core':<12} {sign_core:>10.0f} {1.0:>7.2f}   (socket overhead alone: IK sign, no state)")
         for clients in (1, 8):
             rate = sign_socket_rate(args.n * 4, clients, a)
             print(f"{'sign x' + str(clients):<12} {rate:>10.0f} {rate / sign_core:>7.2f}")
+        trivial_rows(a.sock, args.trivial_seconds)
         ready_unlocked, ready_locked = start_times(factory, args.start_rounds)
         print(f"start-to-ready (keyagent start, median of {args.start_rounds}): "
               f"{ready_unlocked * 1000:.0f} ms with passphrase, {ready_locked * 1000:.0f} ms locked")

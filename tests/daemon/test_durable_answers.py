@@ -1,0 +1,132 @@
+"""Requests run on the event loop are answered only once their state is on disk (an in-process agent server whose
+store commits can be held)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.client import AgentClient
+from agent.daemon.config import AgentConfig, Home
+from agent.daemon.server import AgentServer
+from agent.daemon.sessions import SessionManager
+from agent.daemon.store import Store
+from agent.pb.keyagent import agent_pb2 as pb
+from backends.memory import MemoryKey
+from tests.daemon.agentproc import PASSPHRASE, make_software_home, read_response, send_request
+from tests.daemon.test_commit_waits import CommitGate
+from tests.proof.common import home_backend
+from tests.sessions.harness import Clock, World
+
+
+def _serve(tmp: Path, client: Callable[[str, SessionManager, CommitGate], None]) -> None:
+    """Run an agent server on a software home in this thread while ``client`` talks to it from another."""
+    home = make_software_home(tmp / "home")
+    backend = home_backend(home, PASSPHRASE)
+    backend.unlock(PASSPHRASE)
+    opened: list[tuple[SessionManager, CommitGate]] = []
+
+    def factory() -> SessionManager:
+        store = Store(Home.at(home).state, backend.identity())
+        manager = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom)
+        opened.append((manager, CommitGate(store)))
+        return manager
+
+    rundir = Path(tempfile.mkdtemp(prefix="kdur"))  # short: sun_path is 108 bytes
+    sock = str(rundir / "agent.sock")
+    server = AgentServer(home=Home.at(home), config=AgentConfig(), backend=backend, socket_path=sock,
+                         session_factory=factory)
+    errors: list[BaseException] = []
+
+    def talk() -> None:
+        try:
+            manager, gate = opened[0]
+            client(sock, manager, gate)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+        finally:
+            loop.call_soon_threadsafe(server.request_stop, "test done")
+
+    async def main() -> None:
+        global loop
+        loop = asyncio.get_running_loop()
+        await server.run(ready=lambda _: threading.Thread(target=talk, daemon=True).start())
+
+    asyncio.run(main())
+    if errors:
+        raise errors[0]
+
+
+loop: asyncio.AbstractEventLoop
+
+
+def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path) -> None:
+    """The protection: the plaintext is not handed out while the decrypt's batch is still being committed."""
+    (tmp_path / "peers").mkdir()
+    world = World(tmp_path / "peers", Clock())
+    alice = world.device("alice", MemoryKey(b"\x0a" * 32))
+
+    def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
+        with AgentClient(sock) as c:
+            bob_id, bundle = c.identity().identity_public_key, c.bundle()
+        m = alice.send(bob_id, b"secret", bundle)
+        gate.close()  # every commit of the agent's store is held from now on
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.settimeout(0.7)
+        req = pb.Request(decrypt=pb.DecryptRequest(sender_identity=alice.identity, message=m.message))
+        send_request(s, req.SerializeToString())
+        assert gate.entered.wait(10)  # the decrypt ran and its batch is being committed
+        try:
+            early = s.recv(1)
+        except TimeoutError:
+            early = b""
+        assert early == b"", "the plaintext was sent before the decrypt's state was durable"
+        with AgentClient(sock) as c:  # meanwhile other clients are served (status from memory)
+            assert c.status().sessions_open
+        gate.open.set()
+        s.settimeout(10)
+        resp = read_response(s)
+        s.close()
+        assert resp is not None and resp.decrypt.payload == b"secret"
+        assert manager.is_durable(manager._store.last_submitted())
+
+    _serve(tmp_path, client)
+
+
+def test_answers_of_concurrent_loop_requests_share_commits(tmp_path: Path) -> None:
+    """Decrypts from several clients, each run on the loop, are committed together, not one fsync each."""
+    (tmp_path / "peers").mkdir()
+    world = World(tmp_path / "peers", Clock())
+    senders = [world.device(f"p{k}", MemoryKey(bytes([0x20 + k]) * 32)) for k in range(6)]
+
+    def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
+        with AgentClient(sock) as c:
+            bob_id, bundle = c.identity().identity_public_key, c.bundle()
+        messages = [p.send(bob_id, b"m%d" % i, bundle) for i, p in enumerate(senders)]
+        before = manager._store.commits
+        gate.close()
+        conns = []
+        for p, m in zip(senders, messages):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock)
+            send_request(s, pb.Request(decrypt=pb.DecryptRequest(sender_identity=p.identity,
+                                                                 message=m.message)).SerializeToString())
+            conns.append(s)
+        assert gate.entered.wait(10)
+        time.sleep(0.3)  # the others run meanwhile and queue behind the held commit
+        gate.open.set()
+        for i, s in enumerate(conns):
+            s.settimeout(10)
+            resp = read_response(s)
+            s.close()
+            assert resp is not None and resp.decrypt.payload == b"m%d" % i
+        assert manager._store.commits - before <= 2, manager._store.commits - before
+
+    _serve(tmp_path, client)
