@@ -7,12 +7,13 @@ import threading
 import time
 
 from agent.pb.keyagent import agent_pb2 as pb
-from tests.daemon.agentproc import AgentFactory, raw_connect, read_response, send_request
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, raw_connect, read_response, send_request
 
 
 def test_cheap_requests_answer_while_every_worker_is_busy(agents: AgentFactory) -> None:
     """status, identity and bundle come from memory: a request holding the only worker does not delay them."""
-    a = agents.new(config={"workers": 1, "confirm_command": ["sh", "-c", "sleep 3"], "confirm_ops": ["sign"]})
+    a = agents.new(config={**OWNER_SIGNS, "workers": 1, "confirm_command": ["sh", "-c", "sleep 3"],
+                           "confirm_ops": ["sign"]})
     a.start()
     with a.client() as c:
         bundle, ident = c.bundle(), c.identity()  # the first of each is built on a worker, then kept
@@ -54,7 +55,7 @@ def test_identity_from_memory_follows_the_recorded_key_uid(agents: AgentFactory)
 
 def test_pipelined_requests_are_answered_in_order_across_memory_and_workers(agents: AgentFactory) -> None:
     """A client that sends several frames at once gets one answer per frame, in its order, whichever path each took."""
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     kinds = ["status", "sign", "identity", "sign", "status", "bundle"]
     reqs = [pb.Request(status=pb.StatusRequest()), pb.Request(sign=pb.SignRequest(digest=b"\x01" * 32)),
@@ -75,7 +76,7 @@ def test_pipelined_requests_are_answered_in_order_across_memory_and_workers(agen
 
 def test_many_clients_at_once_each_get_their_own_answers(agents: AgentFactory) -> None:
     """Eight connections interleaving cheap and worker requests: every answer is the right one, none is lost."""
-    a = agents.new()
+    a = agents.new(config=OWNER_SIGNS)
     a.start()
     errors: list[str] = []
 
