@@ -136,6 +136,10 @@ def test_30000_junk_connections_from_an_admitted_uid_leave_the_logs_under_the_ca
         out, err = w.communicate("", timeout=600)
         assert w.returncode == 0 and out.strip() == "done", err
     took = time.monotonic() - started
+    # what a window held back is reported with the next refusal logged after it: the agent may serve all 30,000
+    # within one window, so one more junk connection once it has passed
+    time.sleep(max(0.0, 5.0 - took) + 0.2)
+    assert _run_as_nobody(sock, "junk", 1) == "done"
     total = _log_bytes(a.home)
     print(f"30000 junk connections in {took:.1f} s; logs {total} bytes")
     assert total < 8 * 1024 * 1024
