@@ -62,7 +62,7 @@ def main() -> None:
 
     factory = AgentFactory()
     try:
-        agent = factory.new()
+        agent = factory.new(config=OWNER_SIGNS)  # the sign row needs raw signing (opt-in)
         agent.start()
         with agent.client() as c:
             t_status = per_op(c.status, n)
