@@ -69,7 +69,7 @@ loop: asyncio.AbstractEventLoop
 def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path) -> None:
     """The protection: the plaintext is not handed out while the decrypt's batch is still being committed."""
     (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock())
+    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
     alice = world.device("alice", MemoryKey(b"\x0a" * 32))
 
     def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
@@ -103,7 +103,7 @@ def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path)
 def test_answers_of_concurrent_loop_requests_share_commits(tmp_path: Path) -> None:
     """Decrypts from several clients, each run on the loop, are committed together, not one fsync each."""
     (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock())
+    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
     senders = [world.device(f"p{k}", MemoryKey(bytes([0x20 + k]) * 32)) for k in range(6)]
 
     def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
