@@ -313,7 +313,8 @@ class Service:
         """Run a request on the caller's (the event loop's) thread without waiting for durability, or None.
 
         Only when the backend's keys are in this process (a key file: signatures and DHs are CPU work), nobody
-        holds them (an unlock's KDF), the session state is open and no hook or TTL lock applies. Returns the
+        holds them (an unlock's KDF), the session state is open in the embedded store (a shared PostgreSQL
+        store's turns are database round trips) and no hook or TTL lock applies. Returns the
         response, its audit fields, the store batch it needs on disk (0: none) and the session manager to wait
         with (``wait_durable``/``is_durable``); the caller must not send the response before that batch is durable
         (sessions.py, rule 5 and ``deferred``).
@@ -323,7 +324,9 @@ class Service:
             return None
         manager = self.sessions_if_open()
         deferred = getattr(manager, "deferred", None)
-        if manager is None or not callable(deferred) or self.lock.lock_due() or self._backend_busy():
+        can_defer = getattr(manager, "can_defer", None)  # not with a shared store: its turns wait on the database
+        if (manager is None or not callable(deferred) or not callable(can_defer) or not can_defer()
+                or self.lock.lock_due() or self._backend_busy()):
             return None
         with deferred() as d:
             response, fields = self.process(request, ctx)
