@@ -76,7 +76,6 @@ Concurrent sessions and interoperability
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -128,7 +127,7 @@ from .prekeys import SignedPrekeys
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
 from .store.rows import (InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply,
-                         PutSession, SessionRecord)
+                         PutSession, SessionRecord, session_id)
 
 __all__ = [
     "SessionManager",
@@ -239,14 +238,6 @@ class Deferred:
     def __exit__(self, *exc: object) -> None:
         self.seq = self._local.seq
         self._local.on = False
-
-
-def _session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
-    """Local row id of a session (never on the wire); SHA-256 because it is computed on every X3DH message."""
-    h = hashlib.sha256(b"keyagent/session\x00")
-    for part in (identity, installation_id.encode(), bundle_id, ephemeral):
-        h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()[:16]
 
 
 class SessionManager:
@@ -594,7 +585,7 @@ class SessionManager:
         ek = public_from_secret(eph)
         now = self._clock()
         rec = SessionRecord(
-            sid=_session_id(inst.identity, inst.installation_id, inst.spk, ek),
+            sid=session_id(inst.identity, inst.installation_id, inst.spk, ek),
             identity=inst.identity,
             installation_id=inst.installation_id,
             bundle_id=inst.spk,
@@ -824,7 +815,7 @@ class SessionManager:
         that). None when the session exists or our SPK is gone."""
         ek, spk_pub = bytes(header.key), bytes(header.id)
         with self._lock:
-            if self._cache.session(sender, sender_iid, _session_id(sender, sender_iid, spk_pub, ek)) is not None:
+            if self._cache.session(sender, sender_iid, session_id(sender, sender_iid, spk_pub, ek)) is not None:
                 return None
             rec = self._prekeys.by_public(spk_pub)
             if rec is None or rec.destroyed:
@@ -849,7 +840,7 @@ class SessionManager:
         if entry.HasField("X3DH_header"):
             ek = require_compressed(bytes(entry.X3DH_header.key), "X3DH ephemeral key")
             spk_pub = bytes(entry.X3DH_header.id)
-            sid = _session_id(sender, sender_iid, spk_pub, ek)
+            sid = session_id(sender, sender_iid, spk_pub, ek)
             known = self._cache.session(sender, sender_iid, sid)
             if known is not None:
                 candidates = [known]

@@ -31,6 +31,7 @@ from agent.daemon.store import (
     StoreVersionTooNew,
 )
 from backends.memory import MemoryKey
+from agent.daemon.store.rows import session_id
 
 IK = MemoryKey(b"\x11" * 32)
 OTHER = MemoryKey(b"\x22" * 32)
@@ -38,9 +39,14 @@ SECRET_STATE = b"RATCHET-STATE-" + bytes(range(50))
 SECRET_SK = b"S" * 8 + b"K" * 24
 
 
+def sid_of(n: int) -> bytes:
+    """The id of :func:`session` ``(n)``: derived from its parts, as the store checks."""
+    return session_id(OTHER.public_key(), "inst-%d" % n, b"\x02" + bytes([n]) * 32, b"\x03" + bytes([n]) * 32)
+
+
 def session(n: int = 1, **kw: object) -> SessionRecord:
     base: dict[str, object] = dict(
-        sid=bytes([n]) * 16,
+        sid=b"",
         identity=OTHER.public_key(),
         installation_id="inst-%d" % n,
         bundle_id=b"\x02" + bytes([n]) * 32,
@@ -55,6 +61,9 @@ def session(n: int = 1, **kw: object) -> SessionRecord:
         state=SECRET_STATE + bytes([n]),
     )
     base.update(kw)
+    if not base["sid"]:
+        base["sid"] = session_id(base["identity"], base["installation_id"], base["bundle_id"],  # type: ignore[arg-type]
+                                 base["ephemeral"])
     return SessionRecord(**base)  # type: ignore[arg-type]
 
 
@@ -140,8 +149,8 @@ def test_sealed_value_moved_to_another_row_is_rejected(tmp_path: Path) -> None:
     s.write([PutSession(session(1)), PutSession(session(2))])
     s.close()
     c = sqlite3.connect(db)
-    (state1,) = c.execute("SELECT state FROM sessions WHERE sid=?", (bytes([1]) * 16,)).fetchone()
-    c.execute("UPDATE sessions SET state=? WHERE sid=?", (state1, bytes([2]) * 16))
+    (state1,) = c.execute("SELECT state FROM sessions WHERE sid=?", (sid_of(1),)).fetchone()
+    c.execute("UPDATE sessions SET state=? WHERE sid=?", (state1, sid_of(2)))
     c.commit()
     c.close()
     s2 = Store(db, IK)
@@ -168,20 +177,68 @@ def test_bit_flip_in_sealed_value_is_rejected(tmp_path: Path) -> None:
     s2.close()
 
 
+def _old_session_row(old: Store, rec: SessionRecord) -> tuple[object, ...]:
+    """A session row as agents before schema 4 wrote it: no MAC, sealed values bound to the row id only."""
+    return (rec.sid, rec.identity, rec.installation_id, rec.bundle_id, rec.ephemeral, int(rec.initiator),
+            int(rec.confirmed), int(rec.expired), rec.created_ns, rec.last_used_ns, rec.send_hwm,
+            old.seal(rec.sk, b"sessions", b"sk", rec.sid), old.seal(rec.state, b"sessions", b"state", rec.sid))
+
+
 def test_migrates_a_version_1_database(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     old = Store(db, IK, migrations=MIGRATIONS[:1])
     assert old.schema_version() == 1
-    old.write([PutSession(session(1)), PutMeta("installation_id", b"x")])
-    with pytest.raises(Exception):
-        old.write([PutPeerReply(OTHER.public_key(), 1)])  # the v2 table does not exist yet
-    old._conn.close()
+    c = old._conn
+    c.execute("INSERT INTO sessions VALUES(" + ",".join("?" * 13) + ")", _old_session_row(old, session(1)))
+    c.execute("INSERT INTO meta VALUES(?, ?)", ("installation_id", b"x"))
+    with pytest.raises(sqlite3.OperationalError):
+        c.execute("INSERT INTO peer_replies VALUES(?, ?)", (OTHER.public_key(), 1))  # no v2 table yet
+    c.close()
     new = Store(db, IK)
-    assert new.schema_version() == SCHEMA_VERSION == 3
+    assert new.schema_version() == SCHEMA_VERSION == 4
     assert new.load_sessions() == [session(1)]
+    assert new.get_meta("installation_id") == b"x"
     new.write([PutPeerReply(OTHER.public_key(), 7)])
     assert new.load_peer_replies() == {OTHER.public_key(): 7}
     new.close()
+
+
+def test_migration_to_schema_4_authenticates_every_existing_row(tmp_path: Path) -> None:
+    """Rows written by a schema-3 agent get their MACs in the migration; afterwards an edit of any of them, or
+    a row without a MAC, is refused."""
+    db = tmp_path / "state.db"
+    old = Store(db, IK, migrations=MIGRATIONS[:3])
+    c = old._conn
+    c.execute("INSERT INTO sessions VALUES(" + ",".join("?" * 13) + ")", _old_session_row(old, session(1)))
+    c.execute("INSERT INTO sessions VALUES(" + ",".join("?" * 13) + ")", _old_session_row(old, session(2)))
+    i = inst("a")
+    c.execute("INSERT INTO installations VALUES(?,?,?,?,?,?,?,?)", (i.identity, i.installation_id, i.spk,
+              i.spk_version, i.protocol_version, i.timestamp_ns, int(i.enabled), i.first_seen_ns))
+    c.execute("INSERT INTO own_spks VALUES(?,?,?,?,?)", (1, b"\x02" + b"\x55" * 32, 10, None, 0))
+    c.execute("INSERT INTO meta VALUES(?, ?)", ("installation_id", b"x"))
+    c.execute("INSERT INTO peer_replies VALUES(?, ?)", (OTHER.public_key(), 5))
+    c.close()
+    new = Store(db, IK)
+    assert new.schema_version() == 4
+    assert new.load_sessions() == [session(1), session(2)]
+    assert new.load_installations() == [i]
+    assert [s.version for s in new.load_own_spks()] == [1]
+    assert new.get_meta("installation_id") == b"x"
+    assert new.load_peer_replies() == {OTHER.public_key(): 5}
+    new.close()
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT count(*) FROM sessions WHERE mac IS NULL").fetchone() == (0,)
+    raw.execute("UPDATE sessions SET mac=NULL WHERE sid=?", (sid_of(2),))
+    raw.execute("UPDATE installations SET enabled=0")
+    raw.commit()
+    raw.close()
+    again = Store(db, IK)
+    with pytest.raises(StoreCorrupt):
+        again.load_installations()
+    with pytest.raises(StoreCorrupt):
+        again.load_peer_sessions(OTHER.public_key(), "inst-2")
+    assert [r.sid for r in again.load_peer_sessions(OTHER.public_key(), "inst-1")] == [sid_of(1)]
+    again.close()
 
 
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -224,7 +281,7 @@ def test_concurrent_writers_all_become_durable(tmp_path: Path) -> None:
         try:
             barrier.wait()
             for j in range(20):
-                s.write([PutSession(session(1, sid=bytes([k, j]) * 8))])
+                s.write([PutSession(session(1, ephemeral=b"\x03" + bytes([k, j]) * 16))])
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -255,13 +312,15 @@ def test_failed_commit_poisons_the_store(tmp_path: Path) -> None:
 _CHILD = r"""
 import sys
 from agent.daemon.store import Store, PutSession, SessionRecord
+from agent.daemon.store.rows import session_id
 from backends.memory import MemoryKey
 s = Store(sys.argv[1], MemoryKey(b"\x11" * 32))
 i = 0
 while True:
     i += 1
-    s.write([PutSession(SessionRecord(i.to_bytes(16, "big"), b"\x02" * 33, "x", b"b", b"e", True, False, False,
-                                      i, i, i, b"k" * 32, b"state"))])
+    e = i.to_bytes(16, "big")
+    s.write([PutSession(SessionRecord(session_id(b"\x02" * 33, "x", b"b", e), b"\x02" * 33, "x", b"b", e, True,
+                                      False, False, i, i, i, b"k" * 32, b"state"))])
     print(i, flush=True)
 """
 
@@ -278,7 +337,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     s = Store(db, IK)
-    sids = {int.from_bytes(r.sid, "big") for r in s.load_sessions()}
+    sids = {int.from_bytes(r.ephemeral, "big") for r in s.load_sessions()}
     assert set(range(1, acked + 1)) <= sids  # everything the child reported as written is there
     s.close()
 
@@ -326,8 +385,8 @@ def test_damaged_key_wrapping_is_a_key_mismatch(tmp_path: Path, value: object) -
 def test_delete_session_removes_the_row(tmp_path: Path) -> None:
     s = Store(tmp_path / "db", IK)
     s.write([PutSession(session(1)), PutSession(session(2))])
-    s.write([DeleteSession(bytes([1]) * 16), DeleteSession(b"absent" * 3)])
-    assert [r.sid for r in s.load_sessions()] == [bytes([2]) * 16]
+    s.write([DeleteSession(sid_of(1)), DeleteSession(b"absent" * 3)])
+    assert [r.sid for r in s.load_sessions()] == [sid_of(2)]
     s.close()
 
 
@@ -369,3 +428,85 @@ def test_on_demand_reads_see_committed_rows_only(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreFailed):
         s.load_installations_of(OTHER.public_key())
+
+
+@pytest.mark.parametrize(
+    "table,column,value",
+    [
+        ("sessions", "identity", b"\x02" + b"\xbb" * 32),  # the issue's attack: a row re-attributed to another peer
+        ("sessions", "installation_id", "inst-9"),
+        ("sessions", "send_hwm", 1),  # a lowered mark would let a restart reuse message keys
+        ("sessions", "expired", 1),
+        ("sessions", "confirmed", 1),
+        ("sessions", "bundle_id", b"\x02" + b"\x77" * 32),
+        ("sessions", "last_used_ns", 5),
+        ("installations", "spk", b"\x02" + b"\x66" * 32),
+        ("installations", "enabled", 0),
+        ("installations", "spk_version", 99),
+        ("installations", "identity", b"\x02" + b"\xbb" * 32),
+        ("own_spks", "destroyed", 1),
+        ("own_spks", "expired_ns", 5),
+        ("own_spks", "public", b"\x02" + b"\x44" * 32),
+        ("meta", "value", b"another-installation"),
+        ("peer_replies", "at_ns", 0),
+    ],
+)
+def test_an_offline_edit_of_any_column_is_refused(tmp_path: Path, table: str, column: str, value: object) -> None:
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1)), PutInstallation(inst("a")), PutMeta("installation_id", b"x"),
+             PutOwnSpk(OwnSpkRecord(1, b"\x02" + b"\x55" * 32, 10, None, False)),
+             PutPeerReply(OTHER.public_key(), 9)])
+    s.close()
+    c = sqlite3.connect(db)
+    where = " WHERE key='installation_id'" if table == "meta" else ""
+    c.execute(f"UPDATE {table} SET {column}=?{where}", (value,))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    read = {"sessions": s2.load_sessions, "installations": s2.load_installations, "own_spks": s2.load_own_spks,
+            "meta": lambda: s2.get_meta("installation_id"), "peer_replies": s2.load_peer_replies}
+    with pytest.raises(StoreCorrupt):
+        read[table]()
+    if table == "sessions":  # every path that reads the row refuses it; listings leave it out
+        with pytest.raises(StoreCorrupt):
+            s2.session_peer(sid_of(1))
+        assert s2.session_summaries() == []
+    s2.close()
+
+
+def test_a_session_row_copied_under_another_id_is_refused(tmp_path: Path) -> None:
+    """A whole row (MAC and sealed values included) filed under another session's id: the id is recomputed."""
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1))])
+    s.close()
+    c = sqlite3.connect(db)
+    c.execute("INSERT INTO sessions SELECT ?, identity, installation_id, bundle_id, ephemeral, initiator, confirmed,"
+              " expired, created_ns, last_used_ns, send_hwm, sk, state, mac FROM sessions", (sid_of(2),))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    with pytest.raises(StoreCorrupt):  # the id is under the MAC (and recomputed from the parts as well)
+        s2.load_sessions()
+    assert [x.sid for x in s2.session_summaries()] == [sid_of(1)]
+    s2.close()
+
+
+def test_sealed_state_from_an_older_version_of_the_row_is_refused(tmp_path: Path) -> None:
+    """The sealed ratchet state is bound to the row's MAC: an older state blob (with its older, valid seal) put
+    back beside the newer counters does not open."""
+    db = tmp_path / "state.db"
+    s = Store(db, IK)
+    s.write([PutSession(session(1, send_hwm=64))])
+    c = sqlite3.connect(db)
+    (old_state,) = c.execute("SELECT state FROM sessions").fetchone()
+    s.write([PutSession(session(1, send_hwm=128, state=b"newer"))])
+    s.close()
+    c.execute("UPDATE sessions SET state=?", (old_state,))
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    with pytest.raises(StoreCorrupt):
+        s2.load_sessions()
+    s2.close()

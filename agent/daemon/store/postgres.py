@@ -68,6 +68,7 @@ from .rows import (
     KEY_META,
     SESSION_SUMMARY_COLUMNS,
     TABLES,
+    UNMACED,
     InstallationRecord,
     OwnSpkRecord,
     RowCodec,
@@ -129,7 +130,17 @@ CREATE TABLE agents(
     started_ns BIGINT NOT NULL)
 """
 
-PG_MIGRATIONS: tuple[str, ...] = (_V1,)
+# row MACs (see rows.py); existing rows get theirs in the same transaction (PgStore._migrate)
+_V2 = """
+ALTER TABLE meta ADD COLUMN mac BYTEA;
+ALTER TABLE own_spks ADD COLUMN mac BYTEA;
+ALTER TABLE installations ADD COLUMN mac BYTEA;
+ALTER TABLE sessions ADD COLUMN mac BYTEA;
+ALTER TABLE peer_replies ADD COLUMN mac BYTEA
+"""
+_MAC_STEP = 1
+
+PG_MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
 # the advisory lock keys (one bigint each), derived from fixed names; a database holds one identity's store
@@ -213,7 +224,7 @@ class PgStore(GroupCommit):
         try:
             with self._mu:
                 conn = self._connect_locked()
-                self._migrate(conn, create)
+                self._migrate(conn, create, identity)
                 self._codec = RowCodec(identity, self._key_meta(conn, identity, create), rng=rng)
                 self._register(conn)
         except self._psycopg.OperationalError as exc:
@@ -285,7 +296,7 @@ class PgStore(GroupCommit):
 
     # --- opening ----------------------------------------------------------------------------------------------
 
-    def _migrate(self, conn: Any, create: bool) -> None:
+    def _migrate(self, conn: Any, create: bool, identity: KeyOps) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_KEY,))
             conn.execute("CREATE TABLE IF NOT EXISTS keyagent_schema(one INTEGER PRIMARY KEY CHECK (one = 1),"
@@ -300,6 +311,15 @@ class PgStore(GroupCommit):
                 for stmt in PG_MIGRATIONS[i].split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                if i == _MAC_STEP and version > 0:  # a store that existed before MACs: its rows get theirs now
+                    keys = dict(conn.execute(
+                        "SELECT key, value FROM meta WHERE key IN ('wrap_point','key_check')").fetchall())
+                    codec = RowCodec(identity, keys, rng=self._rng)
+                    for table, cols in UNMACED.items():
+                        for r in conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall():
+                            if table == "meta" and r[0] in KEY_META:
+                                continue
+                            conn.execute(_SQL[("put", table)], codec.add_mac(table, r))
             if version < len(PG_MIGRATIONS):
                 conn.execute("INSERT INTO keyagent_schema VALUES (1, %s) ON CONFLICT (one) DO UPDATE SET"
                              " version=EXCLUDED.version", (len(PG_MIGRATIONS),))
@@ -319,7 +339,8 @@ class PgStore(GroupCommit):
         fresh = new_key_wrapping(identity, self._rng)
         with conn.transaction():
             for k in KEY_META:
-                cur = conn.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (k, fresh[k]))
+                cur = conn.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                                   (k, fresh[k]))
                 if cur.rowcount != 1:  # another init won the race: its wrapping stands, ours is not used
                     raise StoreExists("another agent created this store at the same time: use --join")
         return dict(fresh)
@@ -411,8 +432,8 @@ class PgStore(GroupCommit):
     # --- reads ------------------------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> bytes | None:
-        rows = self._read("SELECT value FROM meta WHERE key=%s", (key,))
-        return None if not rows else self._codec.meta_value(rows[0][0])
+        rows = self._read("SELECT value, mac FROM meta WHERE key=%s", (key,))
+        return None if not rows else self._codec.meta_value(key, rows[0][0], rows[0][1])
 
     _SESSION_COLUMNS = f"SELECT {', '.join(TABLES['sessions'][0])} FROM sessions"
     _INSTALLATION_COLUMNS = f"SELECT {', '.join(TABLES['installations'][0])} FROM installations"
@@ -429,7 +450,8 @@ class PgStore(GroupCommit):
             f"SELECT {', '.join(TABLES['own_spks'][0])} FROM own_spks ORDER BY version")]
 
     def load_peer_replies(self) -> dict[bytes, int]:
-        return dict(self._codec.peer_reply(r) for r in self._read("SELECT identity, at_ns FROM peer_replies"))
+        return dict(self._codec.peer_reply(r) for r in self._read(
+            f"SELECT {', '.join(TABLES['peer_replies'][0])} FROM peer_replies"))
 
     def load_peer_sessions(self, identity: bytes, installation_id: str) -> list[SessionRecord]:
         rows = self._read(self._SESSION_COLUMNS + " WHERE identity=%s AND installation_id=%s"
@@ -437,14 +459,14 @@ class PgStore(GroupCommit):
         return [self._codec.session(r) for r in rows]
 
     def session_peer(self, sid: bytes) -> tuple[bytes, str] | None:
-        rows = self._read("SELECT identity, installation_id FROM sessions WHERE sid=%s", (sid,))
+        rows = self._read(f"SELECT {', '.join(SESSION_SUMMARY_COLUMNS)} FROM sessions WHERE sid=%s", (sid,))
         return self._codec.session_peer(rows[0]) if rows else None
 
     def _summaries(self, where: str = "", params: Sequence[object] = ()) -> list[SessionSummary]:
         rows = self._read(
             f"SELECT {', '.join(SESSION_SUMMARY_COLUMNS)} FROM sessions {'WHERE ' + where if where else ''}"
             " ORDER BY created_ns, sid", params)
-        return [self._codec.session_summary(r) for r in rows]
+        return self._codec.session_summaries(rows)
 
     def session_summaries(self) -> list[SessionSummary]:
         return self._summaries()

@@ -11,12 +11,25 @@ Encrypted at rest
     key without the token. A key-check value detects a store opened with the wrong identity
     (``StoreKeyMismatch``) before anything is written.
 
+Authenticated at rest
+    Every row carries a ``mac`` column: HMAC-SHA256, under a key derived from the data key, over the table name
+    and every other column of the row in a length-prefixed encoding. A session's sealed ``sk`` and ``state`` are
+    bound to that MAC too (it is part of their associated data), so an identity, installation, send mark or
+    flag edited offline, a sealed value from another row or from an older version of the same row, or a row
+    copied under another id fails (``StoreCorrupt``); a session id is also recomputed from its parts. The
+    data-key rows (``wrap_point``, ``key_check``) need no MAC: the key check authenticates them. Not detected by
+    MACs: a whole row replaced by an older, validly MAC'd version of itself (that is a rollback of the store;
+    :mod:`agent.daemon.store.anchor` detects a rolled-back store as a whole).
+
 Engines know nothing of this: they store the values :meth:`RowCodec.encode` gives them, hand back rows in the
 column order of :data:`TABLES`, and the codec checks and decodes those.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +44,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from agent.core import secp256k1
 from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.keyops import KeyOps
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "StoreError",
@@ -55,6 +70,7 @@ __all__ = [
     "KEY_META",
     "RowCodec",
     "new_key_wrapping",
+    "session_id",
 ]
 
 
@@ -202,23 +218,55 @@ class Write:
 
 #: table -> (columns in row order, number of leading key columns); every engine's schema has these columns
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
-    "meta": (("key", "value"), 1),
-    "own_spks": (("version", "public", "created_ns", "expired_ns", "destroyed"), 1),
+    "meta": (("key", "value", "mac"), 1),
+    "own_spks": (("version", "public", "created_ns", "expired_ns", "destroyed", "mac"), 1),
     "installations": (("identity", "installation_id", "spk", "spk_version", "protocol_version", "timestamp_ns",
-                       "enabled", "first_seen_ns"), 2),
+                       "enabled", "first_seen_ns", "mac"), 2),
     "sessions": (("sid", "identity", "installation_id", "bundle_id", "ephemeral", "initiator", "confirmed",
-                  "expired", "created_ns", "last_used_ns", "send_hwm", "sk", "state"), 1),
-    "peer_replies": (("identity", "at_ns"), 1),
+                  "expired", "created_ns", "last_used_ns", "send_hwm", "sk", "state", "mac"), 1),
+    "peer_replies": (("identity", "at_ns", "mac"), 1),
 }
+
+#: the columns of each table before MACs existed (schema 3 and older): what a migration reads to add them
+UNMACED: dict[str, tuple[str, ...]] = {t: cols[:-1] for t, (cols, _n) in TABLES.items()}
 
 #: the meta rows that hold the data-key wrapping; written once, when a store is created, never by a batch
 KEY_META = ("wrap_point", "key_check")
 
-SESSION_SUMMARY_COLUMNS = ("sid", "identity", "installation_id", "bundle_id", "initiator", "confirmed", "expired",
-                           "created_ns", "last_used_ns")
+#: the unsealed columns of a session row and its MAC: what a summary reads (enough to authenticate it)
+SESSION_SUMMARY_COLUMNS = ("sid", "identity", "installation_id", "bundle_id", "ephemeral", "initiator", "confirmed",
+                           "expired", "created_ns", "last_used_ns", "send_hwm", "mac")
 
 _CHECK_PLAINTEXT = b"keyagent store key check v1"
 _AD_PREFIX = b"keyagent/store/v1|"
+_MAC_PREFIX = b"keyagent/store/row-mac/v1"
+
+
+def session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
+    """Local row id of a session (never on the wire): derived from its parts, so a row cannot be re-filed under
+    another id; SHA-256 because it is computed on every X3DH message."""
+    h = hashlib.sha256(b"keyagent/session\x00")
+    for part in (identity, installation_id.encode(), bundle_id, ephemeral):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()[:16]
+
+
+def _canonical(table: str, values: Sequence[object]) -> bytes:
+    """An unambiguous encoding of a row's values (type tag, length, bytes) for its MAC."""
+    out = [_MAC_PREFIX, len(table).to_bytes(1, "big"), table.encode()]
+    for v in values:
+        if v is None:
+            out.append(b"N")
+        elif isinstance(v, int):  # bools were stored as 0/1 ints; both sides MAC the int
+            out.append(b"I" + int(v).to_bytes(9, "big", signed=True))
+        elif isinstance(v, bytes):
+            out.append(b"B" + len(v).to_bytes(4, "big") + v)
+        elif isinstance(v, str):
+            b = v.encode("utf-8", "surrogatepass")
+            out.append(b"S" + len(b).to_bytes(4, "big") + b)
+        else:
+            raise TypeError(f"cannot MAC a {type(v).__name__}")
+    return b"".join(out)
 
 
 def _blob(v: object) -> bytes:
@@ -269,7 +317,10 @@ class RowCodec:
     def __init__(self, identity: KeyOps, key_meta: dict[str, object], *,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         self._rng = rng
-        self._aead = AESGCM(self._unwrap(identity, key_meta))
+        key = self._unwrap(identity, key_meta)
+        self._aead = AESGCM(key)
+        self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"keyagent/store",
+                             info=b"row mac key v1").derive(key)
 
     @staticmethod
     def _unwrap(identity: KeyOps, rows: dict[str, object]) -> bytes:
@@ -302,70 +353,129 @@ class RowCodec:
         except (InvalidTag, ValueError):
             raise StoreCorrupt("a sealed state value failed authentication") from None
 
+    # --- row MACs ---------------------------------------------------------------------------------------------
+
+    def mac(self, table: str, values: Sequence[object]) -> bytes:
+        """The MAC of one row's values (every column but the sealed ones and the MAC itself)."""
+        return hmac.new(self._mac_key, _canonical(table, values), hashlib.sha256).digest()
+
+    def _check(self, table: str, values: Sequence[object], stored: object) -> bytes:
+        if stored is None:
+            raise StoreCorrupt(f"a {table} row has no MAC")
+        got = _blob(stored)
+        want = self.mac(table, values)
+        if not hmac.compare_digest(got, want):
+            raise StoreCorrupt(f"a {table} row failed authentication (edited, or copied from another row)")
+        return got
+
+    def add_mac(self, table: str, old: Sequence[object]) -> tuple[object, ...]:
+        """A row written before MACs existed (columns of :data:`UNMACED`), as it is written now: its MAC added,
+        a session's sealed values resealed to be bound to it. For the schema migration only."""
+        if table != "sessions":
+            return (*old, self.mac(table, [_typed(v) for v in old]))
+        sid = _blob(old[0])
+        head = [_typed(v) for v in old[:11]]
+        sk = self.unseal(_blob(old[11]), b"sessions", b"sk", sid)
+        state = self.unseal(_blob(old[12]), b"sessions", b"state", sid)
+        tag = self.mac("sessions", head)
+        return (*old[:11], self.seal(sk, b"sessions", b"sk", sid, tag), self.seal(state, b"sessions", b"state", sid, tag),
+                tag)
+
     # --- rows out ---------------------------------------------------------------------------------------------
 
     def encode(self, op: Op) -> Write:
         """The row write of one operation (sealing happens here, in the submitting thread)."""
         if isinstance(op, PutSession):
             r = op.rec
+            head = (r.sid, r.identity, r.installation_id, r.bundle_id, r.ephemeral, int(r.initiator),
+                    int(r.confirmed), int(r.expired), r.created_ns, r.last_used_ns, r.send_hwm)
+            tag = self.mac("sessions", head)
             return Write("put", "sessions", (
-                r.sid, r.identity, r.installation_id, r.bundle_id, r.ephemeral, int(r.initiator),
-                int(r.confirmed), int(r.expired), r.created_ns, r.last_used_ns, r.send_hwm,
-                self.seal(r.sk, b"sessions", b"sk", r.sid),
-                self.seal(r.state, b"sessions", b"state", r.sid),
+                *head,
+                self.seal(r.sk, b"sessions", b"sk", r.sid, tag),
+                self.seal(r.state, b"sessions", b"state", r.sid, tag),
+                tag,
             ))
         if isinstance(op, PutInstallation):
             i = op.rec
-            return Write("put", "installations", (
+            return self._row("installations", (
                 i.identity, i.installation_id, i.spk, i.spk_version, i.protocol_version, i.timestamp_ns,
                 int(i.enabled), i.first_seen_ns,
             ))
         if isinstance(op, PutOwnSpk):
             s = op.rec
-            return Write("put", "own_spks", (s.version, s.public, s.created_ns, s.expired_ns, int(s.destroyed)))
+            return self._row("own_spks", (s.version, s.public, s.created_ns, s.expired_ns, int(s.destroyed)))
         if isinstance(op, PutMeta):
             if op.key in KEY_META:
                 raise ValueError("the data-key wrapping is not writable")
-            return Write("put", "meta", (op.key, op.value))
+            return self._row("meta", (op.key, op.value))
         if isinstance(op, DeleteSession):
             return Write("delete", "sessions", (op.sid,))
         if isinstance(op, PutPeerReply):
-            return Write("put", "peer_replies", (op.identity, op.at_ns))
+            return self._row("peer_replies", (op.identity, op.at_ns))
         raise TypeError(f"unknown store op {op!r}")
 
-    # --- rows in (column order of TABLES) ---------------------------------------------------------------------
+    def _row(self, table: str, values: tuple[object, ...]) -> Write:
+        return Write("put", table, (*values, self.mac(table, values)))
+
+    # --- rows in (column order of TABLES; every row is authenticated before it is used) -----------------------
+
+    def _session_head(self, r: Sequence[object]) -> tuple[bytes, list[object]]:
+        """The unsealed columns of a session row (``r[0:11]``), authenticated against the MAC in ``r[mac_at]``
+        and with the session id recomputed from its parts; returns (MAC, typed values)."""
+        head: list[object] = [_blob(r[0]), _blob(r[1]), _text(r[2]), _blob(r[3]), _blob(r[4])]
+        head += [_int(v) for v in r[5:11]]
+        tag = self._check("sessions", head, r[-1])
+        sid, identity, iid, bundle_id, ephemeral = head[:5]
+        assert isinstance(sid, bytes) and isinstance(identity, bytes) and isinstance(iid, str)
+        assert isinstance(bundle_id, bytes) and isinstance(ephemeral, bytes)
+        if session_id(identity, iid, bundle_id, ephemeral) != sid:
+            raise StoreCorrupt("a session row is filed under an id that is not its own")
+        return tag, head
 
     def session(self, r: Sequence[object]) -> SessionRecord:
+        tag, h = self._session_head(r)
         sid = _blob(r[0])
         return SessionRecord(
             sid=sid,
-            identity=_blob(r[1]),
-            installation_id=_text(r[2]),
-            bundle_id=_blob(r[3]),
-            ephemeral=_blob(r[4]),
-            initiator=bool(_int(r[5])),
-            confirmed=bool(_int(r[6])),
-            expired=bool(_int(r[7])),
-            created_ns=_int(r[8]),
-            last_used_ns=_int(r[9]),
-            send_hwm=_int(r[10]),
-            sk=self.unseal(_blob(r[11]), b"sessions", b"sk", sid),
-            state=self.unseal(_blob(r[12]), b"sessions", b"state", sid),
+            identity=_blob(h[1]),
+            installation_id=_text(h[2]),
+            bundle_id=_blob(h[3]),
+            ephemeral=_blob(h[4]),
+            initiator=bool(h[5]),
+            confirmed=bool(h[6]),
+            expired=bool(h[7]),
+            created_ns=_int(h[8]),
+            last_used_ns=_int(h[9]),
+            send_hwm=_int(h[10]),
+            sk=self.unseal(_blob(r[11]), b"sessions", b"sk", sid, tag),
+            state=self.unseal(_blob(r[12]), b"sessions", b"state", sid, tag),
         )
 
-    @staticmethod
-    def session_summary(r: Sequence[object]) -> SessionSummary:
-        """A row of :data:`SESSION_SUMMARY_COLUMNS`."""
-        return SessionSummary(_blob(r[0]), _blob(r[1]), _text(r[2]), _blob(r[3]), bool(_int(r[4])),
-                              bool(_int(r[5])), bool(_int(r[6])), _int(r[7]), _int(r[8]))
+    def session_summary(self, r: Sequence[object]) -> SessionSummary:
+        """A row of :data:`SESSION_SUMMARY_COLUMNS`, authenticated."""
+        _tag, h = self._session_head(r)
+        return SessionSummary(_blob(h[0]), _blob(h[1]), _text(h[2]), _blob(h[3]), bool(h[5]), bool(h[6]),
+                              bool(h[7]), _int(h[8]), _int(h[9]))
 
-    @staticmethod
-    def session_peer(r: Sequence[object]) -> tuple[bytes, str]:
-        return _blob(r[0]), _text(r[1])
+    def session_summaries(self, rows: Sequence[Sequence[object]]) -> list[SessionSummary]:
+        """Summaries of many rows for listing and upkeep: a row that fails authentication is left out (and
+        logged), never used; the requests that need that session get its ``StoreCorrupt``."""
+        out: list[SessionSummary] = []
+        for r in rows:
+            try:
+                out.append(self.session_summary(r))
+            except StoreCorrupt as exc:
+                log.warning("state: ignoring a session row (%s)", exc)
+        return out
 
-    @staticmethod
-    def installation(r: Sequence[object]) -> InstallationRecord:
-        return InstallationRecord(
+    def session_peer(self, r: Sequence[object]) -> tuple[bytes, str]:
+        """The installation of a row of :data:`SESSION_SUMMARY_COLUMNS`, authenticated."""
+        _tag, h = self._session_head(r)
+        return _blob(h[1]), _text(h[2])
+
+    def installation(self, r: Sequence[object]) -> InstallationRecord:
+        rec = InstallationRecord(
             identity=_blob(r[0]),
             installation_id=_text(r[1]),
             spk=None if r[2] is None else _blob(r[2]),
@@ -375,16 +485,28 @@ class RowCodec:
             enabled=bool(_int(r[6])),
             first_seen_ns=_int(r[7]),
         )
+        self._check("installations", (rec.identity, rec.installation_id, rec.spk, rec.spk_version,
+                                      rec.protocol_version, rec.timestamp_ns, _int(r[6]), rec.first_seen_ns), r[8])
+        return rec
 
-    @staticmethod
-    def own_spk(r: Sequence[object]) -> OwnSpkRecord:
-        return OwnSpkRecord(_int(r[0]), _blob(r[1]), _int(r[2]), None if r[3] is None else _int(r[3]),
-                            bool(_int(r[4])))
+    def own_spk(self, r: Sequence[object]) -> OwnSpkRecord:
+        rec = OwnSpkRecord(_int(r[0]), _blob(r[1]), _int(r[2]), None if r[3] is None else _int(r[3]),
+                           bool(_int(r[4])))
+        self._check("own_spks", (rec.version, rec.public, rec.created_ns, rec.expired_ns, _int(r[4])), r[5])
+        return rec
 
-    @staticmethod
-    def meta_value(v: object) -> bytes:
-        return _blob(v)
+    def meta_value(self, key: str, value: object, mac: object) -> bytes:
+        v = _blob(value)
+        if key not in KEY_META:  # the key-wrapping rows are authenticated by the key check instead
+            self._check("meta", (key, v), mac)
+        return v
 
-    @staticmethod
-    def peer_reply(r: Sequence[object]) -> tuple[bytes, int]:
-        return _blob(r[0]), _int(r[1])
+    def peer_reply(self, r: Sequence[object]) -> tuple[bytes, int]:
+        identity, at = _blob(r[0]), _int(r[1])
+        self._check("peer_replies", (identity, at), r[2])
+        return identity, at
+
+
+def _typed(v: object) -> object:
+    """A value as read back (PostgreSQL's bytea comes as a memoryview) in the type the MAC encodes."""
+    return bytes(v) if isinstance(v, memoryview) else v

@@ -28,6 +28,7 @@ from .rows import (
     KEY_META,
     SESSION_SUMMARY_COLUMNS,
     TABLES,
+    UNMACED,
     InstallationRecord,
     OwnSpkRecord,
     RowCodec,
@@ -83,7 +84,17 @@ _V3 = """
 CREATE INDEX sessions_by_expiry ON sessions(expired, last_used_ns);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# row MACs (see rows.py): the column only; the step that fills it for existing rows runs in the same transaction
+_V4 = """
+ALTER TABLE meta ADD COLUMN mac BLOB;
+ALTER TABLE own_spks ADD COLUMN mac BLOB;
+ALTER TABLE installations ADD COLUMN mac BLOB;
+ALTER TABLE sessions ADD COLUMN mac BLOB;
+ALTER TABLE peer_replies ADD COLUMN mac BLOB;
+"""
+_MAC_STEP = 3  # MIGRATIONS[3] adds the MACs: the codec must exist before it runs
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -120,8 +131,8 @@ class SqliteStore(GroupCommit):
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")  # FULL: the WAL is fsync'd at every COMMIT
-            self._migrate(migrations)
-            self._codec = RowCodec(identity, self._key_meta(identity), rng=rng)
+            codec = self._migrate(migrations, identity)
+            self._codec = codec or RowCodec(identity, self._key_meta(identity), rng=rng)
             # on-demand reads go through their own connection: they never see (or disturb) a commit in progress
             self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except BaseException:
@@ -131,21 +142,38 @@ class SqliteStore(GroupCommit):
 
     # --- opening ----------------------------------------------------------------------------------------------
 
-    def _migrate(self, migrations: Sequence[str]) -> None:
+    def _migrate(self, migrations: Sequence[str], identity: KeyOps) -> RowCodec | None:
+        """Apply the missing migrations, each in its own transaction; returns the row codec if a step needed it."""
+        codec: RowCodec | None = None
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
         if version > len(migrations):
             raise StoreVersionTooNew(f"state schema {version} is newer than this agent's {len(migrations)}")
         for i in range(version, len(migrations)):
+            if i == _MAC_STEP:
+                codec = RowCodec(identity, self._key_meta(identity), rng=self._rng)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in migrations[i].split(";"):
                     if stmt.strip():
                         self._conn.execute(stmt)
+                if codec is not None and i == _MAC_STEP:
+                    self._add_macs(codec)
                 self._conn.execute(f"PRAGMA user_version={i + 1}")
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        return codec
+
+    def _add_macs(self, codec: RowCodec) -> None:
+        """Give every row written before schema 4 its MAC (sessions resealed to bind to it), in the migration's
+        own transaction: after it, a row without a MAC is never one this agent wrote."""
+        for table, cols in UNMACED.items():
+            rows = list(self._conn.execute(f"SELECT {', '.join(cols)} FROM {table}"))
+            for r in rows:
+                if table == "meta" and r[0] in KEY_META:
+                    continue
+                self._conn.execute(_SQL[("put", table)], codec.add_mac(table, r))
 
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -157,7 +185,7 @@ class SqliteStore(GroupCommit):
         if "wrap_point" not in rows:
             fresh = new_key_wrapping(identity, self._rng)
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT INTO meta VALUES(?, ?)", [(k, fresh[k]) for k in KEY_META])
+            self._conn.executemany("INSERT INTO meta(key, value) VALUES(?, ?)", [(k, fresh[k]) for k in KEY_META])
             self._conn.execute("COMMIT")
             rows = dict(fresh)
         return rows
@@ -183,8 +211,8 @@ class SqliteStore(GroupCommit):
     # --- loading (start-up only) ------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> bytes | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else self._codec.meta_value(row[0])
+        row = self._conn.execute("SELECT value, mac FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else self._codec.meta_value(key, row[0], row[1])
 
     _SESSION_COLUMNS = f"SELECT {_columns('sessions')} FROM sessions"
     _INSTALLATION_COLUMNS = f"SELECT {_columns('installations')} FROM installations"
@@ -202,7 +230,8 @@ class SqliteStore(GroupCommit):
                 self._conn.execute(f"SELECT {_columns('own_spks')} FROM own_spks ORDER BY version")]
 
     def load_peer_replies(self) -> dict[bytes, int]:
-        return dict(self._codec.peer_reply(r) for r in self._conn.execute("SELECT identity, at_ns FROM peer_replies"))
+        rows = self._conn.execute(f"SELECT {_columns('peer_replies')} FROM peer_replies")
+        return dict(self._codec.peer_reply(r) for r in rows)
 
     # --- on-demand reads (committed rows only; see the module docstring) ----------------------------------------
 
@@ -220,14 +249,14 @@ class SqliteStore(GroupCommit):
 
     def session_peer(self, sid: bytes) -> tuple[bytes, str] | None:
         """The installation a stored session belongs to, or None."""
-        rows = self._read("SELECT identity, installation_id FROM sessions WHERE sid=?", (sid,))
+        rows = self._read(f"SELECT {', '.join(SESSION_SUMMARY_COLUMNS)} FROM sessions WHERE sid=?", (sid,))
         return self._codec.session_peer(rows[0]) if rows else None
 
     def _summaries(self, where: str = "", params: Sequence[object] = ()) -> list[SessionSummary]:
         rows = self._read(
             f"SELECT {', '.join(SESSION_SUMMARY_COLUMNS)} FROM sessions {'WHERE ' + where if where else ''}"
             " ORDER BY created_ns, sid", params)
-        return [self._codec.session_summary(r) for r in rows]
+        return self._codec.session_summaries(rows)
 
     def session_summaries(self) -> list[SessionSummary]:
         """The unsealed columns of every stored session, oldest first."""
