@@ -13,7 +13,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from agent.core.keyops import KeyOps
 
-__all__ = ["Backend", "BackendStatus", "SignedPrekeyInfo", "SecretSource", "MAX_SPK_VERSION"]
+__all__ = ["Backend", "AnchorHolder", "BackendStatus", "SignedPrekeyInfo", "SecretSource", "MAX_SPK_VERSION"]
 
 #: SPK versions are stored as 4-byte big-endian numbers in token key ids.
 MAX_SPK_VERSION = 0xFFFFFFFF
@@ -89,4 +89,18 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the token or key material; the object is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class AnchorHolder(Protocol):
+    """A backend that keeps small values outside the host's disk (a token): where the daemon's rollback anchor
+    lives (:mod:`agent.daemon.rollback`). Both need the PIN; values are at most 64 bytes."""
+
+    def read_anchor(self, name: str) -> bytes | None:
+        """The value stored under ``name``, or None."""
+        ...
+
+    def write_anchor(self, name: str, value: bytes) -> None:
+        """Store ``value`` under ``name`` (one token write)."""
         ...

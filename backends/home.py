@@ -40,7 +40,8 @@ from typing import Any, Mapping
 from backends.base import Backend, SecretSource
 from backends.errors import BackendConfigError, KeyExists, PinRequired
 from backends.home_config import ConfigUnreadable, ConfigUntrusted, config_path, read_home_config
-from backends.software import DEFAULT_SCRYPT_N, SoftwareBackend, write_atomic
+from backends.files import write_atomic
+from backends.software import DEFAULT_SCRYPT_N, SoftwareBackend
 
 __all__ = [
     "CONFIG_VERSION",

@@ -47,12 +47,12 @@ from backends.errors import (
     PassphraseIncorrect,
     PassphraseRequired,
 )
+from backends.files import write_atomic
 from backends.memory import MemoryKey
 
 __all__ = [
     "SoftwareBackend",
     "DEFAULT_SCRYPT_N",
-    "write_atomic",
     "keyring_load",
 ]
 
@@ -68,30 +68,6 @@ _MAX_SCRYPT_MEMORY = 1 << 30
 _MAX_FILE = 1 << 20
 _CHECK_LABEL = b"keyagent key-file check v1"
 KEYRING_SERVICE = "keyagent"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600: temp file, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def keyring_load(backend_name: str | None) -> Any:

@@ -53,6 +53,7 @@ _FIXES = {
     "TOKEN_ABSENT": "insert the token (keyagent doctor shows what is seen)",
     "NO_SESSION": "send the reply (--reply-out) back to the sender, or add its bundle (keyagent add-bundle)",
     "STATE_ERROR": "restart the agent (keyagent stop; keyagent start)",
+    "SUPERSEDED": "another agent runs on a copy of this home: stop this one (keyagent stop), keep one copy",
     "BAD_CONFIG": "fix the home's configuration (keyagent doctor)",
     "UNAVAILABLE": "is the agent running? start it: eval \"$(keyagent start)\"",
 }

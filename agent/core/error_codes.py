@@ -58,6 +58,7 @@ class ErrorCode(StrEnum):
     REFUSED_PAYLOAD = "REFUSED_PAYLOAD"
     RATE_LIMITED = "RATE_LIMITED"
     BAD_BUNDLE = "BAD_BUNDLE"
+    SUPERSEDED = "SUPERSEDED"
     # finer names without a wire code of their own
     BACKEND_ERROR = "BACKEND_ERROR", "INTERNAL"  # an unexpected backend failure: a bug to report
     KEY_EXISTS = "KEY_EXISTS", "BAD_REQUEST"  # the caller asked to create what exists

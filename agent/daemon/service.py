@@ -38,6 +38,7 @@ from agent.daemon.handler_api import (
     peer_public_key,
 )
 from agent.daemon.policy import Policy
+from agent.daemon.rollback import RollbackGuard, slot_for
 from agent.daemon.sessions import SessionManager
 from agent.daemon.store.location import open_store
 from backends.home_config import config_path
@@ -92,7 +93,8 @@ def default_session_factory(home: Home, backend: Backend) -> SessionFactory:
 
         store = open_store(home.path, load_config(str(home.path)), backend.identity())
         try:
-            manager: SessionsLike = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom)
+            guard = RollbackGuard(store, lambda name: slot_for(backend, name))
+            manager: SessionsLike = SessionManager(backend, store, clock=time.time_ns, rng=os.urandom, rollback=guard)
         except BaseException:
             store.close()
             raise
@@ -192,7 +194,16 @@ class Service:
                 manager = self._factory()
                 with self._sessions_mu:
                     self._sessions = manager
+                self._report_rekey(manager)
             return manager
+
+    def _report_rekey(self, manager: SessionsLike) -> None:
+        """A start that re-keyed every session (agent/daemon/rollback.py) goes to the audit log too."""
+        guard = getattr(manager, "rollback", None)
+        if isinstance(guard, RollbackGuard) and guard.rekeyed:
+            self.audit.record(None, "", type="rekey", result="rekeyed",
+                              detail=f"{guard.rekeyed}; {guard.rekeyed_sessions} sessions expired; anchor "
+                                     f"{guard.where} at epoch {guard.epoch}")
 
     def sessions_if_open(self) -> SessionsLike | None:
         with self._sessions_mu:
@@ -557,6 +568,10 @@ class Service:
             ecdh_allowed=self.config.allow_ecdh,
             detail=st.detail,
         )
+        guard = getattr(manager, "rollback", None)
+        if isinstance(guard, RollbackGuard):
+            out.anchor, out.anchor_epoch = guard.where, guard.epoch
+            out.rekeyed, out.superseded = guard.rekeyed, guard.superseded
         return pb.Response(status=out)
 
     def _rotate(self, req: pb.Request, ctx: ClientContext) -> Outcome:

@@ -48,6 +48,11 @@ Why a message key is never used twice, across kill -9 and power loss
        moves between agents is reloaded, so rule 3 puts it past every position the other agent reserved.
        The argument, and what a partition does, is in :mod:`agent.daemon.store.postgres`.
 
+    7. Rules 1-6 assume the store is the latest one. A restored or copied store is caught by the rollback
+       anchor before anything is read (:mod:`agent.daemon.rollback`): every session is then expired (it still
+       decrypts, never sends), so each peer device gets a fresh X3DH; and every sending transition first
+       checks, at a bounded rate, that no copy of this store has started since (else SUPERSEDED).
+
 State lives on disk; memory holds a bounded cache
     See :mod:`agent.daemon.session_cache`: nothing is read at start-up, and a cached session is dropped only
     when reloading its row gives back exactly what memory holds.
@@ -124,6 +129,7 @@ from .installations import (
 )
 from .own_devices import DeviceInfo, OwnDevices
 from .prekeys import SignedPrekeys
+from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
 from .store.rows import (InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply,
@@ -260,6 +266,7 @@ class SessionManager:
         send_reserve: int = 64,
         cache_peers: int = 1024,
         cache_identities: int = 1024,
+        rollback: RollbackGuard | None = None,
     ) -> None:
         if not 0 < send_reserve < profile.max_skip:
             raise ValueError("send_reserve must be below the peer's MaxSkip")
@@ -289,9 +296,12 @@ class SessionManager:
         self._published: tuple[pb.Bundle, bytes, int] | None = None
         self._other_seq = 0  # the latest batch holding prekey, meta, reply-time or delete writes (rule 5)
         self._deferring = threading.local()  # see deferred()
+        self.rollback = rollback  # rule 7
 
         store.enter()
         try:
+            if rollback is not None:
+                rollback.start()  # before anything is read: a restored store re-keys here (rule 7)
             self._load()
             ops: list[Op] = []
             iid = store.get_meta("installation_id")
@@ -344,8 +354,10 @@ class SessionManager:
 
     # ------------------------------------------------------------------ one state transition
 
-    def _run(self, work: Callable[[list[Op]], _T]) -> _T:
+    def _run(self, work: Callable[[list[Op]], _T], *, sending: bool = False, upkeep: bool = False) -> _T:
         """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
+        ``sending``: the transition may send on a ratchet, so the rollback anchor is checked first (rule 7);
+        ``upkeep``: the idle tick, which checks it too but does not raise.
 
         If ``work`` fails half-way, what it already changed in memory is consistent (each step completes) and
         is written all the same, so memory and disk never diverge; the error is then re-raised.
@@ -357,6 +369,8 @@ class SessionManager:
         try:
             with self._lock:
                 try:
+                    if self.rollback is not None and (sending or upkeep):
+                        self._check_anchor(sending)
                     self._current()
                     self._cache.read_seq = 0  # (after _current: a reload replaces the cache)
                     self._maintain(ops)
@@ -534,8 +548,18 @@ class SessionManager:
         return encode(last) if last is not None else None
 
     def maintain(self) -> None:
-        """Time-based upkeep (rotation, destroying expired SPKs); every request does it too."""
-        self._run(lambda ops: None)
+        """Time-based upkeep (rotation, destroying expired SPKs; every request does it too) and the rollback
+        anchor's check, so that ``status`` says an agent was superseded before its next send does."""
+        self._run(lambda ops: None, upkeep=True)
+
+    def _check_anchor(self, sending: bool) -> None:
+        assert self.rollback is not None
+        try:
+            if self.rollback.check():
+                self._load()  # a shared store re-keyed in place: drop what was cached from before
+        except Superseded:
+            if sending:
+                raise
 
     def devices(self) -> list[DeviceInfo]:
         """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""
@@ -703,7 +727,7 @@ class SessionManager:
             msg = protocol_message(self.installation_id, entries, bundles=[ours])
             return EncryptResult(encode(msg), fs, [i for i in entries if i != NO_INSTALLATION])
 
-        return self._run(work)
+        return self._run(work, sending=True)
 
     def public_message(self, payload: bytes) -> bytes:
         """A ProtocolMessage carrying ``payload`` unencrypted in ``public_message`` (and our bundle)."""
@@ -918,6 +942,8 @@ class SessionManager:
                     ops = self._cache.closing_writes() if self._store.cache_epoch == self._epoch else []
                     if ops:
                         self._store.write(ops)
+                    if self.rollback is not None:
+                        self.rollback.stop()  # after the last write: the anchor says "stopped cleanly"
             finally:
                 self._store.leave()
         finally:

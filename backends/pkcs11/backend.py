@@ -40,7 +40,7 @@ from backends.errors import (
     TokenError,
 )
 from backends.pin import PinCache
-from backends.pkcs11 import keys
+from backends.pkcs11 import anchor_object, keys
 from backends.pkcs11.keys import KeyRef, TokenKey, check_version, identity_key_ref, spk_key_ref
 from backends.pkcs11.lib import load_lib, p11kit_ecdh_gap, reinitialize
 from backends.pkcs11.login import FailureCounter, check_before_login, open_login_session
@@ -243,6 +243,15 @@ class Pkcs11Backend:
             self._worker.call(lambda: self._locked_inline(do))  # no reconnect just to close
         finally:
             self._worker.stop()
+
+    # ----- the rollback anchor (agent/daemon/rollback.py): a private data object, PIN needed ------------------
+    def read_anchor(self, name: str) -> bytes | None:
+        label = anchor_object.anchor_label(self._ns, name)
+        return self._exclusive(lambda: anchor_object.read_anchor(self._local_session(), label), login=True)
+
+    def write_anchor(self, name: str, value: bytes) -> None:
+        label = anchor_object.anchor_label(self._ns, name)
+        self._exclusive(lambda: anchor_object.write_anchor(self._local_session(), label, value), login=True)
 
     # ----- provisioning (used by keyagent init / migrate) ---------------------------------------------------
     @property

@@ -60,7 +60,7 @@ class FailureCounter:
         changed = n != self.count or self.serial != serial
         self.count, self.serial = n, serial
         if self.path and changed:
-            from backends.software import write_atomic
+            from backends.files import write_atomic
 
             write_atomic(self.path, json.dumps({"serial": serial, "failures": n}).encode())
 

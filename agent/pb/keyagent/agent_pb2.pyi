@@ -155,6 +155,7 @@ class Error(_message.Message):
         REFUSED_PAYLOAD: _ClassVar[Error.Code]
         RATE_LIMITED: _ClassVar[Error.Code]
         BAD_BUNDLE: _ClassVar[Error.Code]
+        SUPERSEDED: _ClassVar[Error.Code]
     INTERNAL: Error.Code
     BAD_REQUEST: Error.Code
     UNSUPPORTED: Error.Code
@@ -184,6 +185,7 @@ class Error(_message.Message):
     REFUSED_PAYLOAD: Error.Code
     RATE_LIMITED: Error.Code
     BAD_BUNDLE: Error.Code
+    SUPERSEDED: Error.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -367,7 +369,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("locked", "backend", "token_present", "backend_unlocked", "identity_public_key", "installation_id", "pid", "version", "home", "socket", "unlock_failures", "uptime_seconds", "sessions_open", "connections", "unlock_ttl_remaining", "ecdh_allowed", "detail")
+    __slots__ = ("locked", "backend", "token_present", "backend_unlocked", "identity_public_key", "installation_id", "pid", "version", "home", "socket", "unlock_failures", "uptime_seconds", "sessions_open", "connections", "unlock_ttl_remaining", "ecdh_allowed", "detail", "anchor", "anchor_epoch", "rekeyed", "superseded")
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     TOKEN_PRESENT_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +387,10 @@ class StatusResponse(_message.Message):
     UNLOCK_TTL_REMAINING_FIELD_NUMBER: _ClassVar[int]
     ECDH_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REKEYED_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
     locked: bool
     backend: str
     token_present: bool
@@ -402,7 +408,11 @@ class StatusResponse(_message.Message):
     unlock_ttl_remaining: int
     ecdh_allowed: bool
     detail: str
-    def __init__(self, locked: _Optional[bool] = ..., backend: _Optional[str] = ..., token_present: _Optional[bool] = ..., backend_unlocked: _Optional[bool] = ..., identity_public_key: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., home: _Optional[str] = ..., socket: _Optional[str] = ..., unlock_failures: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., sessions_open: _Optional[bool] = ..., connections: _Optional[int] = ..., unlock_ttl_remaining: _Optional[int] = ..., ecdh_allowed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    anchor: str
+    anchor_epoch: int
+    rekeyed: str
+    superseded: bool
+    def __init__(self, locked: _Optional[bool] = ..., backend: _Optional[str] = ..., token_present: _Optional[bool] = ..., backend_unlocked: _Optional[bool] = ..., identity_public_key: _Optional[bytes] = ..., installation_id: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., home: _Optional[str] = ..., socket: _Optional[str] = ..., unlock_failures: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., sessions_open: _Optional[bool] = ..., connections: _Optional[int] = ..., unlock_ttl_remaining: _Optional[int] = ..., ecdh_allowed: _Optional[bool] = ..., detail: _Optional[str] = ..., anchor: _Optional[str] = ..., anchor_epoch: _Optional[int] = ..., rekeyed: _Optional[str] = ..., superseded: _Optional[bool] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
     __slots__ = ("force",)
