@@ -220,13 +220,11 @@ class RollbackGuard:
         self._clock = clock
         self._check_interval = check_interval
         self._bump_interval = bump_interval
-        name = store.get_meta(STORE_ID_META)
-        self._new_name = name is None
-        self.name = rng(16).hex() if name is None else name.decode("ascii", "replace")
-        if len(self.name) != 32 or any(c not in "0123456789abcdef" for c in self.name):
-            raise StoreCorrupt("the store's id is not one keyagent writes")
-        self.slot = slot_factory(self.name)
-        self.where = self.slot.where if not self._shared else f"{self.slot.where} + shared database"
+        self._rng = rng
+        self._slot_factory = slot_factory
+        self._new_name = False
+        self.name = ""  #: the store's id, which names its anchor (read in the first turn: agents may race)
+        self.where = ""
         self.epoch = 0
         self.rekeyed = ""  #: why this start re-keyed every session ("" when it did not)
         self.rekeyed_sessions = 0
@@ -237,6 +235,13 @@ class RollbackGuard:
     # ---- start ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Compare, re-key if needed, then move the epoch on (anchor and store). Inside the store's turn."""
+        name = self._store.get_meta(STORE_ID_META)
+        self._new_name = name is None
+        self.name = self._rng(16).hex() if name is None else name.decode("ascii", "replace")
+        if len(self.name) != 32 or any(c not in "0123456789abcdef" for c in self.name):
+            raise StoreCorrupt("the store's id is not one keyagent writes")
+        self.slot = self._slot_factory(self.name)
+        self.where = self.slot.where if not self._shared else f"{self.slot.where} + shared database"
         stored = Anchor.decode(self._store.get_meta(ANCHOR_META))
         held = Anchor.decode(self.slot.read())
         reason = verdict(stored, held, shared=self._shared)

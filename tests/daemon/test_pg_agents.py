@@ -325,3 +325,50 @@ def test_init_store_failure_leaves_no_keys_behind(agents: AgentFactory, token: S
                         capture_output=True, text=True, timeout=120)
     assert cp.returncode != 0 and "cannot be reached" in cp.stderr, cp.stderr
     assert not (home / "config.json").exists() and not (home / "identity.key").exists()
+
+
+def _status(a: AgentProc) -> object:
+    with a.client() as c:
+        return c.status()
+
+
+def test_a_restored_database_re_keys_and_a_crashed_agent_does_not_re_key_the_others(
+        agents: AgentFactory, token: SoftHSMToken, db_url: str, peer: Peer, pg: PgServer) -> None:
+    """Issue 15 with a shared store: the database restored from a backup is behind the token's anchor, so the
+    agents re-key before sending (no message key twice); one agent's kill -9 re-keys nobody."""
+    a, b = _agents(agents, token, db_url, 2)
+    me = _identity(a)
+    _add_peer(a, peer)
+    load = _Load(peer)
+    for t in [load.run(x, 10) for x in (a, b)]:
+        t.join(60)
+    keys_before = {pos[2] for pos in load.ledger.seen}
+    os.kill(a.pid, signal.SIGKILL)  # a crash of one agent...
+    a.wait_exit(10)
+    a.start(passphrase=None)
+    for x in (a, b):  # ... re-keys nobody: the shared epoch has no "running" to leave behind
+        st = _status(x)
+        assert st.rekeyed == "" and st.anchor == "token + shared database"  # type: ignore[attr-defined]
+    for t in [load.run(x, 5) for x in (a, b)]:
+        t.join(60)
+    assert {pos[2] for pos in load.ledger.seen} == keys_before  # the same sessions went on
+    # a backup of the database, taken while the agents are stopped
+    a.kill()
+    b.kill()
+    name = db_url.split("///")[1].split("?")[0]
+    pg.sql("postgres", f"CREATE DATABASE {name}_backup TEMPLATE {name}")
+    a.start(passphrase=None)
+    b.start(passphrase=None)
+    for t in [load.run(x, 10) for x in (a, b)]:
+        t.join(60)
+    a.kill()
+    b.kill()
+    pg.sql("postgres", f"DROP DATABASE {name}")
+    pg.sql("postgres", f"ALTER DATABASE {name}_backup RENAME TO {name}")  # the restore
+    a.start(passphrase=None)
+    b.start(passphrase=None)
+    for t in [load.run(x, 10) for x in (a, b)]:
+        t.join(60)
+    assert not load.errors, load.errors[:3]
+    load.check_peer(me)  # every message decrypts, none reused a position
+    assert "older than its anchor" in _status(a).rekeyed  # type: ignore[attr-defined]
