@@ -212,6 +212,7 @@ def _status(args: argparse.Namespace, c: AgentClient) -> int:
         "socket": st.socket, "unlock_failures": st.unlock_failures, "uptime_seconds": st.uptime_seconds,
         "sessions_open": st.sessions_open, "connections": st.connections,
         "unlock_ttl_remaining": st.unlock_ttl_remaining, "ecdh_allowed": st.ecdh_allowed, "detail": st.detail,
+        "anchor": st.anchor, "anchor_epoch": st.anchor_epoch, "rekeyed": st.rekeyed, "superseded": st.superseded,
     }
     print_doc(doc, args.json)
     return 0

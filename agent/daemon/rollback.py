@@ -153,7 +153,9 @@ class FileAnchor:
         check_home(self._dir)  # ours and writable by nobody else, up to / (else UnsafeHome names the fix)
 
     def read(self) -> bytes | None:
-        self._checked_dir()
+        if not self._dir.exists():
+            return None  # (a read creates nothing: doctor reads too)
+        check_home(self._dir)
         try:
             return read_capped(self.path, 64)
         except FileNotFoundError:

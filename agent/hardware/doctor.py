@@ -541,6 +541,71 @@ def _check_pg_store(url: str) -> CheckResult:
                        f"{names}{tail}")
 
 
+@check("anchor", order=75, title="rollback anchor: state is the latest, no copy sends beside it")
+def _check_anchor(ctx: DoctorContext) -> CheckResult:
+    """What the running agent says of its anchor (agent/daemon/rollback.py); without one, what the next start
+    will find (a key-file home: its anchor file against the store; a token's anchor needs the PIN)."""
+    sock = _socket_path(ctx)
+    if socket_answers(sock):
+        from agent.client import AgentClient, AgentError, AgentUnavailable
+
+        try:
+            with AgentClient(str(sock), timeout=10.0).connect() as c:
+                st = c.status()
+        except (AgentError, AgentUnavailable, OSError) as exc:
+            return CheckResult(Status.WARN, f"the agent on {sock.name} did not answer status: {exc}")
+        if st.superseded:
+            return CheckResult(Status.FAIL, "another agent runs on a copy of this home and sends for it: this one "
+                               "refuses to send (SUPERSEDED)", "keyagent stop; keep one copy of the home")
+        if not st.anchor:
+            return CheckResult(Status.OK, "the agent has not opened its state yet (unlock it)")
+        if st.rekeyed:
+            return CheckResult(Status.WARN, f"this start re-keyed every session: {st.rekeyed}",
+                               "nothing to do after a crash or a restore you made; otherwise look for another "
+                               "copy of this home")
+        return CheckResult(Status.OK, f"anchor on the {st.anchor} at epoch {st.anchor_epoch}: the state is the "
+                           "latest")
+    return _anchor_offline(ctx)
+
+
+def _anchor_offline(ctx: DoctorContext) -> CheckResult:
+    from agent.daemon.rollback import STORE_ID_META, ANCHOR_META, Anchor, FileAnchor, anchor_dir, verdict
+
+    cfg = ctx.config or {}
+    store = cfg.get("store")
+    if isinstance(store, dict) and store.get("kind") == "postgresql":
+        return CheckResult(Status.OK, "shared store: the agents compare the database with the token's anchor at "
+                           "each start and while sending")
+    path = Path(ctx.home) / "state.db"
+    if not path.exists():
+        return CheckResult(Status.OK, "no state yet")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (STORE_ID_META, ANCHOR_META)))
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return CheckResult(Status.SKIP, f"state.db unreadable: {exc}")
+    stored = Anchor.decode(rows.get(ANCHOR_META))
+    name = rows.get(STORE_ID_META)
+    if stored is None or not isinstance(name, bytes):
+        return CheckResult(Status.OK, "no anchor yet (set when the agent first opens its state)")
+    state = "running" if stored.running else "stopped cleanly"
+    if ctx.pkcs11 is not None:
+        return CheckResult(Status.OK, f"store at epoch {stored.epoch} ({state}); the token's anchor needs the PIN: "
+                           "the agent compares them at start")
+    try:
+        held = Anchor.decode(FileAnchor(anchor_dir(), name.decode("ascii", "replace")).read())
+    except Exception as exc:  # noqa: BLE001 - an unsafe or unreadable anchor file is the finding
+        return CheckResult(Status.FAIL, f"anchor file unusable: {exc}", f"check {anchor_dir()}")
+    reason = verdict(stored, held, shared=False)
+    if reason is not None:
+        return CheckResult(Status.WARN, f"the next start will re-key every session: {reason}",
+                           "expected after a crash or a restore you made; otherwise look for another copy")
+    return CheckResult(Status.OK, f"store and anchor file agree at epoch {stored.epoch} ({state})")
+
+
 def _udev_needed(ctx: DoctorContext) -> bool:
     p11 = ctx.pkcs11
     return p11 is not None and os.path.basename(str(p11.get("module", ""))) not in SOFTWARE_MODULES

@@ -106,6 +106,14 @@ def _hard_kill(agent: AgentProc) -> None:
     assert agent.wait_exit(10)
 
 
+def _doctor(agent: AgentProc) -> str:
+    from tests.daemon.agentproc import KEYAGENT
+
+    cp = subprocess.run([*KEYAGENT, "--home", str(agent.home), "doctor", "--check", "anchor"], env=agent.env,
+                        capture_output=True, text=True, timeout=60)
+    return cp.stdout + cp.stderr
+
+
 def _anchor_objects(tok: SoftHSMToken) -> list[str]:
     cp = tok.pkcs11_tool("--list-objects", "--type", "data", login=True)
     return [line for line in cp.splitlines() if "keyagent-anchor-" in line]
@@ -158,6 +166,8 @@ def test_a_copy_started_beside_the_original_takes_over_and_the_original_refuses_
             c.encrypt(bob.pub, b"two", peer_bundle=bob.bundle)
         assert err.value.code == "SUPERSEDED" and "copy" in err.value.message
         assert c.status().superseded
+    assert "FAIL" in _doctor(alice) and "copy of this home" in _doctor(alice)  # no more "all OK"
+    assert "re-keyed every session" in _doctor(copy)
     assert bob.read(a_pub, first) == b"one" and bob.read(a_pub, from_copy) == b"from the copy"
     # the original stops without touching the anchor that is no longer its own; the copy goes on
     alice.kill()
@@ -234,6 +244,7 @@ def test_a_key_file_home_restored_on_its_own_is_caught_by_the_anchor_outside_the
     _send(alice, bob, b"two", used)
     alice.kill()
     _copy(snapshot, alice.home)  # the home alone goes back
+    assert "next start will re-key" in _doctor(alice)  # offline: store and anchor file compared
     _start(alice)
     _send(alice, bob, b"three", used)
     with alice.client() as c:
