@@ -104,7 +104,7 @@ def test_doctor_fresh_softhsm_home(store: Store) -> None:
     assert rc == 0
     assert {k: v[0] for k, v in r.items()} == {
         "config": "OK", "module": "OK", "token": "OK", "pin": "OK", "identity": "WARN", "socket-dir": "OK",
-        "store": "OK", "udev": "OK", "pcscd": "SKIP", "clock": "OK"}
+        "store": "OK", "anchor": "OK", "udev": "OK", "pcscd": "SKIP", "clock": "OK"}
     assert store.serial in r["token"][1] and "--login" in r["identity"][2]
 
     # The text form has the same lines, one per check, and a fix line under the WARN.
@@ -112,7 +112,7 @@ def test_doctor_fresh_softhsm_home(store: Store) -> None:
     assert text.returncode == 0
     lines = text.stdout.splitlines()
     assert [ln.split()[0] for ln in lines if ln[:4].strip() in ("OK", "WARN", "FAIL", "SKIP")] == [
-        "OK", "OK", "OK", "OK", "WARN", "OK", "OK", "OK", "SKIP", "OK"]
+        "OK", "OK", "OK", "OK", "WARN", "OK", "OK", "OK", "OK", "SKIP", "OK"]
     assert any(ln.strip().startswith("fix: run `keyagent doctor --login`") for ln in lines)
 
     # With a login the private key's attributes are visible: generated on the token, never extractable.
@@ -129,7 +129,7 @@ def test_doctor_after_real_keyagent_init(store: Store) -> None:
     assert rc == 0, r
     assert {k: v[0] for k, v in r.items()} == {
         "config": "OK", "module": "OK", "token": "OK", "pin": "OK", "identity": "WARN", "socket-dir": "OK",
-        "store": "OK", "udev": "OK", "pcscd": "SKIP", "clock": "OK"}
+        "store": "OK", "anchor": "OK", "udev": "OK", "pcscd": "SKIP", "clock": "OK"}
     rc, r = store.doctor("--login", env=dict(store.env, KEYAGENT_PIN=PIN))
     assert rc == 0 and r["identity"][0] == "OK" and "never extractable" in r["identity"][1]
     res = store.keyagent("devices")

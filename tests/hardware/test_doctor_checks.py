@@ -67,8 +67,8 @@ def pkcs11_config(module: str, **extra: object) -> dict[str, object]:
 
 def test_builtin_checks_are_registered_in_order() -> None:
     names = doctor.registered_checks()
-    assert names[:10] == ["config", "module", "token", "pin", "identity", "socket-dir", "store", "udev", "pcscd",
-                          "clock"]
+    assert names[:11] == ["config", "module", "token", "pin", "identity", "socket-dir", "store", "anchor", "udev",
+                          "pcscd", "clock"]
 
 
 def test_registry_is_extensible_and_a_crash_is_a_fail(home: Path, tmp_path: Path, clean_registry: None) -> None:
