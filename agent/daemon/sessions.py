@@ -58,8 +58,9 @@ State lives on disk; memory holds a bounded cache
     when reloading its row gives back exactly what memory holds.
 
 Why nothing a client was handed is undone
-    Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a restart
-    we continue the same chain beyond it and the peer's state stays compatible. Plaintexts: the ratchet
+    Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a clean
+    restart we continue the same chain beyond it and the peer's state stays compatible (after a crash, rule 7
+    moves sending to fresh sessions; the peer still reads everything sent before). Plaintexts: the ratchet
     step, the kept message key and the device updates of a decrypt are durable before it returns; a
     duplicate delivery decrypts again until ``confirm`` deletes the kept key.
 
