@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.client import AgentClient
+from agent.client import AgentClient, Identity
 from agent.pb.keyagent import agent_pb2 as pb
 
 PASSPHRASE = "correct horse battery staple"
@@ -41,6 +41,22 @@ def make_software_home(home: Path, *, config: dict[str, Any] | None = None) -> P
     provision_identity(str(home), "software", passphrase=PASSPHRASE, scrypt_n=1 << 12)
     if config:
         (home / "agent.json").write_text(json.dumps(config))
+    return home
+
+
+_PROVISION_TOKEN = (
+    "import sys\n"
+    "from backends.home import provision_identity\n"
+    "provision_identity(sys.argv[1], 'pkcs11', module=sys.argv[2], token=sys.argv[3], pin=sys.argv[4])\n"
+)
+
+
+def make_token_home(home: Path, module: str, label: str, pin: str, env: dict[str, str]) -> Path:
+    """A home as ``keyagent init --backend pkcs11`` makes it, its identity on the token ``label`` (a subprocess:
+    the module reads SOFTHSM2_CONF from ``env`` when it is loaded)."""
+    cp = subprocess.run([sys.executable, "-c", _PROVISION_TOKEN, str(home), module, f"label:{label}", pin],
+                        env=env, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
     return home
 
 
@@ -91,6 +107,10 @@ class AgentProc:
 
     def client(self) -> AgentClient:
         return AgentClient(self.sock).connect()
+
+    def identity(self) -> Identity:
+        with self.client() as c:
+            return c.identity()
 
     def alive(self) -> bool:
         try:

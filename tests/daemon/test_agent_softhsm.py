@@ -16,17 +16,10 @@ from typing import Iterator
 import pytest
 
 from agent.client import AgentClient, AgentError
-from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc
+from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc, make_token_home
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
-
-_PROVISION = (
-    "import sys\n"
-    "from backends.home import provision_identity\n"
-    "provision_identity(sys.argv[1], 'pkcs11', module=sys.argv[2], token=sys.argv[3], pin=sys.argv[4])\n"
-)
-
 
 @pytest.fixture
 def token() -> Iterator[SoftHSMToken]:
@@ -35,10 +28,7 @@ def token() -> Iterator[SoftHSMToken]:
 
 
 def _token_agent(agents: AgentFactory, tok: SoftHSMToken) -> AgentProc:
-    home = agents.root / f"token-home-{len(agents.agents)}"
-    cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), tok.module, f"label:{tok.label}", tok.pin],
-                        env=tok.env, capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 0, cp.stderr
+    home = make_token_home(agents.root / f"token-home-{len(agents.agents)}", tok.module, tok.label, tok.pin, tok.env)
     (home / "agent.json").write_text(json.dumps(OWNER_SIGNS))  # these tests sign raw digests (opt-in)
     agent = agents.new(home=home)
     agent.extra_env["SOFTHSM2_CONF"] = tok.conf

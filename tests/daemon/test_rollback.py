@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -22,17 +21,10 @@ import pytest
 
 from agent.client import AgentError
 from agent.core.wire import decode_protocol_message
-from tests.daemon.agentproc import AgentFactory, AgentProc
+from tests.daemon.agentproc import KEYAGENT, AgentFactory, AgentProc, make_token_home
 from tests.helpers.softhsm import SOFTHSM_MODULE, SoftHSMToken
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SOFTHSM_MODULE), reason="SoftHSM2 is not installed")
-
-_PROVISION = (
-    "import sys\n"
-    "from backends.home import provision_identity\n"
-    "provision_identity(sys.argv[1], 'pkcs11', module=sys.argv[2], token=sys.argv[3], pin=sys.argv[4])\n"
-)
-
 
 @pytest.fixture
 def token() -> Iterator[SoftHSMToken]:
@@ -42,10 +34,8 @@ def token() -> Iterator[SoftHSMToken]:
 
 def _token_agent(agents: AgentFactory, tok: SoftHSMToken, home: Path | None = None) -> AgentProc:
     if home is None:
-        home = agents.root / f"token-home-{len(agents.agents)}"
-        cp = subprocess.run([sys.executable, "-c", _PROVISION, str(home), tok.module, f"label:{tok.label}",
-                             tok.pin], env=tok.env, capture_output=True, text=True, timeout=120)
-        assert cp.returncode == 0, cp.stderr
+        home = make_token_home(agents.root / f"token-home-{len(agents.agents)}", tok.module, tok.label, tok.pin,
+                               tok.env)
     agent = agents.new(home=home)
     agent.extra_env["SOFTHSM2_CONF"] = tok.conf
     agent.extra_env["KEYAGENT_PIN"] = tok.pin
@@ -65,8 +55,8 @@ class Peer:
     def __init__(self, agent: AgentProc) -> None:
         self.agent = agent
         agent.start()
+        self.pub = agent.identity().identity_public_key
         with agent.client() as c:
-            self.pub = c.identity().identity_public_key
             self.bundle = c.bundle()
 
     def read(self, sender: bytes, message: bytes) -> bytes:
@@ -91,11 +81,6 @@ def _send(agent: AgentProc, peer: Peer, text: bytes, used: set[tuple[bytes, int]
     return message
 
 
-def _pub(agent: AgentProc) -> bytes:
-    with agent.client() as c:
-        return c.identity().identity_public_key
-
-
 def _copy(src: Path, dst: Path) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, symlinks=True)
@@ -107,8 +92,6 @@ def _hard_kill(agent: AgentProc) -> None:
 
 
 def _doctor(agent: AgentProc) -> str:
-    from tests.daemon.agentproc import KEYAGENT
-
     cp = subprocess.run([*KEYAGENT, "--home", str(agent.home), "doctor", "--check", "anchor"], env=agent.env,
                         capture_output=True, text=True, timeout=60)
     return cp.stdout + cp.stderr
@@ -125,7 +108,7 @@ def test_a_restored_copy_of_the_home_re_keys_and_never_reuses_a_message_key(
     alice, bob = _token_agent(agents, token), Peer(agents.new())
     used: set[tuple[bytes, int]] = set()
     _start(alice)
-    a_pub = _pub(alice)
+    a_pub = alice.identity().identity_public_key
     sent = [_send(alice, bob, b"before the copy", used)]
     snapshot = agents.root / "snapshot"
     if not while_running:
@@ -152,7 +135,7 @@ def test_a_copy_started_beside_the_original_takes_over_and_the_original_refuses_
     alice, bob = _token_agent(agents, token), Peer(agents.new())
     used: set[tuple[bytes, int]] = set()
     _start(alice)
-    a_pub = _pub(alice)
+    a_pub = alice.identity().identity_public_key
     first = _send(alice, bob, b"one", used)
     copy = _token_agent(agents, token, home=agents.root / "alice-copy")
     _copy(alice.home, copy.home)
@@ -202,7 +185,7 @@ def test_kill_9_re_keys_at_the_next_start_and_the_peer_reads_everything(
     alice, bob = _token_agent(agents, token), Peer(agents.new())
     used: set[tuple[bytes, int]] = set()
     _start(alice)
-    a_pub = _pub(alice)
+    a_pub = alice.identity().identity_public_key
     sent = [_send(alice, bob, b"before the crash", used)]
     _hard_kill(alice)
     _start(alice)

@@ -18,13 +18,16 @@ from tests.daemon.agentproc import AgentFactory, AgentProc
 
 
 def _pub(agent: AgentProc) -> bytes:
-    with agent.client() as c:
-        return c.identity().identity_public_key
+    return agent.identity().identity_public_key
 
 
-def _iid(agent: AgentProc) -> str:
-    with agent.client() as c:
-        return c.identity().installation_id
+def _alice_and_carol(agents: AgentFactory) -> tuple[AgentProc, AgentProc, bytes, bytes]:
+    """Two running agents, and Carol's key and bundle."""
+    alice, carol = agents.new(), agents.new()
+    for x in (alice, carol):
+        x.start()
+    with carol.client() as c:
+        return alice, carol, _pub(carol), c.bundle()
 
 
 def _relay_to(message: bytes, iid: str) -> bytes:
@@ -46,10 +49,10 @@ def _edit(db: str, sql: str, params: tuple[object, ...]) -> int:
 
 def test_a_session_re_attributed_offline_is_refused_not_used_for_the_other_peer(agents: AgentFactory) -> None:
     alice, bob, carol = agents.new(), agents.new(), agents.new()
-    for a in (alice, bob, carol):
-        a.start()
+    for x in (alice, bob, carol):
+        x.start()
     a_pub, b_pub, c_pub = _pub(alice), _pub(bob), _pub(carol)
-    b_iid, c_iid = _iid(bob), _iid(carol)
+    b_iid, c_iid = bob.identity().installation_id, carol.identity().installation_id
     with carol.client() as c:
         carol_bundle = c.bundle()
     with bob.client() as b:
@@ -78,9 +81,9 @@ def test_the_attack_works_without_the_protection_shown_by_the_relay(agents: Agen
     sent on Carol's session for Bob is a message Carol reads. A message Alice encrypts on a session with
     Carol, re-addressed, decrypts at Carol; so any use of that session "for Bob" is readable by Carol."""
     alice, carol = agents.new(), agents.new()
-    for a in (alice, carol):
-        a.start()
-    a_pub, c_pub, c_iid = _pub(alice), _pub(carol), _iid(carol)
+    for x in (alice, carol):
+        x.start()
+    a_pub, c_pub, c_iid = _pub(alice), _pub(carol), carol.identity().installation_id
     with carol.client() as c:
         carol_bundle = c.bundle()
     with alice.client() as a:
@@ -94,12 +97,7 @@ def test_the_attack_works_without_the_protection_shown_by_the_relay(agents: Agen
     "UPDATE sessions SET expired=1 - expired",
 ])
 def test_an_edited_session_row_is_refused_with_state_error(agents: AgentFactory, sql: str) -> None:
-    alice, carol = agents.new(), agents.new()
-    for a in (alice, carol):
-        a.start()
-    c_pub = _pub(carol)
-    with carol.client() as c:
-        carol_bundle = c.bundle()
+    alice, carol, c_pub, carol_bundle = _alice_and_carol(agents)
     with alice.client() as a:
         a.encrypt(c_pub, b"one", peer_bundle=carol_bundle)
     alice.kill()
@@ -114,12 +112,7 @@ def test_an_edited_installation_or_own_row_is_refused(agents: AgentFactory) -> N
     """A peer's device row (its prekey) and our own installation id are authenticated too: an edited
     installation is refused when it is read; with an edited meta row the agent serves no session request (it
     cannot know which installation it is), with the reason in the error."""
-    alice, carol = agents.new(), agents.new()
-    for a in (alice, carol):
-        a.start()
-    c_pub = _pub(carol)
-    with carol.client() as c:
-        carol_bundle = c.bundle()
+    alice, carol, c_pub, carol_bundle = _alice_and_carol(agents)
     with alice.client() as a:
         a.add_bundle(carol_bundle)
     alice.kill()
