@@ -184,3 +184,26 @@ def test_the_anchor_file_refuses_a_directory_others_can_write(tmp_path: Path) ->
     slot.path.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UnsafeHome):
         slot.read()
+
+
+def test_an_unreadable_token_anchor_does_not_stop_sending_and_is_read_again(tmp_path: Path) -> None:
+    """Token away or logged out: the check is skipped (a copy could not have moved the anchor through it
+    without failing too, and a copy re-keys anyway), and the next send reads it again."""
+    from backends.errors import TokenAbsent
+
+    key, slot, now = MemoryKey.generate(), Slot(), [0.0]
+    store = _store(tmp_path / "s.db", key)
+    guard = RollbackGuard(store, lambda name: slot, clock=lambda: now[0], check_interval=2.0)
+    guard.start()
+    real_read = slot.read
+
+    def absent() -> bytes | None:
+        raise TokenAbsent("unplugged")
+
+    slot.read = absent  # type: ignore[method-assign]
+    assert guard.check() is False
+    slot.read = real_read  # type: ignore[method-assign]
+    slot.value = Anchor(guard.epoch + 1, R).encode()
+    with pytest.raises(Superseded):  # not rate-limited away: the failed read did not count as a check
+        guard.check()
+    store.close()
