@@ -109,7 +109,13 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.frames.feed(data)
-        self._pump()
+        server = self.server
+        server._reading = True  # answers from memory go out at the end of this callback, not one loop pass later
+        try:
+            self._pump()
+        finally:
+            server._reading = False
+            server._flush_answers()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -440,13 +446,16 @@ class AgentServer:
         self._throttle_mu = threading.Lock()
         self.stopping = False
         self._answers: list[tuple[_Connection, pb.Response | bytes, dict[str, object]]] = []
+        self._reading = False  # inside a data_received: it flushes the answers itself when it returns
 
-    # --- answers: one audit write per loop pass ------------------------------------------------------------------
+    # --- answers: audited together, then sent ------------------------------------------------------------------
     def _queue_answer(self, conn: _Connection, response: pb.Response | bytes, fields: dict[str, object]) -> None:
-        """Event loop: keep an answer until the end of this pass; every connection ready in one pass shares one
-        audit write (with 8 clients, most passes serve several)."""
+        """Event loop: keep an answer until the end of the callback that made it (a read: every frame it brought
+        shares one audit write) or of this loop pass (answers from workers and the commit thread: every one
+        ready in the pass shares one write). Flushing at the end of a read rather than one pass later saves an
+        event-loop iteration (a zero-timeout epoll) per request."""
         self._answers.append((conn, response, fields))
-        if len(self._answers) == 1:
+        if len(self._answers) == 1 and not self._reading:
             asyncio.get_running_loop().call_soon(self._flush_answers)
 
     def _flush_answers(self) -> None:

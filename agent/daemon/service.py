@@ -150,6 +150,7 @@ class Service:
         # changes under a running agent, the recorded key UID only with config.json
         self._identity_cache: tuple[object, str, bytes] | None = None  # ... and the serialised Response
         self._bundle_answer: tuple[bytes, bytes] | None = None  # (our bundle, the serialised Response carrying it)
+        self._status_answer: tuple[object, bytes] | None = None  # (the values it was built from, the Response)
         self._status_nowait: Callable[[], Any] | None = getattr(backend, "status_nowait", None)
         self._keys_in_process = bool(getattr(backend, "keys_in_process", False))
         self._backend_busy: Callable[[], bool] = getattr(backend, "busy", lambda: True)
@@ -536,13 +537,26 @@ class Service:
         self.try_open_sessions()
         return Outcome(pb.Response(unlock=pb.UnlockResponse()))
 
-    def _status_from_memory(self) -> pb.Response | None:
+    def _status_from_memory(self) -> bytes | None:
         """Status from memory: only if the backend can say its state without waiting (a key file's backend; a
-        token's status is a token round trip) and no unlock TTL is about to lock the backend."""
+        token's status is a token round trip) and no unlock TTL is about to lock the backend. Serialised, and
+        built again only when one of its values changed (the seconds counters change once a second)."""
         if self._status_nowait is None or self.lock.lock_due():
             return None
         st = self._status_nowait()
-        return None if st is None else self._status_response(st)
+        if st is None:
+            return None
+        manager = self.sessions_if_open()
+        guard = getattr(manager, "rollback", None)
+        key = (st, id(manager), self.lock.locked, self.lock.failures, int(time.monotonic() - self._started),
+               self._connections(), int(self.lock.ttl_remaining()),
+               (guard.epoch, guard.rekeyed, guard.superseded) if isinstance(guard, RollbackGuard) else None)
+        cached = self._status_answer
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        answer: bytes = self._status_response(st).SerializeToString()
+        self._status_answer = (key, answer)
+        return answer
 
     def _status(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         return Outcome(self._status_response(self.backend.status()))
