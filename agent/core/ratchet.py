@@ -23,6 +23,7 @@ Behaviour copied from the library, because peers depend on it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections import OrderedDict
@@ -478,8 +479,12 @@ class Ratchet:
             out += bytes([len(field)]) + field
         out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
         out += struct.pack(">I", len(self._store))
-        for (dh, n), (mk, seq) in self._store.items():
-            out += bytes([len(dh)]) + dh + struct.pack(">I", n) + mk + struct.pack(">Q", seq)
+        # kept keys: one precompiled pack per key (they are most of the state while messages await confirm)
+        size = p.pub_len  # every kept key's dh is a ratchet key of this profile; any other length packs alone
+        pack = _kept_struct(size).pack
+        out += b"".join([pack(size, dh, n, mk, seq) if len(dh) == size else
+                         _kept_struct(len(dh)).pack(len(dh), dh, n, mk, seq)
+                         for (dh, n), (mk, seq) in self._store.items()])
         head = _MAGIC + bytes([STATE_VERSION]) + bytes(out)
         return head + hashlib.sha256(head).digest()
 
@@ -554,6 +559,12 @@ class Ratchet:
             raise InvalidState("trailing bytes in ratchet state")
         scalars = _Scalars(priv or None, dhs_pub, dhr, rk, cks, ns, ckr, nr, pn, keys_count)
         return cls(profile, scalars, store, keygen)
+
+
+@functools.lru_cache(maxsize=8)
+def _kept_struct(dh_len: int) -> struct.Struct:
+    """A kept message key as serialised: len(dh) ‖ dh ‖ n (u32) ‖ mk (32) ‖ seq (u64), big-endian."""
+    return struct.Struct(f">B{dh_len}sI32sQ")
 
 
 def _check_key32(key: bytes, what: str) -> None:
