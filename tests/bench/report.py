@@ -238,8 +238,9 @@ def _socket(run: BenchRun) -> list[Row]:
             why = ""
             if ratio < thr:
                 why = (f"the echo server does nothing per request; the agent answers {kind} from memory on its "
-                       f"event loop but still decodes the frame, builds and serialises a protobuf answer and "
-                       f"writes an audit line (one write per loop pass), all Python on one core (the GIL), while "
+                       f"event loop (status kept serialised until a value changes) but still decodes the frame, "
+                       f"checks the policy, reads the lock and backend state and writes an audit line (one write "
+                       f"per read), all Python on one core (the GIL), while "
                        f"the {clients[1:]} client process(es) and the rest of the machine share the same 2 CPUs.")
             rows.append(Row(run.name, f"{kind} through the socket, {clients} client(s), vs a bare asyncio echo "
                                       f"server (issue 16)", f"{rate:.0f} req/s vs echo {float(t[echo][0]):.0f} req/s",
