@@ -306,13 +306,25 @@ class _Run:
                     self.result.rechecked_plaintexts += 1
                     c.confirm([got.confirm_ref])
 
+    def check_rekeyed(self, trial: int, restarted: list[AgentProc]) -> None:
+        """The rollback anchor after a kill (agent/daemon/rollback.py): an agent on its own store must have
+        re-keyed (its anchor said "running"); on a shared store a killed agent re-keys nobody."""
+        for agent in restarted:
+            with AgentClient(agent.sock) as c:
+                st = c.status()
+            if self.store_url and st.rekeyed:
+                self.violation(trial, f"a kill re-keyed a shared store's sessions: {st.rekeyed}")
+            elif not self.store_url and "did not stop cleanly" not in st.rekeyed:
+                self.violation(trial, f"the restart after a kill did not re-key (rekeyed: {st.rekeyed!r})")
+
     # --- one trial --------------------------------------------------------------------------------------------
     def trial(self, t: int) -> None:
-        for agent in self.agents:
-            if not (agent.pid and agent.alive()):
-                agent.start()
+        restarted = [agent for agent in self.agents if not (agent.pid and agent.alive())]
+        for agent in restarted:
+            agent.start()
         self.killed.clear()
         self.recheck(t)
+        self.check_rekeyed(t, restarted)
         stop = threading.Event()
         peer_thread = threading.Thread(target=self.peer_loop, args=(t, stop), daemon=True)
         peer_thread.start()
