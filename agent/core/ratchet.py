@@ -202,13 +202,18 @@ MIGRATIONS: dict[int, Callable[[bytes], bytes]] = {}
 class Ratchet:
     """One Double Ratchet session (state only; persistence is the caller's job via to_bytes/from_bytes)."""
 
-    __slots__ = ("profile", "_s", "_store", "_keygen", "_tracer")
+    __slots__ = ("profile", "_s", "_store", "_packed", "_keygen", "_tracer")
 
     def __init__(self, profile: Profile, scalars: _Scalars, store: _Store | None = None,
                  keygen: KeyGen | None = None) -> None:
         self.profile = profile
         self._s = scalars
         self._store: _Store = store if store is not None else OrderedDict()
+        # each kept key as to_bytes writes it, in the store's order: the state is serialised on every write
+        # and, while messages await confirmation, is mostly kept keys; packing them once each keeps a write
+        # proportional to what changed (every change to _store changes _packed alike)
+        self._packed: dict[tuple[bytes, int], bytes] = {
+            k: _pack_kept(k[0], k[1], mk, seq) for k, (mk, seq) in self._store.items()}
         self._keygen: KeyGen = keygen or profile.default_keygen()
         self._tracer: Tracer | None = None
 
@@ -419,23 +424,26 @@ class Ratchet:
 
     def _apply(self, s: _Scalars, staged: _Staged) -> None:
         self._s = s
-        store = self._store
+        store, packed = self._store, self._packed
         for dh, n, mk, seq in staged:
             k = (dh, n)
             if k in store:  # Put replaces; re-insert so insertion order stays seq order
                 del store[k]
+                del packed[k]
             store[k] = (mk, seq)
+            packed[k] = _pack_kept(dh, n, mk, seq)
         limit = self.profile.max_keys_per_session
         while len(store) > limit:
-            store.popitem(last=False)
+            del packed[store.popitem(last=False)[0]]
         if s.keys_count >= self.profile.max_keep:
             cut = s.keys_count - self.profile.max_keep
             while store and next(iter(store.values()))[1] <= cut:
-                store.popitem(last=False)
+                del packed[store.popitem(last=False)[0]]
 
     def delete_message_key(self, dh: bytes, n: int) -> None:
         """status-go DeleteMk: forget the key of a confirmed message (no error if already gone)."""
         self._store.pop((dh, n), None)
+        self._packed.pop((dh, n), None)
 
     # ------------------------------------------------------------------ inspection
     def debug_state(self) -> dict[str, Any]:
@@ -480,11 +488,7 @@ class Ratchet:
         out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
         out += struct.pack(">I", len(self._store))
         # kept keys: one precompiled pack per key (they are most of the state while messages await confirm)
-        size = p.pub_len  # every kept key's dh is a ratchet key of this profile; any other length packs alone
-        pack = _kept_struct(size).pack
-        out += b"".join([pack(size, dh, n, mk, seq) if len(dh) == size else
-                         _kept_struct(len(dh)).pack(len(dh), dh, n, mk, seq)
-                         for (dh, n), (mk, seq) in self._store.items()])
+        out += b"".join(self._packed.values())
         head = _MAGIC + bytes([STATE_VERSION]) + bytes(out)
         return head + hashlib.sha256(head).digest()
 
@@ -563,8 +567,12 @@ class Ratchet:
 
 @functools.lru_cache(maxsize=8)
 def _kept_struct(dh_len: int) -> struct.Struct:
-    """A kept message key as serialised: len(dh) ‖ dh ‖ n (u32) ‖ mk (32) ‖ seq (u64), big-endian."""
     return struct.Struct(f">B{dh_len}sI32sQ")
+
+
+def _pack_kept(dh: bytes, n: int, mk: bytes, seq: int) -> bytes:
+    """A kept message key as serialised: len(dh) ‖ dh ‖ n (u32) ‖ mk (32) ‖ seq (u64), big-endian."""
+    return _kept_struct(len(dh)).pack(len(dh), dh, n, mk, seq)
 
 
 def _check_key32(key: bytes, what: str) -> None:

@@ -131,6 +131,9 @@ def test_retention_limits_prune_oldest() -> None:
     # newest 3 kept, older ones gone for good
     kept = [m for m in msgs if b.has_message_key(m[0].dh, m[0].n)]
     assert [m[0].n for m in kept] == [5, 6, 7]
+    assert Ratchet.from_bytes(b.to_bytes()).debug_state() == b.debug_state()  # pruned keys gone from the bytes
+    b.delete_message_key(msgs[6][0].dh, msgs[6][0].n)
+    assert Ratchet.from_bytes(b.to_bytes()).debug_state() == b.debug_state()
     with pytest.raises(MessageKeyGone):
         b.decrypt(*msgs[0])
 
@@ -143,6 +146,7 @@ def test_max_keep_drops_by_sequence() -> None:
     msgs = [a.encrypt(bytes([i])) for i in range(6)]
     b.decrypt(*msgs[5])  # skips 0..4 (seq 0..4), uses 5 (seq 5): keys_count 6, drop seq <= 3
     assert [m[0].n for m in msgs if b.has_message_key(m[0].dh, m[0].n)] == [4, 5]
+    assert Ratchet.from_bytes(b.to_bytes()).debug_state() == b.debug_state()
 
 
 def test_advance_and_sending_position() -> None:

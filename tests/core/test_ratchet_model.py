@@ -136,3 +136,5 @@ def test_optimised_ratchet_equals_naive_model(base: Profile, max_skip: int, max_
                 assert outcome[0] in (None, pt)
         for r, m in zip(real, model):
             assert normalise(r) == m.state()
+            # the serialised state (kept keys packed incrementally) is exactly the state, in store order
+            assert Ratchet.from_bytes(r.to_bytes()).debug_state() == r.debug_state()
