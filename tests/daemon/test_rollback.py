@@ -128,6 +128,7 @@ def test_a_restored_copy_of_the_home_re_keys_and_never_reuses_a_message_key(
         b"before the copy", *[b"after the copy %d" % i for i in range(3)], *[b"after the restore %d" % i for i in range(3)]]
     rekeys = [line for line in alice.audit_lines() if line.get("type") == "rekey"]
     assert len(rekeys) == 1 and "older than its anchor" in rekeys[0]["detail"]
+    assert "re-keying every session" in (alice.home / "agent.log").read_text()
 
 
 def test_a_copy_started_beside_the_original_takes_over_and_the_original_refuses_to_send(
