@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -212,8 +213,8 @@ class RollbackGuard:
     """The anchor protocol for one agent over one store (the module docstring has the argument).
 
     ``start`` runs once before the session manager reads anything; ``check`` before each send (inside the
-    store's turn); ``stop`` at a clean stop. Not thread-safe on its own: the session manager calls it under its
-    state lock."""
+    store's turn, outside the state lock: several threads may check at once, so it holds a lock of its own);
+    ``stop`` at a clean stop."""
 
     def __init__(self, store: StateStore, slot_factory: Callable[[str], AnchorSlot], *,
                  rng: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
@@ -234,6 +235,7 @@ class RollbackGuard:
         self.superseded = False
         self._checked_at = float("-inf")
         self._moved_at = clock()
+        self._mu = threading.Lock()
 
     # ---- start ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,6 +280,10 @@ class RollbackGuard:
     def check(self) -> bool:
         """Before a send. Raises Superseded when a copy took over (own store); in a shared store re-keys in
         place when the database fell behind the anchor and returns True (the caller reloads what it cached)."""
+        with self._mu:
+            return self._check()
+
+    def _check(self) -> bool:
         if self.superseded:
             raise Superseded("another agent started on a copy of this agent's state and sends for it now: this "
                              "one no longer sends (stop it; keep one copy of the home)")
@@ -299,7 +305,7 @@ class RollbackGuard:
                 self.superseded = True
                 log.warning("the rollback anchor moved to %s under this agent: another agent runs on a copy of "
                             "this state; refusing to send", held)
-                return self.check()
+                return self._check()
             return False
         stored = Anchor.decode(self._store.get_meta(ANCHOR_META))
         reason = verdict(stored, held, shared=True)

@@ -368,10 +368,12 @@ class SessionManager:
         result: _T | None = None
         self._store.enter()  # rule 6: a shared store's turn (a no-op for the embedded one)
         try:
+            # rule 7, before the state lock: reading the anchor is a token round trip (milliseconds on a card)
+            reload = self.rollback is not None and (sending or upkeep) and self._check_anchor(sending)
             with self._lock:
                 try:
-                    if self.rollback is not None and (sending or upkeep):
-                        self._check_anchor(sending)
+                    if reload:
+                        self._load()  # a shared store re-keyed in place: drop what was cached from before
                     self._current()
                     self._cache.read_seq = 0  # (after _current: a reload replaces the cache)
                     self._maintain(ops)
@@ -553,14 +555,15 @@ class SessionManager:
         anchor's check, so that ``status`` says an agent was superseded before its next send does."""
         self._run(lambda ops: None, upkeep=True)
 
-    def _check_anchor(self, sending: bool) -> None:
+    def _check_anchor(self, sending: bool) -> bool:
+        """The anchor's check (True: the shared store re-keyed, reload); Superseded only for a send."""
         assert self.rollback is not None
         try:
-            if self.rollback.check():
-                self._load()  # a shared store re-keyed in place: drop what was cached from before
+            return self.rollback.check()
         except Superseded:
             if sending:
                 raise
+            return False
 
     def devices(self) -> list[DeviceInfo]:
         """Our installations: self first, then other devices newest first (enabled or awaiting approval)."""
