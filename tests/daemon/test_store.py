@@ -31,7 +31,7 @@ from agent.daemon.store import (
     StoreVersionTooNew,
 )
 from backends.memory import MemoryKey
-from agent.daemon.store.rows import session_id
+from agent.daemon.store.rows import Op, session_id
 
 IK = MemoryKey(b"\x11" * 32)
 OTHER = MemoryKey(b"\x22" * 32)
@@ -81,6 +81,24 @@ def inst(iid: str = "a", **kw: object) -> InstallationRecord:
     base.update(kw)
     return InstallationRecord(**base)  # type: ignore[arg-type]
 
+
+
+def _written_then_opened_raw(db: Path, *ops: Op) -> sqlite3.Connection:
+    """Write ``ops`` through a store, close it, and open the file as plain SQLite (what an offline editor does)."""
+    s = Store(db, IK)
+    s.write(list(ops))
+    s.close()
+    return sqlite3.connect(db)
+
+
+def _commit_then_sessions_refused(c: sqlite3.Connection, db: Path) -> None:
+    """Save the offline edit, then the store refuses to load the sessions (StoreCorrupt)."""
+    c.commit()
+    c.close()
+    s2 = Store(db, IK)
+    with pytest.raises(StoreCorrupt):
+        s2.load_sessions()
+    s2.close()
 
 def test_round_trip_every_record(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
@@ -145,36 +163,20 @@ def test_wrong_identity_cannot_open(tmp_path: Path) -> None:
 
 def test_sealed_value_moved_to_another_row_is_rejected(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
-    s = Store(db, IK)
-    s.write([PutSession(session(1)), PutSession(session(2))])
-    s.close()
-    c = sqlite3.connect(db)
+    c = _written_then_opened_raw(db, PutSession(session(1)), PutSession(session(2)))
     (state1,) = c.execute("SELECT state FROM sessions WHERE sid=?", (sid_of(1),)).fetchone()
     c.execute("UPDATE sessions SET state=? WHERE sid=?", (state1, sid_of(2)))
-    c.commit()
-    c.close()
-    s2 = Store(db, IK)
-    with pytest.raises(StoreCorrupt):
-        s2.load_sessions()
-    s2.close()
+    _commit_then_sessions_refused(c, db)
 
 
 def test_bit_flip_in_sealed_value_is_rejected(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
-    s = Store(db, IK)
-    s.write([PutSession(session(1))])
-    s.close()
-    c = sqlite3.connect(db)
+    c = _written_then_opened_raw(db, PutSession(session(1)))
     (sk,) = c.execute("SELECT sk FROM sessions").fetchone()
     flipped = bytearray(sk)
     flipped[20] ^= 1
     c.execute("UPDATE sessions SET sk=?", (bytes(flipped),))
-    c.commit()
-    c.close()
-    s2 = Store(db, IK)
-    with pytest.raises(StoreCorrupt):
-        s2.load_sessions()
-    s2.close()
+    _commit_then_sessions_refused(c, db)
 
 
 def _old_session_row(old: Store, rec: SessionRecord) -> tuple[object, ...]:
@@ -478,10 +480,7 @@ def test_an_offline_edit_of_any_column_is_refused(tmp_path: Path, table: str, co
 def test_a_session_row_copied_under_another_id_is_refused(tmp_path: Path) -> None:
     """A whole row (MAC and sealed values included) filed under another session's id: the id is recomputed."""
     db = tmp_path / "state.db"
-    s = Store(db, IK)
-    s.write([PutSession(session(1))])
-    s.close()
-    c = sqlite3.connect(db)
+    c = _written_then_opened_raw(db, PutSession(session(1)))
     c.execute("INSERT INTO sessions SELECT ?, identity, installation_id, bundle_id, ephemeral, initiator, confirmed,"
               " expired, created_ns, last_used_ns, send_hwm, sk, state, mac FROM sessions", (sid_of(2),))
     c.commit()
@@ -504,9 +503,4 @@ def test_sealed_state_from_an_older_version_of_the_row_is_refused(tmp_path: Path
     s.write([PutSession(session(1, send_hwm=128, state=b"newer"))])
     s.close()
     c.execute("UPDATE sessions SET state=?", (old_state,))
-    c.commit()
-    c.close()
-    s2 = Store(db, IK)
-    with pytest.raises(StoreCorrupt):
-        s2.load_sessions()
-    s2.close()
+    _commit_then_sessions_refused(c, db)
