@@ -25,13 +25,23 @@ A refusal is :class:`PolicyDenied` (DENIED on the wire) naming the rule that ref
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.core.error_codes import CodedError, ErrorCode
+from agent.daemon.peercred import PeerCred
 from agent.pb.keyagent import agent_pb2 as pb
 
-if TYPE_CHECKING:  # handler_api imports the config, which imports this module
-    from agent.daemon.handler_api import ClientContext
+
+class ClientContext(Protocol):
+    """What a rule looks at of a client (``handler_api.ClientContext`` is one): its kernel credentials, its
+    executable and whether it is the owner. A protocol here, so that the policy needs nothing of the handlers."""
+
+    @property
+    def cred(self) -> PeerCred: ...
+    @property
+    def exe(self) -> str: ...
+    @property
+    def owner(self) -> bool: ...
 
 __all__ = ["PolicyRule", "Policy", "PolicyDenied", "REQUEST_TYPES", "OWNER_ONLY", "RAW", "parse_rules"]
 
@@ -62,7 +72,7 @@ class PolicyRule:
     gids: frozenset[int] | None = None
     exe: str | None = None
 
-    def matches(self, ctx: "ClientContext") -> bool:
+    def matches(self, ctx: ClientContext) -> bool:
         return ((self.uids is None or ctx.cred.uid in self.uids)
                 and (self.gids is None or ctx.cred.gid in self.gids)
                 and (self.exe is None or ctx.exe == self.exe))
@@ -114,10 +124,10 @@ class Policy:
         self.rules = rules
         self.allow_ecdh = allow_ecdh
 
-    def rule_for(self, ctx: "ClientContext") -> PolicyRule | None:
+    def rule_for(self, ctx: ClientContext) -> PolicyRule | None:
         return next((r for r in self.rules if r.matches(ctx)), None)
 
-    def check(self, kind: str, request: pb.Request, ctx: "ClientContext") -> None:
+    def check(self, kind: str, request: pb.Request, ctx: ClientContext) -> None:
         """Raise PolicyDenied unless ``ctx`` may send this request."""
         owner_only = kind in OWNER_ONLY or (kind == "lock" and bool(request.lock.password)) or (
             kind == "unlock" and request.unlock.force)
