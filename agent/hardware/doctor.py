@@ -482,10 +482,10 @@ def _check_socket_dir(ctx: DoctorContext) -> CheckResult:
                        f"(mode {smode:04o})")
 
 
-@check("store", order=70, title="session store readable")
-def _check_store(ctx: DoctorContext) -> CheckResult:
+def _home_config(ctx: DoctorContext) -> dict[str, Any]:
+    """config.json as the config check left it, or read here when that check did not run (``--check store``)."""
     cfg = ctx.config
-    if cfg is None:  # the config check did not run (doctor --check store): read it ourselves
+    if cfg is None:
         from backends.home_config import HomeConfigError, read_home_config
 
         try:
@@ -493,7 +493,12 @@ def _check_store(ctx: DoctorContext) -> CheckResult:
             cfg = got if isinstance(got, dict) else None
         except HomeConfigError:
             cfg = None
-    store = (cfg or {}).get("store")
+    return cfg or {}
+
+
+@check("store", order=70, title="session store readable")
+def _check_store(ctx: DoctorContext) -> CheckResult:
+    store = _home_config(ctx).get("store")
     if isinstance(store, dict) and store.get("kind") == "postgresql":
         return _check_pg_store(str(store.get("url", "")))
     home = Path(ctx.home)
@@ -571,7 +576,7 @@ def _check_anchor(ctx: DoctorContext) -> CheckResult:
 def _anchor_offline(ctx: DoctorContext) -> CheckResult:
     from agent.daemon.rollback import STORE_ID_META, ANCHOR_META, Anchor, FileAnchor, anchor_dir, verdict
 
-    cfg = ctx.config or {}
+    cfg = _home_config(ctx)
     store = cfg.get("store")
     if isinstance(store, dict) and store.get("kind") == "postgresql":
         return CheckResult(Status.OK, "shared store: the agents compare the database with the token's anchor at "
@@ -592,7 +597,7 @@ def _anchor_offline(ctx: DoctorContext) -> CheckResult:
     if stored is None or not isinstance(name, bytes):
         return CheckResult(Status.OK, "no anchor yet (set when the agent first opens its state)")
     state = "running" if stored.running else "stopped cleanly"
-    if ctx.pkcs11 is not None:
+    if cfg.get("backend") == "pkcs11":
         return CheckResult(Status.OK, f"store at epoch {stored.epoch} ({state}); the token's anchor needs the PIN: "
                            "the agent compares them at start")
     try:

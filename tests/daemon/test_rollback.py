@@ -176,6 +176,8 @@ def test_a_clean_stop_keeps_the_sessions_and_costs_two_token_writes_per_run(
         assert st.rekeyed == "" and st.anchor == "token"
         epochs.append(st.anchor_epoch)
         alice.kill()
+        # offline, doctor knows the anchor is on the token (it needs the PIN), not a missing anchor file
+        assert "token's anchor needs the PIN" in _doctor(alice)
     assert epochs == [1, 3, 5]  # +1 at each start and +1 at each clean stop: two token writes per run
     assert len(_anchor_objects(token)) == 1  # a write replaces the object (create, then destroy the old one)
     assert ratchet_keys[0] == ratchet_keys[1] == ratchet_keys[2]  # the same session all along
