@@ -487,8 +487,7 @@ class Ratchet:
             out += bytes([len(field)]) + field
         out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
         out += struct.pack(">I", len(self._store))
-        # kept keys: one precompiled pack per key (they are most of the state while messages await confirm)
-        out += b"".join(self._packed.values())
+        out += b"".join(self._packed.values())  # kept keys, each packed once when it was kept
         head = _MAGIC + bytes([STATE_VERSION]) + bytes(out)
         return head + hashlib.sha256(head).digest()
 

@@ -35,7 +35,7 @@ Re-keying
     decrypt (late messages on the old chains are read) but are never chosen for sending, so the next message to
     each peer device runs a fresh X3DH with its bundle. The peer sees a new session, as after a reinstall: no
     manual step, no message lost. What is reported: the reason in ``status`` (``rekeyed``), the log, the audit
-    log (``event: rekey``) and ``doctor --check anchor``.
+    log (``type: rekey``) and ``doctor --check anchor``.
 
 Several agents on one store (PostgreSQL)
     Agents come and go, crash, and share the epoch, so there is no *stopped*; only "the database is behind the
@@ -252,8 +252,7 @@ class RollbackGuard:
         reason = verdict(stored, held, shared=self._shared)
         if reason is not None:
             self._rekey(reason)
-        top = max(stored.epoch if stored else 0, held.epoch if held else 0)
-        self._bump(Anchor(top + 1, True))
+        self._bump_past(stored, held)
         log.info("rollback anchor (%s) at epoch %d%s", self.where, self.epoch,
                  f"; re-keyed {self.rekeyed_sessions} sessions" if reason else "")
 
@@ -261,6 +260,10 @@ class RollbackGuard:
         self.rekeyed = reason
         self.rekeyed_sessions = expire_all_sessions(self._store)
         log.warning("re-keying every session (%d) before sending: %s", self.rekeyed_sessions, reason)
+
+    def _bump_past(self, stored: Anchor | None, held: Anchor | None) -> None:
+        """Move the epoch past both copies (a running agent's anchor)."""
+        self._bump(Anchor(max(stored.epoch if stored else 0, held.epoch if held else 0) + 1, True))
 
     def _bump(self, new: Anchor) -> None:
         meta: list[Op] = [PutMeta(ANCHOR_META, new.encode())]
@@ -311,8 +314,7 @@ class RollbackGuard:
         reason = verdict(stored, held, shared=True)
         if reason is not None:
             self._rekey(reason)
-            top = max(stored.epoch if stored else 0, held.epoch if held else 0)
-            self._bump(Anchor(top + 1, True))
+            self._bump_past(stored, held)
             return True
         if stored is not None and (held is None or stored.epoch > held.epoch):
             self.slot.write(stored.encode())  # a bump that crashed between its two writes: finish it

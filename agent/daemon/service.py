@@ -200,8 +200,8 @@ class Service:
 
     def _report_rekey(self, manager: SessionsLike) -> None:
         """A start that re-keyed every session (agent/daemon/rollback.py) goes to the audit log too."""
-        guard = getattr(manager, "rollback", None)
-        if isinstance(guard, RollbackGuard) and guard.rekeyed:
+        guard = _rollback_of(manager)
+        if guard is not None and guard.rekeyed:
             self.audit.record(None, "", type="rekey", result="rekeyed",
                               detail=f"{guard.rekeyed}; {guard.rekeyed_sessions} sessions expired; anchor "
                                      f"{guard.where} at epoch {guard.epoch}")
@@ -547,10 +547,10 @@ class Service:
         if st is None:
             return None
         manager = self.sessions_if_open()
-        guard = getattr(manager, "rollback", None)
+        guard = _rollback_of(manager)
         key = (st, id(manager), self.lock.locked, self.lock.failures, int(time.monotonic() - self._started),
                self._connections(), int(self.lock.ttl_remaining()),
-               (guard.epoch, guard.rekeyed, guard.superseded) if isinstance(guard, RollbackGuard) else None)
+               (guard.epoch, guard.rekeyed, guard.superseded) if guard is not None else None)
         cached = self._status_answer
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -582,8 +582,8 @@ class Service:
             ecdh_allowed=self.config.allow_ecdh,
             detail=st.detail,
         )
-        guard = getattr(manager, "rollback", None)
-        if isinstance(guard, RollbackGuard):
+        guard = _rollback_of(manager)
+        if guard is not None:
             out.anchor, out.anchor_epoch = guard.where, guard.epoch
             out.rekeyed, out.superseded = guard.rekeyed, guard.superseded
         return pb.Response(status=out)
@@ -608,6 +608,12 @@ class Service:
             raise Denied("only the agent's own user (or root) may stop it")
         self._on_stop()
         return Outcome(pb.Response(stop=pb.StopResponse()))
+
+
+def _rollback_of(manager: object) -> RollbackGuard | None:
+    """The session manager's rollback guard (a test double may have none)."""
+    guard = getattr(manager, "rollback", None)
+    return guard if isinstance(guard, RollbackGuard) else None
 
 
 class _Unsupported(CodedError):
