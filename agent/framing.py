@@ -46,6 +46,11 @@ class FrameDecoder:
         """True while bytes of an unfinished (or not yet taken) frame are held."""
         return bool(self._buf)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held (what follows the frames taken so far)."""
+        return len(self._buf)
+
     def next(self) -> bytes | None:
         """The next whole frame, or None until more bytes arrive. Raises FrameError on a bad length."""
         buf = self._buf

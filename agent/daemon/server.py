@@ -5,7 +5,8 @@ type byte: the type is the Request oneof). A length of 0 or above ``max_frame`` 
 frame that does not parse; nothing a client sends can affect another connection. Limits, so one client cannot
 starve the agent: connection slots (agent/daemon/admission.py: ``max_connections``, a per-uid cap for uids other
 than the owner's, slots reserved for the owner; a connection that gets no slot is closed at once), one request at a
-time per connection (the next frame is not read until the reply is written: backpressure), ``frame_timeout`` from a
+time per connection (the next frame is not served until the reply is written, and at most one frame of it is read
+meanwhile: backpressure), ``frame_timeout`` from a
 frame's first byte to its last (slow-loris), ``idle_timeout`` between frames (0 = none) and ``request_timeout`` per
 request. Refused connections and broken frames from uids other than the owner's are logged at most
 ``refusal_log_burst`` times per ``refusal_log_window`` per uid (agent/daemon/throttle.py), so an outsider cannot fill
@@ -79,7 +80,9 @@ class _Connection(asyncio.Protocol):
 
     Cheap requests are answered inline from memory (:meth:`Service.answer_from_memory`); any other goes to the
     bounded worker pool, and the connection reads nothing more until its answer is written (backpressure: the
-    client's next frames wait in the kernel's socket buffer). One timer runs at a time: the idle clock between
+    client's next frames wait in the kernel's socket buffer). A request run on the loop that only waits for its
+    commit keeps reading (pausing and resuming costs two epoll_ctl calls per request) but buffers at most one
+    frame before it pauses too. One timer runs at a time: the idle clock between
     frames, the frame clock from a frame's first byte to its last, or the request's time limit.
     """
 
@@ -109,6 +112,11 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.frames.feed(data)
+        if self.request is not None:  # a pipelining client while its request waits for durability: hold at
+            if self.frames.buffered > self.frames.max_frame + 4:  # most one frame, then stop reading (backpressure)
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
         server = self.server
         server._reading = True  # answers from memory go out at the end of this callback, not one loop pass later
         try:
@@ -201,9 +209,9 @@ class _Connection(asyncio.Protocol):
             if not seq or manager.is_durable(seq):
                 self._answer(response, fields)
                 continue
-            assert self.transport is not None
-            self.request, self.started = request, time.monotonic()  # one request at a time, as on a worker
-            self.transport.pause_reading()
+            # one request at a time, as on a worker; reading goes on (no epoll_ctl pair per request): what the
+            # client sends meanwhile is only buffered, up to one frame (data_received)
+            self.request, self.started = request, time.monotonic()
             server._durable.add(self, request, response, fields, seq, manager)
             return
 

@@ -54,8 +54,8 @@ def _serve(tmp: Path, client: Callable[[str, SessionManager, CommitGate], None])
             loop.call_soon_threadsafe(server.request_stop, "test done")
 
     async def main() -> None:
-        global loop
-        loop = asyncio.get_running_loop()
+        global loop, serving
+        loop, serving = asyncio.get_running_loop(), server
         await server.run(ready=lambda _: threading.Thread(target=talk, daemon=True).start())
 
     asyncio.run(main())
@@ -64,6 +64,7 @@ def _serve(tmp: Path, client: Callable[[str, SessionManager, CommitGate], None])
 
 
 loop: asyncio.AbstractEventLoop
+serving: AgentServer
 
 
 def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path) -> None:
@@ -128,5 +129,50 @@ def test_answers_of_concurrent_loop_requests_share_commits(tmp_path: Path) -> No
             s.close()
             assert resp is not None and resp.decrypt.payload == b"m%d" % i
         assert manager._store.commits - before <= 2, manager._store.commits - before
+
+    _serve(tmp_path, client)
+
+
+def test_a_client_pipelining_behind_a_held_commit_is_read_no_further_than_one_frame(tmp_path: Path) -> None:
+    """Backpressure while an answer waits for its commit: reading goes on (no epoll change per request), but
+    what the client sends meanwhile is buffered only up to one frame, then the agent stops reading; once the
+    commit is through, every pipelined request is answered, in order."""
+    (tmp_path / "peers").mkdir()
+    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
+    alice = world.device("alice", MemoryKey(b"\x0b" * 32))
+    status = pb.Request(status=pb.StatusRequest()).SerializeToString()
+    flood = 4 * 1024 * 1024 // (len(status) + 4)  # 4 MiB of pipelined requests: far above one frame + a read
+
+    def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
+        with AgentClient(sock) as c:
+            bob_id, bundle = c.identity().identity_public_key, c.bundle()
+        m = alice.send(bob_id, b"secret", bundle)
+        gate.close()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        send_request(s, pb.Request(decrypt=pb.DecryptRequest(sender_identity=alice.identity,
+                                                             message=m.message)).SerializeToString())
+        assert gate.entered.wait(10)
+        frames = (len(status).to_bytes(4, "big") + status) * flood
+        sender = threading.Thread(target=s.sendall, args=(frames,), daemon=True)
+        sender.start()  # blocks once the kernel's buffers are full: the agent stopped reading
+        try:
+            time.sleep(0.5)
+            held = [conn.frames.buffered for conn in list(serving._conns) if conn.request is not None]
+            assert len(held) == 1
+            limit = serving.config.max_frame + 4 + 256 * 1024  # one frame, plus at most one read of the transport
+            assert held[0] <= limit, f"{held[0]} bytes buffered behind a held commit"
+            assert sender.is_alive()  # the rest waits in the kernel: nothing more was read
+        finally:
+            gate.open.set()
+        s.settimeout(20)
+        first = read_response(s)
+        assert first is not None and first.decrypt.payload == b"secret"
+        for _ in range(flood):
+            r = read_response(s)
+            assert r is not None and r.WhichOneof("response") == "status"
+        sender.join(20)
+        assert not sender.is_alive()
+        s.close()
 
     _serve(tmp_path, client)
