@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 from agent.core import secp256k1
 from agent.core.error_codes import CodedError, ErrorCode
 from agent.core.errors import MalformedKey
+from agent.core.keys import require_compressed
 from agent.daemon.config import AgentConfig
 from agent.daemon.peercred import PeerCred
 from agent.pb.keyagent import agent_pb2 as pb
@@ -77,6 +78,8 @@ def peer_public_key(data: bytes, what: str) -> bytes:
     if len(data) not in (33, 65):
         raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key or a Status key text")
     try:
+        if len(data) == 33:  # the usual form: its validity is remembered (a peer's key repeats on every request)
+            return require_compressed(data, what)
         return secp256k1.compress(bytes(data))
     except (MalformedKey, ValueError) as exc:
         raise BadRequest(f"{what} is not a valid secp256k1 public key") from exc

@@ -9,6 +9,12 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
 * ``socket x1``: one client: agent A encrypts (one socket round trip), agent B decrypts (one round trip), the same
   batched confirms; both agents are real daemons with durable state (software backend).
 * ``socket x8``: eight clients doing the same concurrently (eight apps sharing A's identity, to one peer).
+  Each socket row also gives each agent's CPU time per message (from /proc/PID/stat over the run): every agent
+  serves its requests on one event-loop thread, so ``1 / (agent B's CPU per message)`` bounds the rate at any
+  client count.
+* ``floor x1``: the least one client could take per message whatever the agents did: two round trips as cheap as
+  the bare echo server's (``echo x1``), one fsync (the decrypt's commit before its plaintext leaves) and one core
+  message; its ratio is the best ``socket x1`` could reach on this machine.
 * ``sign core`` / ``sign xN``: the socket's own overhead: an identity-key signature in process vs through the
   socket (1 and 8 clients), no durable state involved.
 * ``echo xN`` / ``status xN`` / ``identity xN``: the floor of a trivial request. ``echo`` is a bare asyncio echo
@@ -90,7 +96,16 @@ def manager_rate(n: int, payload: bytes, tmp: Path) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc,
+                cpu: dict[str, float] | None = None) -> float:
+    """Messages per second; ``cpu`` (if given) receives each agent's CPU seconds per message during the run."""
     with AgentClient(a.sock) as ca, AgentClient(b.sock) as cb:
         a_id, b_id = ca.identity().identity_public_key, cb.identity().identity_public_key
         first = ca.encrypt(b_id, b"hello", cb.bundle())
@@ -120,11 +135,15 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
+    cpu0 = {"A": cpu_seconds(a.pid), "B": cpu_seconds(b.pid)}
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]
+    if cpu is not None:
+        cpu["A"] = (cpu_seconds(a.pid) - cpu0["A"]) / (per * clients)
+        cpu["B"] = (cpu_seconds(b.pid) - cpu0["B"]) / (per * clients)
     return per * clients / elapsed
 
 
@@ -222,8 +241,9 @@ def trivial_rate(path: str, frame: bytes, clients: int, seconds: float) -> float
     return total / elapsed
 
 
-def trivial_rows(agent_sock: str, seconds: float) -> None:
-    """echo / status / identity at 1 and 8 clients, interleaved per client count (same load on each side)."""
+def trivial_rows(agent_sock: str, seconds: float) -> float:
+    """echo / status / identity at 1 and 8 clients, interleaved per client count (same load on each side);
+    returns the echo rate at 1 client."""
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="kecho") as d:
         path = os.path.join(d, "echo.sock")
@@ -235,8 +255,10 @@ def trivial_rows(agent_sock: str, seconds: float) -> None:
             frames = {name: (lambda b: struct.pack(">I", len(b)) + b)(req.SerializeToString())
                       for name, req in (("status", pb.Request(status=pb.StatusRequest())),
                                         ("identity", pb.Request(identity=pb.IdentityRequest())))}
+            echo1 = 0.0
             for clients in (1, 8):
                 echo = trivial_rate(path, frames["status"], clients, seconds)
+                echo1 = echo1 or echo
                 print(f"{'echo x' + str(clients):<12} {echo:>10.0f} {1.0:>7.2f}   (req/s; bare asyncio echo server)")
                 for name, frame in frames.items():
                     rate = trivial_rate(agent_sock, frame, clients, seconds)
@@ -244,6 +266,7 @@ def trivial_rows(agent_sock: str, seconds: float) -> None:
         finally:
             server.terminate()
             server.join()
+    return echo1
 
 
 def fsync_ms(directory: Path, rounds: int = 50) -> float:
@@ -304,15 +327,24 @@ def main() -> None:
         print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}")
         print(f"{'manager':<12} {mgr:>10.0f} {mgr / core:>7.2f}")
         for clients in (1, 8):
-            rate = socket_rate(args.n, clients, payload, a, b)
-            print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}")
-        print(f"fsync p50: {fsync_ms(a.home):.2f} ms (4 KiB write + fsync next to the agents' state)")
+            cpu: dict[str, float] = {}
+            rate = socket_rate(args.n, clients, payload, a, b, cpu)
+            print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}   (CPU per message: agent A "
+                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us; one event-loop thread each)")
+        fsync = fsync_ms(a.home)
+        print(f"fsync p50: {fsync:.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)
         print(f"{'sign core':<12} {sign_core:>10.0f} {1.0:>7.2f}   (socket overhead alone: IK sign, no state)")
         for clients in (1, 8):
             rate = sign_socket_rate(args.n * 4, clients, a)
             print(f"{'sign x' + str(clients):<12} {rate:>10.0f} {rate / sign_core:>7.2f}")
-        trivial_rows(a.sock, args.trivial_seconds)
+        echo1 = trivial_rows(a.sock, args.trivial_seconds)
+        # The least one client could take per message, whatever the agents did: a round trip to each agent (as
+        # cheap as the bare echo server's), the one fsync a decrypt owes before its plaintext leaves, and the
+        # ratchet work itself (one core message).
+        floor = 1.0 / (2.0 / echo1 + fsync / 1000.0 + 1.0 / core)
+        print(f"{'floor x1':<12} {floor:>10.0f} {floor / core:>7.2f}   (2 echo round trips + fsync p50 + 1 core "
+              f"message: no agent work at all)")
         ready_unlocked, ready_locked = start_times(factory, args.start_rounds)
         print(f"start-to-ready (keyagent start, median of {args.start_rounds}): "
               f"{ready_unlocked * 1000:.0f} ms with passphrase, {ready_locked * 1000:.0f} ms locked")

@@ -424,3 +424,26 @@ def test_idle_upkeep_runs_only_while_unlocked(tmp: Path) -> None:
     assert calls == ["maintain"]
 
 
+
+
+def test_a_peer_key_from_a_client_is_checked_on_the_curve_every_time_it_is_not_a_valid_point() -> None:
+    """peer_public_key takes the 33-byte form through the validated-point cache: a valid key repeats cheaply, but
+    a bad prefix or an x with no point on secp256k1 is a BAD_REQUEST every time (nothing invalid is remembered)."""
+    from agent.core import secp256k1
+    from agent.daemon.handler_api import BadRequest, peer_public_key
+
+    key = MemoryKey.generate().public_key()
+    full = secp256k1.decompress(key)
+    assert peer_public_key(key, "peer") == key == peer_public_key(full, "peer")
+    assert peer_public_key(key, "peer") == key  # the second time from the cache, same answer
+    x = 5
+    while True:  # an x coordinate with no point on the curve
+        try:
+            secp256k1.public_key(b"\x02" + x.to_bytes(32, "big"))
+            x += 1
+        except core_errors.MalformedKey:
+            break
+    for bad in (b"\x05" + key[1:], b"\x02" + x.to_bytes(32, "big"), b"\x04" + full[1:33] + bytes(32)):
+        for _ in range(2):
+            with pytest.raises(BadRequest):
+                peer_public_key(bad, "peer")
