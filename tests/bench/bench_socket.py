@@ -12,6 +12,9 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
   Each socket row also gives each agent's CPU time per message (from /proc/PID/stat over the run): every agent
   serves its requests on one event-loop thread, so ``1 / (agent B's CPU per message)`` bounds the rate at any
   client count.
+* ``loop status`` / ``loop identity`` / ``loop encrypt`` / ``loop decrypt``: the agent's own work per request, in
+  µs of its event-loop thread, measured in process with no socket (:func:`loop_costs`); a decrypt's commit, on the
+  commit thread, is not in it.
 * ``floor x1``: the least one client could take per message whatever the agents did: two round trips as cheap as
   the bare echo server's (``echo x1``), one fsync (the decrypt's commit before its plaintext leaves) and one core
   message; its ratio is the best ``socket x1`` could reach on this machine.
@@ -53,7 +56,11 @@ from agent.pb.keyagent import agent_pb2 as pb  # noqa: E402
 from agent.daemon.sessions import SessionManager  # noqa: E402
 from agent.daemon.store import Store  # noqa: E402
 from backends.memory import MemoryKey  # noqa: E402
-from tests.daemon.agentproc import OWNER_SIGNS, AgentFactory, AgentProc  # noqa: E402
+from agent.daemon.config import AgentConfig, Home  # noqa: E402
+from agent.daemon.server import AgentServer  # noqa: E402
+from agent.framing import encode_frame  # noqa: E402
+from tests.daemon.agentproc import OWNER_SIGNS, PASSPHRASE, AgentFactory, AgentProc, make_software_home  # noqa: E402
+from tests.proof.common import home_backend  # noqa: E402
 from tests.sessions.harness import MemoryBackend  # noqa: E402
 
 
@@ -269,6 +276,109 @@ def trivial_rows(agent_sock: str, seconds: float) -> float:
     return echo1
 
 
+class _Sink(asyncio.Transport):
+    """Stands in for a client's socket: keeps what the agent writes, so no system call or wake-up is measured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def loop_costs(n: int, payload: bytes, tmp: Path) -> dict[str, float]:
+    """The agent's own work per request, in seconds of its event-loop thread's CPU (``time.thread_time``): a real
+    AgentServer on a software home in this process, one admitted connection whose transport is a :class:`_Sink`;
+    each request's frame is handed to the connection and only that callback is timed (decode, policy, run, audit
+    line, answer; a decrypt's commit happens on the commit thread and is not counted). Peer: an in-process
+    SessionManager. No socket, no second process: what is left of a socket row beyond these is wake-ups and
+    system calls."""
+    home = make_software_home(tmp / "loop-home")
+    backend = home_backend(home, PASSPHRASE)
+    backend.unlock(PASSPHRASE)
+    rundir = Path(tempfile.mkdtemp(prefix="kloop"))  # short: sun_path is 108 bytes
+    server = AgentServer(home=Home.at(home), config=AgentConfig(), backend=backend,
+                         socket_path=str(rundir / "a.sock"))
+    key = MemoryKey.generate()
+    (tmp / "loop-peer").mkdir()
+    peer = SessionManager(MemoryBackend(key), Store(tmp / "loop-peer" / "state.db", key), clock=time.time_ns,
+                          rng=os.urandom)
+    costs: dict[str, float] = {}
+
+    async def main() -> None:
+        served = asyncio.ensure_future(server.run(ready=lambda _: None))
+        while not server.socket_path or not os.path.exists(server.socket_path):
+            await asyncio.sleep(0.01)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(server.socket_path)
+        while not server._conns:
+            await asyncio.sleep(0.01)
+        conn = next(iter(server._conns))
+        sink = _Sink()
+        conn.transport = sink
+
+        async def call(req: pb.Request) -> tuple[pb.Response, float]:
+            frame = encode_frame(req.SerializeToString())
+            sink.out.clear()
+            c0 = time.thread_time()
+            conn.data_received(frame)
+            spent = time.thread_time() - c0
+            while not sink.out:  # a decrypt's answer comes back once its commit is durable
+                await asyncio.sleep(0)
+            return pb.Response.FromString(sink.out[0][4:]), spent
+
+        try:
+            me = (await call(pb.Request(identity=pb.IdentityRequest())))[0].identity.identity_public_key
+            bundle = (await call(pb.Request(bundle=pb.BundleRequest())))[0].bundle.bundle
+            first = peer.encrypt(me, b"hello", bundle)
+            got = (await call(pb.Request(decrypt=pb.DecryptRequest(sender_identity=peer.identity,
+                                                                   message=first.message))))[0]
+            await call(pb.Request(confirm=pb.ConfirmRequest(refs=[got.decrypt.confirm_ref])))
+            messages = [peer.encrypt(me, payload).message for _ in range(n)]
+            total, refs = 0.0, []
+            for m in messages:
+                r, spent = await call(pb.Request(decrypt=pb.DecryptRequest(sender_identity=peer.identity, message=m)))
+                total += spent
+                refs.append(r.decrypt.confirm_ref)
+                if len(refs) == CONFIRM_BATCH:
+                    await call(pb.Request(confirm=pb.ConfirmRequest(refs=refs)))
+                    refs = []
+            costs["decrypt"] = total / n
+            for name, req in (("encrypt", pb.Request(encrypt=pb.EncryptRequest(peer_identity=peer.identity,
+                                                                                payload=payload))),
+                              ("status", pb.Request(status=pb.StatusRequest())),
+                              ("identity", pb.Request(identity=pb.IdentityRequest()))):
+                rounds = n if name == "encrypt" else n * 4
+                total = 0.0
+                for _ in range(rounds):
+                    total += (await call(req))[1]
+                costs[name] = total / rounds
+        finally:
+            client.close()
+            server.request_stop("benchmark done")
+            await served
+
+    asyncio.run(main())
+    peer.close()
+    return costs
+
+
 def fsync_ms(directory: Path, rounds: int = 50) -> float:
     """Median latency of one 4 KiB write + fsync in ``directory`` (where the agents keep their state): the floor
     of one durable commit, which every decrypt pays before its plaintext is handed out."""
@@ -316,11 +426,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             core = core_rate(args.n, payload)
             mgr = manager_rate(args.n, payload, Path(d))
+            loop = loop_costs(args.n, payload, Path(d))
         a, b = factory.new(config=OWNER_SIGNS), factory.new(config=OWNER_SIGNS)
         a.start()
         b.start()
         print(f"payload {args.size} B, n={args.n}")
         print(f"{'row':<12} {'msg/s':>10} {'ratio':>7}")
+        for name in ("status", "identity", "encrypt", "decrypt"):
+            print(f"{'loop ' + name:<12} {loop[name] * 1e6:>10.1f}   (us of the agent's event-loop thread per "
+                  f"request, in process, no socket)")
         if args.only_trivial:
             trivial_rows(a.sock, args.trivial_seconds)
             return

@@ -10,7 +10,8 @@ import sys
 
 from tests.bench import report
 
-_ROWS = ("core", "manager", "socket x1", "socket x8", "floor x1", "echo x1", "status x1", "identity x1", "echo x8",
+_ROWS = ("core", "manager", "loop status", "loop identity", "loop encrypt", "loop decrypt", "socket x1",
+         "socket x8", "floor x1", "echo x1", "status x1", "identity x1", "echo x8",
          "status x8", "identity x8")
 
 
@@ -31,5 +32,6 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
         assert r.met or ("CPU per message" in r.why and "agent B" in r.why), r.why
     assert any("floor" in r.why for r in step if "x1" in r.measure and not r.met) or all(r.met for r in step)
     assert any(m.startswith("the least one client could take") for m in rows)
+    assert any(m.startswith("the agent's own work per request") for m in rows)
     trivial = [r for m, r in rows.items() if "bare asyncio echo server (issue 16)" in m]
     assert len(trivial) == 4
