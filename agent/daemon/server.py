@@ -410,8 +410,18 @@ class _DurableAnswers:
     @staticmethod
     def _deliver(items: list[tuple[_Connection, pb.Request, pb.Response, dict[str, object], int, Any]],
                  error: BaseException | None) -> None:
-        for conn, request, response, fields, _, _ in items:
-            conn._durable_answer(request, response, fields, error)
+        """Event loop: answer what became durable; the answers (and those of requests they let through) go out at
+        the end of this callback, with one audit write, rather than one loop pass later."""
+        if not items:
+            return
+        server = items[0][0].server
+        server._reading = True
+        try:
+            for conn, request, response, fields, _, _ in items:
+                conn._durable_answer(request, response, fields, error)
+        finally:
+            server._reading = False
+            server._flush_answers()
 
     def close(self) -> None:
         with self._cond:

@@ -507,8 +507,9 @@ class SessionManager:
 
     def _stamp_bundle(self, seq: int) -> None:
         """Under the lock, after a transition's batch ``seq`` is submitted: if our cached signed bundle is new,
-        remember it with ``seq`` (it was built on state submitted no later than that)."""
-        b = self._own.cached_bundle()
+        remember it with ``seq`` (it was built on state submitted no later than that). The newest signed one is
+        enough here (no re-check of its entries on every request): :meth:`durable_bundle` checks it is current."""
+        b = self._own.last_signed()
         if b is not None and (self._published is None or self._published[0] is not b):
             self._published = (b, encode(b), seq)
 
