@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from typing import Any, Mapping
 
 from cryptography.exceptions import InvalidTag
@@ -236,6 +237,7 @@ class SoftwareBackend:
         self._file_key: bytes | None = None
         self._closed = False
         self._header = self._read_header()
+        self._present: tuple[int, bool] = (-1, True)  # (monotonic second, the key file exists): see status()
 
     # ----- creation -------------------------------------------------------------------------------------------
     @classmethod
@@ -319,10 +321,15 @@ class SoftwareBackend:
             self._commit(new_pubs, new_keys)
 
     def status(self) -> BackendStatus:
+        """Whether the key file is still there is looked up at most once a second (a stat per status request
+        was the largest part of answering one from memory)."""
         with self._mu:
+            second = int(time.monotonic())
+            if self._present[0] != second:
+                self._present = (second, os.path.exists(self._path))
             return BackendStatus(
                 kind=self.kind,
-                present=os.path.exists(self._path),
+                present=self._present[1],
                 unlocked=self._keys is not None,
                 identity_public_key=self._header.identity_pub,
                 detail=self._path,

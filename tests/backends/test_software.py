@@ -269,3 +269,26 @@ def test_key_file_symlink_is_not_followed(tmp_path: Path) -> None:
     link.symlink_to(b.path)
     with pytest.raises(UnsafeHome, match="symlink"):
         SoftwareBackend(str(link))
+
+
+def test_status_notices_a_deleted_key_file_within_a_second(tmp_path: Path) -> None:
+    """status() looks the key file up at most once a second (it is asked for every status request): a deleted
+    file shows as not present by the next second, and a restored one as present again, while unlock state is live."""
+    import time
+
+    b = _make(tmp_path)
+    b.unlock("correct horse")
+    assert b.status().present and b.status().unlocked
+    kept = Path(b.path).read_bytes()
+    os.unlink(b.path)
+    deadline = time.monotonic() + 2.5
+    while b.status().present:
+        assert time.monotonic() < deadline, "a deleted key file still shows as present after 2 s"
+        time.sleep(0.05)
+    b.lock()
+    assert not b.status().unlocked  # not cached: the lock shows at once
+    Path(b.path).write_bytes(kept)
+    deadline = time.monotonic() + 2.5
+    while not b.status().present:
+        assert time.monotonic() < deadline, "a restored key file still shows as missing after 2 s"
+        time.sleep(0.05)
