@@ -108,6 +108,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio.get_running_loop() makes a getpid() system call each time; the clocks use this once per request
+        self._loop = asyncio.get_running_loop()
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -314,7 +316,7 @@ class _Connection(asyncio.Protocol):
         idle = self.server.config.idle_timeout
         if idle <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._idle_at = loop.time() + idle
         if self._idle_timer is None:
             self._idle_timer = loop.call_at(self._idle_at, self._idle)
@@ -474,7 +476,7 @@ class AgentServer:
         event-loop iteration (a zero-timeout epoll) per request."""
         self._answers.append((conn, response, fields))
         if len(self._answers) == 1 and not self._reading:
-            asyncio.get_running_loop().call_soon(self._flush_answers)
+            conn._loop.call_soon(self._flush_answers)
 
     def _flush_answers(self) -> None:
         """Audit every queued answer (one write), then send them: audited before any client can see its answer."""
