@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -311,12 +312,42 @@ def new_key_wrapping(identity: KeyOps, rng: Callable[[int], bytes] = os.urandom)
     return {"wrap_point": point, "key_check": nonce + AESGCM(key).encrypt(nonce, _CHECK_PLAINTEXT, b"key_check")}
 
 
+class _NoncePool:
+    """Random AES-GCM nonces read from the OS 4 KiB at a time: every state write seals two values, and a
+    ``getrandom`` system call per nonce was a measurable part of a decrypt. Only nonces come from here (never a
+    key), the pool is emptied in a forked child so two processes never draw the same bytes, and it is
+    thread-safe (sealing happens in whichever thread submits a batch)."""
+
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._buf, self._pos = b"", 0
+
+    def take(self, n: int) -> bytes:
+        with self._mu:
+            if self._pos + n > len(self._buf):
+                self._buf, self._pos = os.urandom(self._SIZE), 0
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += n
+            return out
+
+
+_NONCES = _NoncePool()
+
+
 class RowCodec:
     """Seals, encodes and decodes the rows of one store under its data key (unwrapped from its meta rows)."""
 
     def __init__(self, identity: KeyOps, key_meta: dict[str, object], *,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
-        self._rng = rng
+        # the OS's randomness, pooled for nonces; a caller's own rng (tests) is used as given
+        self._rng = _NONCES.take if rng is os.urandom else rng
         key = self._unwrap(identity, key_meta)
         self._aead = AESGCM(key)
         self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"keyagent/store",
