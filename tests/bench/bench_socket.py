@@ -110,6 +110,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def preemptions(pid: int) -> int:
+    """Involuntary context switches of every thread of a process so far (/proc/PID/task/*/status): how often
+    the scheduler took the CPU away from it while it could still run."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("nonvoluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return total
+
+
 def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc,
                 cpu: dict[str, float] | None = None) -> float:
     """Messages per second; ``cpu`` (if given) receives each agent's CPU seconds per message during the run."""
@@ -142,7 +157,7 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
-    cpu0 = {"A": cpu_seconds(a.pid), "B": cpu_seconds(b.pid)}
+    cpu0 = {"A": cpu_seconds(a.pid), "B": cpu_seconds(b.pid), "B preempted": float(preemptions(b.pid))}
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
@@ -151,6 +166,7 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
     if cpu is not None:
         cpu["A"] = (cpu_seconds(a.pid) - cpu0["A"]) / (per * clients)
         cpu["B"] = (cpu_seconds(b.pid) - cpu0["B"]) / (per * clients)
+        cpu["B preempted"] = (preemptions(b.pid) - cpu0["B preempted"]) / (per * clients)
     return per * clients / elapsed
 
 
@@ -444,7 +460,8 @@ def main() -> None:
             cpu: dict[str, float] = {}
             rate = socket_rate(args.n, clients, payload, a, b, cpu)
             print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}   (CPU per message: agent A "
-                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us; one event-loop thread each)")
+                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us; one event-loop thread each; agent B "
+                  f"preempted {cpu['B preempted']:.2f} times per message)")
         fsync = fsync_ms(a.home)
         print(f"fsync p50: {fsync:.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)

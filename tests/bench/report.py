@@ -209,10 +209,14 @@ def _socket(run: BenchRun) -> list[Row]:
     m = re.search(r"fsync p50:\s*([\d.]+) ms", run.stdout)
     fsync = float(m.group(1)) if m else None
     cpu: dict[str, tuple[float, float]] = {}  # row -> (agent A, agent B) CPU µs per message
+    preempted: dict[str, float] = {}  # row -> agent B's involuntary context switches per message
     for line in run.stdout.splitlines():
         m = re.match(r"^(socket x\d+)\s.*agent A (\d+) us, agent B (\d+) us", line)
         if m:
             cpu[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+        m = re.match(r"^(socket x\d+)\s.*agent B preempted ([\d.]+) times", line)
+        if m:
+            preempted[m.group(1)] = float(m.group(2))
     floor = float(t["floor x1"][0]) if "floor x1" in t else None
     loop = {k: float(t["loop " + k][0]) for k in ("status", "identity", "encrypt", "decrypt") if "loop " + k in t}
     if loop:
@@ -264,6 +268,10 @@ def _socket(run: BenchRun) -> list[Row]:
                         f"one event-loop thread (Python's GIL), so agent B alone caps the rate at "
                         f"{1e6 / b_us:.0f} msg/s (busy {rate * b_us / 1e4:.0f} % of a core in this run); the target "
                         f"needs at most {1e6 / need:.0f} µs per message in each agent. ")
+                if name in preempted:
+                    why += (f"Agent B was preempted {preempted[name]:.2f} times per message (involuntary context "
+                            f"switches): the 2 CPUs are shared by both agents and the {name[-1]} client threads, and "
+                            f"every answer it sends wakes a client that takes the CPU from it. ")
             why += ("Where agent B's time goes (profiled): no single part dominates — the ratchet's own HMACs and "
                     "AES (about a fifth), the state row re-serialised, sealed and MAC'd per write, the protobuf "
                     "request/response and audit line, the socket and commit system calls (~0.1 ms per message in "
