@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import struct
 import statistics
@@ -390,8 +391,11 @@ def loop_costs(n: int, payload: bytes, tmp: Path) -> dict[str, float]:
             server.request_stop("benchmark done")
             await served
 
-    asyncio.run(main())
-    peer.close()
+    try:
+        asyncio.run(main())
+    finally:
+        peer.close()
+        shutil.rmtree(rundir, ignore_errors=True)
     return costs
 
 
