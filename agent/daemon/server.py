@@ -91,6 +91,7 @@ class _Connection(asyncio.Protocol):
         self.ctx = ctx
         self.frames = FrameDecoder(server.config.max_frame)
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set in connection_made, like the transport
         self.request: pb.Request | None = None  # running on a worker (None between requests)
         self.started = 0.0
         self.timed_out = False  # TIMEOUT was answered; the connection ends when the work does
@@ -108,7 +109,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        # asyncio.get_running_loop() makes a getpid() system call each time; the clocks use this once per request
+        # asyncio.get_running_loop() makes a getpid() system call each time: the connection's clocks, hand-offs
+        # and the server's answer queue use this one
         self._loop = asyncio.get_running_loop()
         self._arm_idle()
 
@@ -224,8 +226,7 @@ class _Connection(asyncio.Protocol):
         self.request, self.started = request, time.monotonic()
         self.transport.pause_reading()
         self._arm("request", service.limit(request.WhichOneof("request")), self._expire)
-        future = asyncio.get_running_loop().run_in_executor(self.server.executor, service.process, request,
-                                                            self.ctx)
+        future = self._loop.run_in_executor(self.server.executor, service.process, request, self.ctx)
         future.add_done_callback(self._done)
 
     def _done(self, future: "asyncio.Future[tuple[pb.Response, dict[str, object]]]") -> None:
@@ -268,7 +269,7 @@ class _Connection(asyncio.Protocol):
         if (not isinstance(response, bytes) and response.WhichOneof("response") == "error"
                 and response.error.code == pb.Error.BUSY):
             self._held = True  # answered at once; this connection's next request waits
-            asyncio.get_running_loop().call_later(BUSY_BACKOFF, self._unhold)
+            self._loop.call_later(BUSY_BACKOFF, self._unhold)
 
     def _unhold(self) -> None:
         self._held = False
@@ -309,7 +310,7 @@ class _Connection(asyncio.Protocol):
     def _arm(self, clock: str, seconds: float, callback: Callable[[], None]) -> None:
         self._cancel_timer()
         self._clock = clock
-        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
+        self._timer = self._loop.call_later(seconds, callback)
 
     def _arm_idle(self) -> None:
         """Start (or restart) the idle clock: between frames, with no request running."""
@@ -330,7 +331,7 @@ class _Connection(asyncio.Protocol):
         self._idle_timer = None
         if self._idle_at is None or self.closing:
             return  # a request is running or a frame is arriving: their clocks apply (the next idle one re-arms)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self._idle_at:
             self._idle_timer = loop.call_at(self._idle_at, self._idle)
             return
