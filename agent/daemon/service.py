@@ -321,15 +321,16 @@ class Service:
         return response, fields
 
     def answer_inline(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response, dict[str, object], int,
-                                                                             Any] | None:
+                                                                             int, Any] | None:
         """Run a request on the caller's (the event loop's) thread without waiting for durability, or None.
 
         Only when the backend's keys are in this process (a key file: signatures and DHs are CPU work), nobody
         holds them (an unlock's KDF), the session state is open in the embedded store (a shared PostgreSQL
         store's turns are database round trips) and no hook or TTL lock applies. Returns the
-        response, its audit fields, the store batch it needs on disk (0: none) and the session manager to wait
-        with (``wait_durable``/``is_durable``); the caller must not send the response before that batch is durable
-        (sessions.py, rule 5 and ``deferred``).
+        response, its audit fields, the store batch it needs on disk (0: none), the batch it wrote without
+        needing it (0: none) and the session manager to wait with (``wait_durable``/``is_durable``); the caller
+        must not send the response before the first batch is durable, and must start the second one's commit
+        right after sending (sessions.py, rules 5 and 8, ``deferred``).
         """
         kind = request.WhichOneof("request")
         if not self._keys_in_process or kind not in _INLINE or kind in self.config.confirm_ops:
@@ -342,7 +343,7 @@ class Service:
             return None
         with deferred() as d:
             response, fields = self.process(request, ctx)
-        return response, fields, d.seq, manager
+        return response, fields, d.seq, d.written, manager
 
     def durability_failed(self, request: pb.Request, fields: dict[str, object],
                           exc: BaseException) -> tuple[pb.Response, dict[str, object]]:

@@ -149,9 +149,15 @@ class SessionCache:
     def lookup(self, sid: bytes) -> LiveSession | None:
         """A session by id alone (cached, else loaded with its installation's others); None if gone."""
         live = self.sessions.get(sid)
-        if live is None and sid not in self._tombstones:
+        if live is None:
+            deleted = self._tombstones.get(sid)
+            if deleted is not None:  # gone, by a delete that may not be durable yet: an answer built on it waits
+                self.read_seq = max(self.read_seq, deleted)
+                return None
             peer = self._store.session_peer(sid)
             live = None if peer is None else self.session(peer[0], peer[1], sid)
+        if live is not None and live.seq > self.read_seq:  # (a confirm of a key already gone waits for its delete)
+            self.read_seq = live.seq
         return live
 
     def responder_sessions_on(self, spk_public: bytes) -> list[LiveSession]:

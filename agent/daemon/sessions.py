@@ -10,8 +10,9 @@ devices and the bundle we publish), :mod:`~agent.daemon.installations` (the pure
 Why a message key is never used twice, across kill -9 and power loss
     A sending message key is determined by (session, sending chain, position n); the IV is derived from it.
     1. Every change of a sending chain - a new session (X3DH) or a DH ratchet step during a decrypt - is
-       written to the store and made durable *before* any result derived from it leaves this object; a
-       chain we handed out ciphertexts on is therefore always on disk.
+       written to the store and made durable *before* any ciphertext derived from it leaves this object; a
+       chain we handed out ciphertexts on is therefore always on disk. (A plaintext from the same decrypt
+       may leave first, rule 8: it is not derived from the new sending chain.)
     2. Within a chain, positions are *reserved*: whenever a session is written, ``send_hwm`` = current
        position + ``send_reserve``. An encrypt at position ``n`` with ``n >= send_hwm`` first writes a new
        mark past ``n``; below the mark it writes nothing. So every position ever handed out is < the durable
@@ -53,6 +54,24 @@ Why a message key is never used twice, across kill -9 and power loss
        decrypts, never sends), so each peer device gets a fresh X3DH; and every sending transition first
        checks, at a bounded rate, that no copy of this store has started since (else SUPERSEDED).
 
+    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.deferred` a decrypt
+       whose result carries no reply is not held for its batch (``d.written`` instead of ``d.seq``); the
+       server answers at once and starts that batch's commit right after, in the background, so it is on
+       disk one fsync later instead of one fsync before. If a kill or a power loss comes in between, the
+       state is the one before the decrypt, and everything still holds: the message decrypts again to the
+       same plaintext (its key follows from the chain, which is deterministic), exactly what an unconfirmed message promises
+       anyway (a duplicate decrypts until ``confirm``); and a message after it from the same chain stores
+       the lost one's key as skipped, so a redelivery still reads. What builds on a decrypt does wait for
+       it: its ``confirm`` deletes the kept key in a later batch (durability is monotone); an encrypt on a
+       session the decrypt created, stepped or marked confirmed reads that session and waits for the
+       session's latest batch (rule 5); a result carrying a reply (our bundle, also with ``NoSession``)
+       waits for its batch, and so does a decrypt that needed our signed prekey (a new incoming session's
+       X3DH, or its first DH ratchet steps): a later request may destroy that SPK in the backend before the
+       batch is on disk, and after a crash the message could not be read again. So no message key is used twice for sending (nothing sent depends on an
+       undurable decrypt), no confirm is undone, and no plaintext is lost — it may only be handed out
+       again, as before a confirm. Outside :meth:`deferred` (workers, a shared store) a decrypt still waits
+       for its batch: nobody else would start the commit.
+
 State lives on disk; memory holds a bounded cache
     See :mod:`agent.daemon.session_cache`: nothing is read at start-up, and a cached session is dropped only
     when reloading its row gives back exactly what memory holds.
@@ -60,9 +79,11 @@ State lives on disk; memory holds a bounded cache
 Why nothing a client was handed is undone
     Ciphertexts: by 1-3 the chain and a mark past the position are durable before return, so after a clean
     restart we continue the same chain beyond it and the peer's state stays compatible (after a crash, rule 7
-    moves sending to fresh sessions; the peer still reads everything sent before). Plaintexts: the ratchet
-    step, the kept message key and the device updates of a decrypt are durable before it returns; a
-    duplicate delivery decrypts again until ``confirm`` deletes the kept key.
+    moves sending to fresh sessions; the peer still reads everything sent before). Plaintexts: a duplicate
+    delivery decrypts again until ``confirm`` deletes the kept key, and a confirm is durable before it
+    returns; the decrypt's own state (ratchet step, kept key, device updates) is durable before it returns,
+    or, on the server's event loop, one commit after (rule 8: losing it only means the message decrypts
+    again).
 
 The unknown-session case
     ``decrypt`` raises :class:`NoSession` (an ``UnknownSession``, wire code NO_SESSION) with ``reason`` and
@@ -187,7 +208,8 @@ class DecryptResult:
     ``confirm_ref``: hand back to :meth:`SessionManager.confirm` once processed (frees the kept key; empty when
     there is nothing to confirm). ``reply``: bytes to send back to the sender (our bundle) or None.
     ``forward_secrecy`` False for DH-fallback and public messages; ``public`` True for an unencrypted
-    ``public_message``.
+    ``public_message``; ``prekey`` True when reading it took our signed prekey (a new session's X3DH, or a DH
+    ratchet step while our ratchet key was still the SPK).
     """
 
     payload: bytes
@@ -196,6 +218,7 @@ class DecryptResult:
     reply: bytes | None
     forward_secrecy: bool = True
     public: bool = False
+    prekey: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,16 +257,17 @@ class Deferred:
 
     def __init__(self, local: threading.local) -> None:
         self._local = local
-        self.seq = 0
+        self.seq = 0  # the batch the results need on disk before they leave (0: none)
+        self.written = 0  # the batch to commit right after answering, nobody waiting for it (rule 8; 0: none)
 
     def __enter__(self) -> "Deferred":
         if getattr(self._local, "on", False):
             raise RuntimeError("deferred() does not nest")
-        self._local.on, self._local.seq = True, 0
+        self._local.on, self._local.seq, self._local.written = True, 0, 0
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seq = self._local.seq
+        self.seq, self.written = self._local.seq, self._local.written
         self._local.on = False
 
 
@@ -355,10 +379,12 @@ class SessionManager:
 
     # ------------------------------------------------------------------ one state transition
 
-    def _run(self, work: Callable[[list[Op]], _T], *, sending: bool = False, upkeep: bool = False) -> _T:
+    def _run(self, work: Callable[[list[Op]], _T], *, sending: bool = False, upkeep: bool = False,
+             owes: Callable[[_T], bool] | None = None) -> _T:
         """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
         ``sending``: the transition may send on a ratchet, so the rollback anchor is checked first (rule 7);
-        ``upkeep``: the idle tick, which checks it too but does not raise.
+        ``upkeep``: the idle tick, which checks it too but does not raise; ``owes(result)`` False: the result
+        needs nothing on disk before it leaves, so under :meth:`deferred` it is not held for its batch (rule 8).
 
         If ``work`` fails half-way, what it already changed in memory is consistent (each step completes) and
         is written all the same, so memory and disk never diverge; the error is then re-raised.
@@ -393,7 +419,10 @@ class SessionManager:
                     seq = self._store.last_submitted()
                 self._stamp_bundle(self._store.last_submitted())
             if getattr(self._deferring, "on", False) and self.can_defer():
-                self._deferring.seq = max(self._deferring.seq, seq)  # the caller waits before it answers
+                if error is None and owes is not None and not owes(result):  # type: ignore[arg-type]
+                    self._deferring.written = max(self._deferring.written, seq)  # rule 8: committed right after
+                else:
+                    self._deferring.seq = max(self._deferring.seq, seq)  # the caller waits before it answers
             else:
                 self._store.wait(seq)
         finally:
@@ -410,6 +439,8 @@ class SessionManager:
         and nothing derived from ``result`` may leave before ``manager.wait_durable(d.seq)`` returned. This lets
         an event loop do the CPU work itself and leave only the fsync to another thread (several answers then
         share one commit). A call that raises has its partial state submitted all the same; ``d.seq`` covers it.
+        ``d.written``: a batch the result does not wait for (a decrypt's, rule 8); the caller must start its
+        commit right after answering (``wait_durable`` in another thread), not leave it for the next waiter.
         """
         return Deferred(self._deferring)
 
@@ -831,7 +862,10 @@ class SessionManager:
                 raise MalformedMessage("hash-ratchet (group) messages are not handled by 1:1 sessions")
             raise MalformedMessage("no key specified")
 
-        result = self._run(work)
+        # rule 8: a plaintext alone needs nothing on disk; a result carrying a reply (our bundle) or a NoSession
+        # (raised with one) waits for its batch like any other, and so does one our SPK was needed for (the SPK may
+        # be destroyed soon after: once the decrypt is on disk, that no longer matters)
+        result = self._run(work, owes=lambda r: not isinstance(r, DecryptResult) or r.reply is not None or r.prekey)
         if isinstance(result, NoSession):
             raise result
         return result
@@ -913,7 +947,7 @@ class SessionManager:
             rec.last_used_ns = self._clock()
             self._cache.mark_dirty(rec.sid)
             ref = _REF_TAG + rec.sid + header.dh + header.n.to_bytes(4, "big")
-            return DecryptResult(pt, sender_iid, ref, None)
+            return DecryptResult(pt, sender_iid, ref, None, prekey=live is fresh or spk_key is not None)
         assert error is not None
         if isinstance(error, DecryptFailed):
             raise error

@@ -118,3 +118,60 @@ def test_bundle_from_memory_only_once_durable(world: World) -> None:
     asking.join(10)
     assert fresh and fresh[0] != before
     assert a.mgr.durable_bundle() == fresh[0]
+
+
+# --- rule 8: under deferred() (the server's event loop) a plaintext does not wait for its own batch -----------------
+
+def _deferred(dev: Device, fn: Callable[[], object]) -> tuple[object, int, int]:
+    """(result, d.seq, d.written) of one call under ``deferred()``."""
+    with dev.mgr.deferred() as d:
+        result = fn()
+    return result, d.seq, d.written
+
+
+def test_a_deferred_decrypt_reports_its_batch_to_commit_but_not_to_wait_for(world: World) -> None:
+    """A message on a known session: its plaintext needs nothing on disk (d.seq 0), its batch is reported for the
+    caller to commit right after answering (d.written), and it is not durable yet."""
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    _talking(world, a, b)
+    m = b.send(a, b"plain")
+    got, seq, written = _deferred(a, lambda: a.mgr.decrypt(b.identity, m.message))
+    assert getattr(got, "payload") == b"plain"
+    assert seq == 0
+    assert written == a.mgr._store.last_submitted() and not a.mgr.is_durable(written)
+
+
+def test_what_builds_on_a_deferred_decrypt_waits_for_its_batch(world: World) -> None:
+    """The protection of rule 8: the decrypt's confirm, and an encrypt on the session it touched, each need the
+    decrypt's batch on disk before they leave (else a crash could undo a confirm, or a ciphertext could rest on
+    state the disk does not have)."""
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    _talking(world, a, b)
+    m = b.send(a, b"plain")
+    got, _, written = _deferred(a, lambda: a.mgr.decrypt(b.identity, m.message))
+    ref = getattr(got, "confirm_ref")
+    _, enc_seq, _ = _deferred(a, lambda: a.send(b, b"inside the reservation: writes nothing"))
+    assert enc_seq >= written, "an encrypt on the decrypted session did not wait for the decrypt's batch"
+    _, conf_seq, _ = _deferred(a, lambda: a.mgr.confirm([ref]))
+    assert conf_seq > written
+    _, again_seq, _ = _deferred(a, lambda: a.mgr.confirm([ref]))  # already gone: by a delete not yet durable
+    assert again_seq >= conf_seq, "a confirm of a key already deleted did not wait for the delete"
+
+
+def test_a_deferred_decrypt_that_needs_our_prekey_waits_for_its_batch(world: World) -> None:
+    """The first message of a new incoming session (X3DH with our SPK): once answered it must survive a crash,
+    and a later rotation may destroy that SPK, so its batch is waited for (d.seq) like any other result."""
+    a, c = world.device("a", ALICE), world.device("c", CAROL)
+    m = c.send(a, b"first", a.mgr.our_bundle())
+    got, seq, _ = _deferred(a, lambda: a.mgr.decrypt(c.identity, m.message))
+    assert getattr(got, "prekey") is True
+    assert seq == a.mgr._store.last_submitted() and seq > 0
+
+
+def test_a_deferred_decrypt_outside_deferred_still_waits(world: World) -> None:
+    """Without deferred() (a worker thread, a library caller) nobody would start the commit: decrypt waits."""
+    a, b = world.device("a", ALICE), world.device("b", BOB)
+    _talking(world, a, b)
+    m = b.send(a, b"plain")
+    a.mgr.decrypt(b.identity, m.message)
+    assert a.mgr.is_durable(a.mgr._store.last_submitted())

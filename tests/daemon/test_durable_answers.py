@@ -1,5 +1,5 @@
-"""Requests run on the event loop are answered only once their state is on disk (an in-process agent server whose
-store commits can be held)."""
+"""Requests run on the event loop are answered only once the state they owe is on disk, a plaintext before its own
+commit, which starts by itself (an in-process agent server whose store commits can be held)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,45 @@ def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path)
         resp = read_response(s)
         s.close()
         assert resp is not None and resp.decrypt.payload == b"secret"
+        assert manager.is_durable(manager._store.last_submitted())
+
+    _serve(tmp_path, client)
+
+
+def test_a_plaintext_is_answered_before_its_commit_which_starts_unasked(tmp_path: Path) -> None:
+    """Rule 8 (sessions.py): a message on a known session is answered while its batch is still held, the commit
+    of that batch starts by itself (no further request), and the confirm that builds on it is answered only once
+    both are on disk."""
+    (tmp_path / "peers").mkdir()
+    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
+    alice = world.device("alice", MemoryKey(b"\x0c" * 32))
+
+    def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
+        with AgentClient(sock) as c:
+            bob_id, bundle = c.identity().identity_public_key, c.bundle()
+            first = c.decrypt(alice.identity, alice.send(bob_id, b"one", bundle).message)  # X3DH: waits
+            c.confirm([first.confirm_ref])
+            second = alice.send(bob_id, b"two")
+            gate.close()
+            got = c.decrypt(alice.identity, second.message)  # answered with every commit held
+            assert got.payload == b"two"
+            # within one gathering delay (5 ms), not at the next upkeep tick (_UPKEEP_INTERVAL) or the next waiter
+            assert gate.entered.wait(1.0), "nobody started the commit of the decrypt's batch"
+            assert not manager.is_durable(manager._store.last_submitted())
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.settimeout(0.7)
+        send_request(s, pb.Request(confirm=pb.ConfirmRequest(refs=[got.confirm_ref])).SerializeToString())
+        try:
+            early = s.recv(1)
+        except TimeoutError:
+            early = b""
+        assert early == b"", "a confirm was answered before it was durable"
+        gate.open.set()
+        s.settimeout(10)
+        resp = read_response(s)
+        s.close()
+        assert resp is not None and resp.WhichOneof("response") == "confirm"
         assert manager.is_durable(manager._store.last_submitted())
 
     _serve(tmp_path, client)
