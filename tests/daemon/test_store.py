@@ -274,6 +274,44 @@ def test_queued_batches_share_one_commit(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_session_written_by_several_batches_of_one_commit_is_sealed_once_as_its_last_version(
+        tmp_path: Path) -> None:
+    """Sealing moved to the commit leader: of the versions of one session queued for one commit only the last is
+    sealed and stored (the others would be overwritten in the same transaction); a delete between versions and
+    other sessions keep their order and content."""
+    s = Store(tmp_path / "db", IK)
+    sealed: list[bytes] = []
+    seal = s._codec.seal
+
+    def counting(value: bytes, *ad: bytes) -> bytes:
+        sealed.append(value)
+        return seal(value, *ad)
+
+    s._codec.seal = counting  # type: ignore[method-assign]
+    for k in range(5):  # five requests rewrite session 1; session 2 is written once, between them
+        s.submit([PutSession(session(1, state=b"v%d" % k, send_hwm=64 + k))])
+        if k == 2:
+            s.submit([PutSession(session(2))])
+    s.submit([DeleteSession(session(3).sid)])
+    s.sync()
+    assert s.commits == 1
+    assert sealed.count(b"v4") == 1 and not any(v in sealed for v in (b"v0", b"v1", b"v2", b"v3"))
+    assert len(sealed) == 4  # sk + state of the last version of session 1, and of session 2
+    rows = {r.sid: r for r in s.load_sessions()}
+    assert rows[session(1).sid].state == b"v4" and rows[session(1).sid].send_hwm == 68
+    assert rows[session(2).sid].state == session(2).state
+    # a session put, deleted and put again in one commit ends as its last put; put then deleted ends deleted
+    s.submit([PutSession(session(3, state=b"first"))])
+    s.submit([DeleteSession(session(3).sid)])
+    s.submit([PutSession(session(3, state=b"again"))])
+    s.submit([PutSession(session(4))])
+    s.submit([DeleteSession(session(4).sid)])
+    s.sync()
+    rows = {r.sid: r for r in s.load_sessions()}
+    assert rows[session(3).sid].state == b"again" and session(4).sid not in rows
+    s.close()
+
+
 def test_concurrent_writers_all_become_durable(tmp_path: Path) -> None:
     s = Store(tmp_path / "db", IK)
     barrier = threading.Barrier(8)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from .rows import Op, RowCodec, StoreFailed, StoreUnavailable, Write
+from .rows import Op, PutSession, RowCodec, StoreFailed, StoreUnavailable, Write
 
 __all__ = ["GroupCommit"]
 
 Batch = tuple[int, list[Write]]
+#: A batch as queued: a session's row is still its record (sealed by the commit leader, see ``submit``).
+_Queued = tuple[int, list[Write | PutSession]]
 
 
 class GroupCommit:
@@ -31,7 +33,7 @@ class GroupCommit:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._queue: list[Batch] = []
+        self._queue: list[_Queued] = []
         self._submitted = 0
         self._durable = 0
         self._leader = False
@@ -50,9 +52,13 @@ class GroupCommit:
     def submit(self, ops: Sequence[Op]) -> int:
         """Queue a batch (applied atomically, in submission order); return its sequence number for ``wait``.
 
-        Sealing happens here, in the caller's thread, so the commit leader only does SQL.
+        Rows are encoded here, in the caller's thread (a bad op fails its caller), except a session's: its sealing
+        (the whole ratchet state, encrypted and MAC'd) is left to the commit leader, which seals only the last
+        version of each session in the batches it commits together — the earlier ones would be overwritten in
+        the same transaction, so no reader could ever see them. A busy session (every decrypt rewrites it) is
+        then sealed once per commit instead of once per request.
         """
-        rows = [self._codec.encode(op) for op in ops]
+        rows = [op if isinstance(op, PutSession) else self._codec.encode(op) for op in ops]
         with self._cond:
             self._check_usable()
             self._submitted += 1
@@ -82,10 +88,12 @@ class GroupCommit:
                 if not self._queue:  # cannot happen: batches are taken in order; never spin on it
                     raise StoreFailed("store queue out of order")
                 self._leader = True
-                batch, self._queue = self._queue, []
+                queued, self._queue = self._queue, []
                 self._cond.release()
                 error: BaseException | None = None
+                batch: list[Batch] = []
                 try:
+                    batch = self._seal_sessions(queued)
                     self._commit(batch)
                 except BaseException as e:  # noqa: BLE001 - any failure poisons the store (but see below)
                     error = e
@@ -107,6 +115,17 @@ class GroupCommit:
                     raise error
                 if error is not None:
                     raise StoreFailed("committing agent state failed; restart the agent") from error
+
+    def _seal_sessions(self, queued: list[_Queued]) -> list[Batch]:
+        """The rows to commit: each session's last version sealed, its earlier ones in these batches dropped."""
+        last: dict[bytes, PutSession] = {}
+        for _, rows in queued:
+            for w in rows:
+                if isinstance(w, PutSession):
+                    last[w.rec.sid] = w
+        encode = self._codec.encode
+        return [(seq, [w if not isinstance(w, PutSession) else encode(w) for w in rows
+                       if not isinstance(w, PutSession) or last[w.rec.sid] is w]) for seq, rows in queued]
 
     def write(self, ops: Sequence[Op]) -> None:
         """Submit a batch and wait until it is durable."""
