@@ -70,16 +70,19 @@ class HandlerHost(Protocol):
 
 def peer_public_key(data: bytes, what: str) -> bytes:
     """A peer key sent as 33/65 raw bytes or as Status key text (0x04…, hex, zQ3…, link) → 33 bytes compressed."""
+    if len(data) == 33:  # the usual form (not text: no written form has 33 characters); its validity is remembered
+        try:
+            return require_compressed(data, what)
+        except (MalformedKey, ValueError) as exc:
+            raise BadRequest(f"{what} is not a valid secp256k1 public key") from exc
     from agent.identity.peer_key import identity_text_key
 
     text_key = identity_text_key(data)  # BAD_IDENTITY if it is text but not a valid Status key
     if text_key is not None:
         return text_key
-    if len(data) not in (33, 65):
+    if len(data) != 65:
         raise BadRequest(f"{what} must be a 33- or 65-byte secp256k1 public key or a Status key text")
     try:
-        if len(data) == 33:  # the usual form: its validity is remembered (a peer's key repeats on every request)
-            return require_compressed(data, what)
         return secp256k1.compress(bytes(data))
     except (MalformedKey, ValueError) as exc:
         raise BadRequest(f"{what} is not a valid secp256k1 public key") from exc

@@ -38,6 +38,8 @@ from .store.rows import DeleteSession, InstallationRecord, Op, PutSession, Sessi
 
 __all__ = ["LiveSession", "SessionCache"]
 
+_GENERATIONS = itertools.count(1)  # SessionCache.generation values
+
 
 class LiveSession:
     """A cached session record and its ratchet (authoritative while cached).
@@ -85,6 +87,9 @@ class SessionCache:
         self._by_identity: OrderedDict[bytes, dict[str, InstallationRecord]] = OrderedDict()
         self._cache_identities = cache_identities
         self._inst_seq: dict[bytes, int] = {}  # identity -> batch of its latest installation write
+        # changes whenever any cached installation may have (written, loaded, dropped); unique across caches, so
+        # a value remembered with it (sessions.py: a bundle that changed nothing) is stale once it moved on
+        self.generation = next(_GENERATIONS)
         self._inst_written: set[bytes] = set()
         self._dirty: set[bytes] = set()
         # the latest store batch any session or installation this request looked at was written in (rule 5 in
@@ -100,6 +105,7 @@ class SessionCache:
         if seq > self.read_seq:
             self.read_seq = seq
         if group is None:
+            self.generation = next(_GENERATIONS)
             group = {rec.installation_id: rec for rec in self._store.load_installations_of(identity)}
             self._by_identity[identity] = group
             for rec in group.values():
@@ -112,6 +118,7 @@ class SessionCache:
         """Record a changed installation in the cache; the caller writes it (the same request)."""
         self.devices(rec.identity)[rec.installation_id] = rec
         self.installations[(rec.identity, rec.installation_id)] = rec
+        self.generation = next(_GENERATIONS)
         self._inst_written.add(rec.identity)
 
     # ------------------------------------------------------------------ sessions
@@ -237,6 +244,7 @@ class SessionCache:
                 if (ident == self._own_identity or ident in self._inst_written
                         or self._inst_seq.get(ident, 0) > durable):
                     continue
+                self.generation = next(_GENERATIONS)
                 for iid in self._by_identity.pop(ident):
                     del self.installations[(ident, iid)]
                 self._inst_seq.pop(ident, None)

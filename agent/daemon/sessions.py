@@ -304,6 +304,7 @@ class SessionManager:
         self._profile = profile
         self._retention_ns = session_retention_ns
         self._last_sweep = -(1 << 62)
+        self._last_upkeep = -(1 << 62)  # _maintain's last look (its clock)
         self._reply_ns = reply_interval_ns
         self._reserve = send_reserve
         self._lock = threading.RLock()
@@ -316,6 +317,8 @@ class SessionManager:
             backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns, grace_ns=spk_grace_ns)
         self._refresh_ns = bundle_refresh_ns
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
+        # identity -> (serialised bundle, cache generation) of a received bundle that changed nothing then
+        self._no_change: dict[bytes, tuple[bytes, int]] = {}
         # our bundle as last handed out by a state transition: (the Bundle object, its bytes, the store batch
         # that covers every state it was built on), for durable_bundle()
         self._published: tuple[pb.Bundle, bytes, int] | None = None
@@ -460,8 +463,12 @@ class SessionManager:
 
     def _maintain(self, ops: list[Op]) -> None:
         """Rotate the SPK when due (24 h from creation), destroy expired ones after the grace period, and drop
-        expired sessions unused for the retention period (swept at most once a minute)."""
+        expired sessions unused for the retention period (swept at most once a minute). Looked at once per
+        second of the manager's clock at most: the deadlines are hours and days, and every request asks."""
         now = self._clock()
+        if 0 <= now - self._last_upkeep < 10**9:
+            return
+        self._last_upkeep = now
         if self._prekeys.rotation_due(now):
             self._rotate(ops)
         self._prekeys.destroy_expired(now, ops)
@@ -482,12 +489,20 @@ class SessionManager:
 
     # ------------------------------------------------------------------ bundles and devices
 
-    def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op]) -> None:
+    def _merge_bundle(self, identity: bytes, b: pb.Bundle, ops: list[Op], key: bytes | None = None) -> None:
         """Apply a verified bundle: device list, SPK versions; re-key sessions on a higher version.
-        Raises BadBundle (nothing changed) when the acceptance rules refuse it."""
+        Raises BadBundle (nothing changed) when the acceptance rules refuse it. ``key``: its serialised bytes,
+        when known: a bundle that changed nothing is not applied again while no installation changed (a sender
+        attaches the same bundle to every message; its timestamp only passes the checks better as time goes on)."""
         self._cache.devices(identity)  # apply_bundle looks up this identity's installations only
+        if key is not None and self._no_change.get(identity) == (key, self._cache.generation):
+            return
         up = apply_bundle(self._cache.installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
+        if key is not None and not up.records and not up.rekeyed:
+            if len(self._no_change) >= 4096:
+                self._no_change.clear()
+            self._no_change[identity] = (key, self._cache.generation)
         for rec in up.records:
             self._cache.put_installation(rec)  # our bundle's cache key notices changes
             ops.append(PutInstallation(replace(rec)))
@@ -498,11 +513,12 @@ class SessionManager:
                     live.rec.expired = True  # the next send runs a new X3DH to the new prekey
                     self._cache.mark_dirty(live.rec.sid)
 
-    def _merge_received(self, identity: bytes, bundles: list[pb.Bundle], ops: list[Op]) -> None:
-        """Bundles that rode on a message: a refused one is dropped (the message still counts), never an error."""
-        for b in bundles:
+    def _merge_received(self, identity: bytes, bundles: list[tuple[pb.Bundle, bytes]], ops: list[Op]) -> None:
+        """Bundles that rode on a message (with their bytes): a refused one is dropped (the message still counts),
+        never an error."""
+        for b, key in bundles:
             try:
-                self._merge_bundle(identity, b, ops)
+                self._merge_bundle(identity, b, ops, key)
             except BadBundle as exc:
                 log.info("a bundle on a message from %s was refused: %s", identity.hex()[:16], exc)
 
@@ -511,20 +527,24 @@ class SessionManager:
         return self._verify_cached(b), b
 
     def _verify_cached(self, b: pb.Bundle) -> bytes:
+        return self._verify_keyed(b)[0]
+
+    def _verify_keyed(self, b: pb.Bundle) -> tuple[bytes, bytes]:
         """verify_bundle, remembered by the exact bytes: a sender attaches the same signed bundle to every
-        message until it changes, and recovering the signer is the costliest step of a decrypt."""
+        message until it changes, and recovering the signer is the costliest step of a decrypt. Returns the
+        signer and those bytes."""
         key = b.SerializeToString(deterministic=True)
         with self._lock:
             hit = self._verified.get(key)
         if hit is not None:
-            return hit
+            return hit, key
         check_bundle_shape(b)  # a 1,000-entry bundle is refused before its signature material is hashed
         identity = core_bundle.verify_bundle(b)  # raises on a bad bundle: nothing is cached then
         with self._lock:
             if len(self._verified) >= 512:
                 self._verified.clear()
             self._verified[key] = identity
-        return identity
+        return identity, key
 
     def add_peer_bundle(self, bundle_bytes: bytes) -> bytes:
         """Verify and store a bundle (contact code, QR, file); return its identity. Our own → a new device."""
@@ -796,10 +816,10 @@ class SessionManager:
         """
         sender = require_compressed(sender_identity, "sender identity")
         msg = decode_protocol_message(message)
-        bundles = []
+        bundles: list[tuple[pb.Bundle, bytes]] = []
         for b in msg.bundles:
             try:
-                signer = self._verify_cached(b)
+                signer, key = self._verify_keyed(b)
             except BadBundle as exc:  # validly formed message, bundle refused: read it, keep the bundle out
                 log.info("a bundle on a message was refused: %s", exc)
                 continue
@@ -808,7 +828,7 @@ class SessionManager:
 
                 raise IdentityMismatch(f"the message was sent by {zq3_encode(signer)} (its bundle is signed by that "
                                        f"key), not by the given sender {zq3_encode(sender)}")
-            bundles.append(b)
+            bundles.append((b, key))
         sender_iid = msg.installation_id
         if sender == self.identity and sender_iid == self.installation_id:
             raise NoSession("our own message", reason="own_message", reply=None)

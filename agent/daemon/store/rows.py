@@ -27,6 +27,7 @@ column order of :data:`TABLES`, and the codec checks and decodes those.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -243,9 +244,11 @@ _AD_PREFIX = b"keyagent/store/v1|"
 _MAC_PREFIX = b"keyagent/store/row-mac/v1"
 
 
+@functools.lru_cache(maxsize=4096)
 def session_id(identity: bytes, installation_id: str, bundle_id: bytes, ephemeral: bytes) -> bytes:
     """Local row id of a session (never on the wire): derived from its parts, so a row cannot be re-filed under
-    another id; SHA-256 because it is computed on every X3DH message."""
+    another id; SHA-256 because it is computed on every X3DH message (twice: remembered for the busy ones; a
+    status-go peer sends the X3DH header on every message until we answer)."""
     h = hashlib.sha256(b"keyagent/session\x00")
     for part in (identity, installation_id.encode(), bundle_id, ephemeral):
         h.update(len(part).to_bytes(4, "big") + part)
