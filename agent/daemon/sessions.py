@@ -319,6 +319,7 @@ class SessionManager:
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
         # identity -> (serialised bundle, cache generation) of a received bundle that changed nothing then
         self._no_change: dict[bytes, tuple[bytes, int]] = {}
+        self._targets_memo: dict[bytes, tuple[int, tuple[InstallationRecord, ...]]] = {}  # peer -> (generation, _targets)
         # our bundle as last handed out by a state transition: (the Bundle object, its bytes, the store batch
         # that covers every state it was built on), for durable_bundle()
         self._published: tuple[pb.Bundle, bytes, int] | None = None
@@ -711,7 +712,24 @@ class SessionManager:
 
         ``overlay``: installation updates (by identity, then id) to see as if applied; None for the stored ones.
         """
-        over = overlay or {}
+        if not overlay:  # the stored ones: remembered while no installation changes (every encrypt asks twice)
+            memo = self._targets_memo.get(peer)
+            if memo is not None and memo[0] == self._cache.generation:
+                self._cache.devices(peer)  # rule 5: the installations read still count for the wait (read_seq)
+                self._cache.devices(self.identity)
+                return list(memo[1])
+            generation = self._cache.generation
+            found = self._select_targets(peer, {})
+            if self._cache.generation == generation:  # (reading them may have loaded some: then not remembered)
+                if len(self._targets_memo) >= 4096:
+                    self._targets_memo.clear()
+                self._targets_memo[peer] = (generation, tuple(found))
+            return found
+        return self._select_targets(peer, overlay)
+
+    def _select_targets(
+        self, peer: bytes, over: Mapping[bytes, Mapping[str, InstallationRecord]]
+    ) -> list[InstallationRecord]:
         to_self = peer == self.identity
         targets = select_enabled(self._devices_of(peer, over.get(peer)), peer,
                                  exclude=self.installation_id if to_self else None,
