@@ -54,6 +54,7 @@ __all__ = [
     "KeyGen",
     "Tracer",
     "Ratchet",
+    "StateSnapshot",
     "STATE_VERSION",
     "MIGRATIONS",
 ]
@@ -197,6 +198,22 @@ STATE_VERSION: Final = 1
 _MAGIC: Final = b"KADR"
 MIGRATIONS: dict[int, Callable[[bytes], bytes]] = {}
 """Upgrade hooks: ``MIGRATIONS[v](body_v) -> body_{v+1}`` (body without magic, version and checksum)."""
+
+
+class StateSnapshot:
+    """A ratchet's state at one moment (:meth:`Ratchet.snapshot`), its bytes made on first use."""
+
+    __slots__ = ("_head", "_kept", "_bytes")
+
+    def __init__(self, head: bytes, kept: tuple[bytes, ...]) -> None:
+        self._head, self._kept = head, kept
+        self._bytes: bytes | None = None
+
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            body = self._head + b"".join(self._kept)
+            self._bytes = body + hashlib.sha256(body).digest()
+        return self._bytes
 
 
 class Ratchet:
@@ -477,6 +494,13 @@ class Ratchet:
     # ------------------------------------------------------------------ serialisation
     def to_bytes(self) -> bytes:
         """Versioned binary state: ``KADR`` ‖ version ‖ body ‖ SHA-256(everything before)."""
+        return self.snapshot().to_bytes()
+
+    def snapshot(self) -> "StateSnapshot":
+        """This state as of now, serialised only when asked (:meth:`StateSnapshot.to_bytes` equals
+        :meth:`to_bytes` now, whatever this ratchet does meanwhile). Cheap: the kept keys are packed once when
+        kept, so only their list is taken; joining and hashing them (a busy session keeps hundreds) is left to
+        whoever writes the state, which may be only the last of several snapshots."""
         s, p = self._s, self.profile
         out = bytearray()
         name = p.name.encode()
@@ -487,9 +511,8 @@ class Ratchet:
             out += bytes([len(field)]) + field
         out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
         out += struct.pack(">I", len(self._store))
-        out += b"".join(self._packed.values())  # kept keys, each packed once when it was kept
-        head = _MAGIC + bytes([STATE_VERSION]) + bytes(out)
-        return head + hashlib.sha256(head).digest()
+        # then the kept keys, each packed once when it was kept
+        return StateSnapshot(_MAGIC + bytes([STATE_VERSION]) + bytes(out), tuple(self._packed.values()))
 
     @classmethod
     def from_bytes(cls, data: bytes, keygen: KeyGen | None = None) -> "Ratchet":

@@ -25,7 +25,6 @@ Not thread-safe: the session manager calls it under its state lock only.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
@@ -252,10 +251,10 @@ class SessionCache:
 
     def _write(self, live: LiveSession, ops: list[Op], *, exact: bool) -> None:
         _, pos = live.ratchet.sending_position()
-        live.rec.state = live.ratchet.to_bytes()
+        live.rec.state = b""  # memory keeps the ratchet; the write takes a snapshot, serialised when committed
         live.rec.send_hwm = pos if exact else pos + self._reserve
         live.exact = exact
-        ops.append(PutSession(copy.copy(live.rec)))
+        ops.append(PutSession(live.rec.copy(), live.ratchet.snapshot()))
         self._written.append(live)
 
     def flush(self, ops: list[Op]) -> None:

@@ -176,6 +176,25 @@ def test_serialisation_roundtrip_mid_conversation() -> None:
     assert alice.decrypt(hb, cb) == b"back"
 
 
+def test_a_snapshot_serialises_the_state_it_was_taken_at_whatever_happens_after() -> None:
+    """Writes take a snapshot and serialise it only at commit time: by then the ratchet has moved on (keys kept,
+    deleted, a DH step), and the snapshot must still give exactly the bytes of the moment it was taken."""
+    alice, bob = status_pair()
+    msgs = [alice.encrypt(b"m%d" % i) for i in range(5)]
+    bob.decrypt(*msgs[0], spk=BOB_SPK)
+    bob.decrypt(*msgs[2])  # keeps m1 as skipped, m0 and m2 until confirmed
+    expected = bob.to_bytes()
+    snap = bob.snapshot()
+    bob.delete_message_key(msgs[0][0].dh, msgs[0][0].n)
+    bob.decrypt(*msgs[4])
+    bob.encrypt(b"reply: a DH step and a new sending chain")
+    assert bob.to_bytes() != expected
+    assert snap.to_bytes() == expected
+    assert snap.to_bytes() is snap.to_bytes()  # serialised once
+    back = Ratchet.from_bytes(snap.to_bytes())
+    assert back.has_message_key(msgs[0][0].dh, msgs[0][0].n) and back.decrypt(*msgs[0]) == b"m0"
+
+
 def test_state_with_token_spk_serialises() -> None:
     _, bob = status_pair()
     again = Ratchet.from_bytes(bob.to_bytes())

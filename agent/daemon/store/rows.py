@@ -35,7 +35,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Protocol, Union
 
 import coincurve
 from cryptography.exceptions import InvalidTag
@@ -128,6 +128,12 @@ class SessionRecord:
     sk: bytes
     state: bytes
 
+    def copy(self) -> "SessionRecord":
+        """A shallow copy (what a write takes: the live record keeps changing), without copy.copy's overhead."""
+        new = object.__new__(SessionRecord)
+        new.__dict__.update(self.__dict__)
+        return new
+
 
 @dataclass(frozen=True)
 class SessionSummary:
@@ -169,9 +175,19 @@ class OwnSpkRecord:
     destroyed: bool
 
 
+class Serialisable(Protocol):
+    """A value serialised only when written (a ratchet's :class:`~agent.core.ratchet.StateSnapshot`)."""
+
+    def to_bytes(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class PutSession:
+    """``state``, when given, is the row's state in place of ``rec.state`` (made into bytes by the commit that
+    writes it: of several versions of one session queued for one commit, only the last is ever serialised)."""
+
     rec: SessionRecord
+    state: Serialisable | None = None
 
 
 @dataclass(frozen=True)
@@ -427,7 +443,7 @@ class RowCodec:
             return Write("put", "sessions", (
                 *head,
                 self.seal(r.sk, b"sessions", b"sk", r.sid, tag),
-                self.seal(r.state, b"sessions", b"state", r.sid, tag),
+                self.seal(r.state if op.state is None else op.state.to_bytes(), b"sessions", b"state", r.sid, tag),
                 tag,
             ))
         if isinstance(op, PutInstallation):
