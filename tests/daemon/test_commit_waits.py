@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from agent.daemon.sessions import NoSession
 from agent.daemon.store import Store
 from backends.memory import MemoryKey
 from tests.sessions.harness import Device, World, world  # noqa: F401  (fixture)
@@ -175,3 +176,19 @@ def test_a_deferred_decrypt_outside_deferred_still_waits(world: World) -> None:
     m = b.send(a, b"plain")
     a.mgr.decrypt(b.identity, m.message)
     assert a.mgr.is_durable(a.mgr._store.last_submitted())
+
+
+def test_a_deferred_decrypt_answered_with_our_bundle_waits_for_its_batch(world: World) -> None:
+    """A result carrying a reply (our bundle, here with NoSession: a device of ours we are not paired with wrote)
+    is not a bare plaintext: it waits for its batch (the reply time it recorded, the bundle it was built on)."""
+    a1, a2, b = world.device("a1", ALICE), world.device("a2", ALICE), world.device("b", BOB)
+    a2.mgr.add_peer_bundle(b.mgr.our_bundle())
+    m = a2.send(b, b"from a2").message
+    with a1.mgr.deferred() as d:
+        try:
+            a1.mgr.decrypt(a2.identity, m)
+        except NoSession as exc:
+            assert exc.reply is not None
+        else:
+            raise AssertionError("a device we are not paired with was read")
+    assert d.seq == a1.mgr._store.last_submitted() and d.seq > 0

@@ -11,9 +11,10 @@ too. The promises checked, over every trial (a violation is reported with the tr
 
 1. no (session, chain, n) is ever handed out twice with different content (DR header of every ciphertext);
 2. every ciphertext a client was handed decrypts at the peer, to the payload the client sent;
-3. every plaintext a client was handed was committed: after the restart the same message decrypts again to the
-   same payload (its kept key is on disk) unless the client confirmed it, and a confirm the agent answered is
-   on disk too (the duplicate then no longer decrypts);
+3. no plaintext a client was handed is lost: after the restart the same message decrypts again to the same
+   payload unless the client confirmed it — from its kept key on disk, or, when the kill came between the answer
+   and the decrypt's commit (which follows the answer, sessions.py rule 8), from the ratchet state before it —
+   and a confirm the agent answered is on disk (the duplicate then no longer decrypts);
 4. after every kill the store passes ``PRAGMA integrity_check`` and its own invariants (``check_store``).
 Finally the conversation goes on in both directions after the last restart.
 
