@@ -41,6 +41,7 @@ from agent.daemon.policy import Policy
 from agent.daemon.rollback import RollbackGuard, slot_for
 from agent.daemon.sessions import SessionManager
 from agent.daemon.store.location import open_store
+from agent.daemon.store.rows import StoreFailed
 from backends.home_config import config_path
 from agent.pb.keyagent import agent_pb2 as pb
 from backends.base import Backend
@@ -233,7 +234,11 @@ class Service:
             manager, self._sessions = self._sessions, None
         close = getattr(manager, "close", None)
         if callable(close):
-            close()
+            try:
+                close()
+            except StoreFailed as exc:  # an earlier commit failed: stopping is what it asked for; the rollback
+                log.error("agent state not written at stop: %s", exc)  # anchor still says "running": the next
+                # start re-keys every session (sessions.py rule 7), whatever the disk missed
 
     # --- dispatch ---------------------------------------------------------------------------------------------
     def limit(self, kind: str | None) -> float:

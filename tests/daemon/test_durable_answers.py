@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.client import AgentClient
+from agent.client import AgentClient, AgentError
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.server import AgentServer
 from agent.daemon.sessions import SessionManager
@@ -136,6 +136,40 @@ def test_a_plaintext_is_answered_before_its_commit_which_starts_unasked(tmp_path
         s.close()
         assert resp is not None and resp.WhichOneof("response") == "confirm"
         assert manager.is_durable(manager._store.last_submitted())
+
+    _serve(tmp_path, client)
+
+
+def test_a_background_commit_that_fails_leaves_the_agent_refusing_not_hanging(tmp_path: Path) -> None:
+    """Rule 8's commit after the answer can fail (a full disk): the plaintext already answered stands (a crash would
+    leave the same state), and every later request that needs the store is refused with a typed error, at once."""
+    (tmp_path / "peers").mkdir()
+    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
+    alice = world.device("alice", MemoryKey(b"\x0d" * 32))
+
+    def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
+        with AgentClient(sock, timeout=10) as c:
+            bob_id, bundle = c.identity().identity_public_key, c.bundle()
+            first = c.decrypt(alice.identity, alice.send(bob_id, b"one", bundle).message)  # X3DH: waits
+            c.confirm([first.confirm_ref])
+            store = manager._store
+
+            def failing(batch: object) -> None:
+                raise OSError(28, "No space left on device")
+
+            store._commit = failing  # type: ignore[method-assign]
+            assert c.decrypt(alice.identity, alice.send(bob_id, b"two").message).payload == b"two"
+            deadline = time.monotonic() + 5
+            while store._failed is None and time.monotonic() < deadline:  # the background commit ran and failed
+                time.sleep(0.01)
+            assert store._failed is not None
+            try:
+                c.encrypt(alice.identity, b"after the failure")
+            except AgentError as exc:
+                assert exc.code not in ("TIMEOUT", "INTERNAL"), exc.code
+            else:
+                raise AssertionError("an encrypt was answered on a failed store")
+            assert c.status() is not None  # still serving what needs no store
 
     _serve(tmp_path, client)
 
