@@ -218,7 +218,10 @@ def _socket(run: BenchRun) -> list[Row]:
                         f"work allows {best:.0f} msg/s ({best / core:.2f} of core); the remaining "
                         f"{max(0.0, 1e6 / rate - 1e6 / best):.0f} µs per message is the event loop's own turn and "
                         f"the socket system calls around each request, the processes' wake-ups on 2 shared CPUs, "
-                        f"and the commit thread's share of the CPU. ")
+                        f"and the commit thread's share of the CPU (measured once with a counter in the agents: "
+                        f"the same request callback takes 1.5-2x its in-process time there, since the answer's "
+                        f"send, which wakes the client, is inside it and the code runs cold after every "
+                        f"wake-up). ")
         if name in cpu:
             a_us, b_us = cpu[name]
             why += (f"CPU per message, measured from /proc over the run: agent A {a_us:.0f} µs (encrypt), agent B "
