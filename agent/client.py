@@ -38,11 +38,10 @@ __all__ = [
     "resolve_socket",
 ]
 
-
-
 #: A connection answered less than this many seconds ago is not checked for an idle hang-up before the next
 #: request (the agent's idle_timeout is minutes by default; a test sets 1 s).
 _FRESH = 0.25
+
 
 class AgentUnavailable(ConnectionError):
     """No agent answers on the socket (not started, wrong KEYAGENT_SOCK, or it closed the connection)."""

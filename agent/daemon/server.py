@@ -371,9 +371,9 @@ class _Connection(asyncio.Protocol):
 
 
 #: How long a batch nobody waits for (a decrypt's, sessions.py rule 8) may wait to share a commit with others (an
-#: answer that does wait for its batch ends the wait at once). Measured with bench_socket: committing each such
-#: batch at once costs an fsync'd commit per message (1 client: 0.06 of core); 2 ms 0.05-0.06, 5 ms 0.07, 20 ms
-#: 0.07 — and it bounds how much a power loss can make decrypt again (rule 8).
+#: answer that does wait for its batch ends the wait at once). Measured with bench_socket when it came in:
+#: committing each such batch at once costs an fsync'd commit per message (1 client: 0.06 of core); 2 ms
+#: 0.05-0.06, 5 ms 0.07, 20 ms 0.07 — and it bounds what a power loss can make decrypt again (rule 8).
 UNWAITED_COMMIT_DELAY = 0.005
 
 

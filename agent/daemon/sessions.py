@@ -54,23 +54,22 @@ Why a message key is never used twice, across kill -9 and power loss
        decrypts, never sends), so each peer device gets a fresh X3DH; and every sending transition first
        checks, at a bounded rate, that no copy of this store has started since (else SUPERSEDED).
 
-    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.deferred` a decrypt
-       whose result carries no reply is not held for its batch (``d.written`` instead of ``d.seq``); the
-       server answers at once and starts that batch's commit right after, in the background, so it is on
-       disk one fsync later instead of one fsync before. If a kill or a power loss comes in between, the
-       state is the one before the decrypt, and everything still holds: the message decrypts again to the
-       same plaintext (its key follows from the chain, which is deterministic), exactly what an unconfirmed message promises
-       anyway (a duplicate decrypts until ``confirm``); and a message after it from the same chain stores
-       the lost one's key as skipped, so a redelivery still reads. What builds on a decrypt does wait for
-       it: its ``confirm`` deletes the kept key in a later batch (durability is monotone); an encrypt on a
-       session the decrypt created, stepped or marked confirmed reads that session and waits for the
-       session's latest batch (rule 5); a result carrying a reply (our bundle, also with ``NoSession``)
-       waits for its batch, and so does a decrypt that needed our signed prekey (a new incoming session's
-       X3DH, or its first DH ratchet steps): a later request may destroy that SPK in the backend before the
-       batch is on disk, and after a crash the message could not be read again. So no message key is used twice for sending (nothing sent depends on an
-       undurable decrypt), no confirm is undone, and no plaintext is lost — it may only be handed out
-       again, as before a confirm. Outside :meth:`deferred` (workers, a shared store) a decrypt still waits
-       for its batch: nobody else would start the commit.
+    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.deferred` a decrypt whose
+       result carries no reply is not held for its batch (``d.written`` instead of ``d.seq``); the server answers at
+       once and starts that batch's commit right after, in the background, so it is on disk one fsync later instead
+       of one fsync before. If a kill or a power loss comes in between, the state is the one before the decrypt, and
+       everything still holds: the message decrypts again to the same plaintext (its key follows from the chain,
+       which is deterministic), exactly what an unconfirmed message promises anyway (a duplicate decrypts until
+       ``confirm``); and a message after it from the same chain stores the lost one's key as skipped, so a
+       redelivery still reads. What builds on a decrypt does wait for it: its ``confirm`` deletes the kept key in a
+       later batch (durability is monotone); an encrypt on a session the decrypt created, stepped or marked
+       confirmed reads that session and waits for the session's latest batch (rule 5); a result carrying a reply
+       (our bundle, also with ``NoSession``) waits for its batch, and so does a decrypt that needed our signed
+       prekey (a new incoming session's X3DH, or its first DH ratchet steps): a later request may destroy that SPK
+       in the backend before the batch is on disk, and after a crash the message could not be read again. So no
+       message key is used twice for sending (nothing sent depends on an undurable decrypt), no confirm is undone,
+       and no plaintext is lost — it may only be handed out again, as before a confirm. Outside :meth:`deferred`
+       (workers, a shared store) a decrypt still waits for its batch: nobody else would start the commit.
 
 State lives on disk; memory holds a bounded cache
     See :mod:`agent.daemon.session_cache`: nothing is read at start-up, and a cached session is dropped only
