@@ -22,7 +22,7 @@ from backends.memory import MemoryKey
 from tests.daemon.agentproc import PASSPHRASE, make_software_home, read_response, send_request
 from tests.daemon.test_commit_waits import CommitGate
 from tests.proof.common import home_backend
-from tests.sessions.harness import Clock, World
+from tests.sessions.harness import Clock, Device, World
 
 
 def _serve(tmp: Path, client: Callable[[str, SessionManager, CommitGate], None]) -> None:
@@ -67,11 +67,17 @@ loop: asyncio.AbstractEventLoop
 serving: AgentServer
 
 
-def test_a_decrypt_run_on_the_loop_is_answered_only_once_durable(tmp_path: Path) -> None:
-    """The protection: the plaintext is not handed out while the decrypt's batch is still being committed."""
+def _peer(tmp_path: Path, seed: bytes) -> Device:
+    """An in-process peer device (its own store under ``tmp_path``), on real time like the agent."""
     (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
-    alice = world.device("alice", MemoryKey(b"\x0a" * 32))
+    world = World(tmp_path / "peers", Clock(time.time_ns()))
+    return world.device("alice", MemoryKey(seed * 32))
+
+
+def test_a_new_sessions_first_plaintext_is_answered_only_once_durable(tmp_path: Path) -> None:
+    """The protection where rule 8 does not apply: the first message of a new session (its X3DH took our signed
+    prekey) is not handed out while the decrypt's batch is still being committed."""
+    alice = _peer(tmp_path, b"\x0a")
 
     def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
         with AgentClient(sock) as c:
@@ -105,9 +111,7 @@ def test_a_plaintext_is_answered_before_its_commit_which_starts_unasked(tmp_path
     """Rule 8 (sessions.py): a message on a known session is answered while its batch is still held, the commit
     of that batch starts by itself (no further request), and the confirm that builds on it is answered only once
     both are on disk."""
-    (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
-    alice = world.device("alice", MemoryKey(b"\x0c" * 32))
+    alice = _peer(tmp_path, b"\x0c")
 
     def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
         with AgentClient(sock) as c:
@@ -143,9 +147,7 @@ def test_a_plaintext_is_answered_before_its_commit_which_starts_unasked(tmp_path
 def test_a_background_commit_that_fails_leaves_the_agent_refusing_not_hanging(tmp_path: Path) -> None:
     """Rule 8's commit after the answer can fail (a full disk): the plaintext already answered stands (a crash would
     leave the same state), and every later request that needs the store is refused with a typed error, at once."""
-    (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
-    alice = world.device("alice", MemoryKey(b"\x0d" * 32))
+    alice = _peer(tmp_path, b"\x0d")
 
     def client(sock: str, manager: SessionManager, gate: CommitGate) -> None:
         with AgentClient(sock, timeout=10) as c:
@@ -157,12 +159,12 @@ def test_a_background_commit_that_fails_leaves_the_agent_refusing_not_hanging(tm
             def failing(batch: object) -> None:
                 raise OSError(28, "No space left on device")
 
-            store._commit = failing  # type: ignore[method-assign]
+            setattr(store, "_commit", failing)
             assert c.decrypt(alice.identity, alice.send(bob_id, b"two").message).payload == b"two"
             deadline = time.monotonic() + 5
-            while store._failed is None and time.monotonic() < deadline:  # the background commit ran and failed
+            while getattr(store, "_failed") is None and time.monotonic() < deadline:  # the commit ran and failed
                 time.sleep(0.01)
-            assert store._failed is not None
+            assert getattr(store, "_failed") is not None
             try:
                 c.encrypt(alice.identity, b"after the failure")
             except AgentError as exc:
@@ -210,9 +212,7 @@ def test_a_client_pipelining_behind_a_held_commit_is_read_no_further_than_one_fr
     """Backpressure while an answer waits for its commit: reading goes on (no epoll change per request), but
     what the client sends meanwhile is buffered only up to one frame, then the agent stops reading; once the
     commit is through, every pipelined request is answered, in order."""
-    (tmp_path / "peers").mkdir()
-    world = World(tmp_path / "peers", Clock(time.time_ns()))  # the agent runs on real time
-    alice = world.device("alice", MemoryKey(b"\x0b" * 32))
+    alice = _peer(tmp_path, b"\x0b")
     status = pb.Request(status=pb.StatusRequest()).SerializeToString()
     flood = 4 * 1024 * 1024 // (len(status) + 4)  # 4 MiB of pipelined requests: far above one frame + a read
 
