@@ -20,8 +20,9 @@ socket watch, upkeep). Each request takes one of three paths:
 * when the backend's keys are in this process (a key file), session and key requests run on the loop too
   (:meth:`Service.answer_inline`): their work is CPU, which the GIL serialises anyway, and only the wait for
   durability leaves the loop - one commit thread (:class:`_DurableAnswers`) waits for the batch each answer needs
-  and hands the answers back, so answers queued meanwhile share one fsync and none leaves before its state is on
-  disk (sessions.py, rule 5);
+  and hands the answers back, so answers queued meanwhile share one fsync and none leaves before the state it
+  owes is on disk (sessions.py, rule 5); a plaintext owes none (rule 8): it is answered at once, and the same
+  thread commits its batch right after, gathered for at most ``UNWAITED_COMMIT_DELAY`` with the others;
 * everything else (every request to a token, whose operations are device round trips; confirmation hooks; a cheap
   request whose answer is not in memory) runs on a bounded pool of ``workers`` threads.
 
