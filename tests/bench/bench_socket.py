@@ -161,7 +161,9 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
-    cpu0 = {"A": cpu_seconds(a.pid), "B": cpu_seconds(b.pid), "B preempted": float(preemptions(b.pid))}
+    own = os.times()  # this process: the client threads (and this waiting main thread)
+    cpu0 = {"A": cpu_seconds(a.pid), "B": cpu_seconds(b.pid), "B preempted": float(preemptions(b.pid)),
+            "clients": own.user + own.system}
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
@@ -171,6 +173,8 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
         cpu["A"] = (cpu_seconds(a.pid) - cpu0["A"]) / (per * clients)
         cpu["B"] = (cpu_seconds(b.pid) - cpu0["B"]) / (per * clients)
         cpu["B preempted"] = (preemptions(b.pid) - cpu0["B preempted"]) / (per * clients)
+        own = os.times()
+        cpu["clients"] = (own.user + own.system - cpu0["clients"]) / (per * clients)
     return per * clients / elapsed
 
 
@@ -467,8 +471,8 @@ def main() -> None:
             cpu: dict[str, float] = {}
             rate = socket_rate(args.n, clients, payload, a, b, cpu)
             print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}   (CPU per message: agent A "
-                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us; one event-loop thread each; agent B "
-                  f"preempted {cpu['B preempted']:.2f} times per message)")
+                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us, clients {cpu['clients'] * 1e6:.0f} us; "
+                  f"one event-loop thread each; agent B preempted {cpu['B preempted']:.2f} times per message)")
         fsync = fsync_ms(a.home)
         print(f"fsync p50: {fsync:.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)

@@ -183,11 +183,15 @@ def _socket(run: BenchRun) -> list[Row]:
     except (KeyError, ValueError, IndexError):
         return rows
     cpu: dict[str, tuple[float, float]] = {}  # row -> (agent A, agent B) CPU µs per message
+    client_cpu: dict[str, float] = {}  # row -> the client threads' CPU µs per message
     preempted: dict[str, float] = {}  # row -> agent B's involuntary context switches per message
     for line in run.stdout.splitlines():
         m = re.match(r"^(socket x\d+)\s.*agent A (\d+) us, agent B (\d+) us", line)
         if m:
             cpu[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+        m = re.match(r"^(socket x\d+)\s.*agent B \d+ us, clients (\d+) us", line)
+        if m:
+            client_cpu[m.group(1)] = float(m.group(2))
         m = re.match(r"^(socket x\d+)\s.*agent B preempted ([\d.]+) times", line)
         if m:
             preempted[m.group(1)] = float(m.group(2))
@@ -230,9 +234,13 @@ def _socket(run: BenchRun) -> list[Row]:
             if name != "socket x1":  # several clients: the agents' CPU, not the wait, is what caps the rate
                 why += (f"Each agent serves its requests on one event-loop thread (Python's GIL), so agent B "
                         f"alone caps the rate at {1e6 / b_us:.0f} msg/s (busy {rate * b_us / 1e4:.0f} % of a core "
-                        f"in this run), and both agents together need {a_us + b_us:.0f} µs of the 2 CPUs per "
-                        f"message, which the {name[-1]} client threads share; the target needs at most "
-                        f"{1e6 / need:.0f} µs per message in each agent. ")
+                        f"in this run); the target needs at most {1e6 / need:.0f} µs per message in each agent. ")
+                if name in client_cpu:
+                    total = a_us + b_us + client_cpu[name]
+                    why += (f"But the machine has 2 CPUs for both agents and the {name[-1]} client threads, whose "
+                            f"own CPU is {client_cpu[name]:.0f} µs per message: {total:.0f} µs in all, so the 2 "
+                            f"CPUs were {rate * total / 2e4:.0f} % busy, and at the target rate they would have to "
+                            f"be {need * total / 2e4:.0f} %. ")
             if name != "socket x1" and name in preempted:
                 why += (f"Agent B was preempted {preempted[name]:.2f} times per message (involuntary context "
                         f"switches): every answer it sends wakes a client that takes the CPU from it. ")
