@@ -32,7 +32,7 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
         assert r.met or ("CPU per message" in r.why and "agent B" in r.why), r.why
         assert r.met or "x1" in r.measure or "preempted" in r.why, r.why
         assert r.met or "x1" in r.measure or "CPUs were" in r.why, r.why  # the clients' CPU is counted too
-    assert any("floor" in r.why for r in step if "x1" in r.measure and not r.met) or all(r.met for r in step)
+    assert all("floor" in r.why for r in step if "x1" in r.measure and not r.met)  # (tiny runs may meet it)
     assert any(m.startswith("the least one client could take") for m in rows)
     assert any(m.startswith("the agent's own work per request") for m in rows)
     trivial = [r for m, r in rows.items() if "bare asyncio echo server (issue 16)" in m]
