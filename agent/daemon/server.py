@@ -378,6 +378,14 @@ class _Connection(asyncio.Protocol):
 UNWAITED_COMMIT_DELAY = 0.005
 
 
+def _note_latest(latest: dict[int, tuple[Any, int]], manager: Any, seq: int) -> None:
+    """Keep the highest batch per session manager (one, unless reopened): durability is monotone, so waiting for
+    it covers the others."""
+    prev = latest.get(id(manager))
+    if prev is None or seq > prev[1]:
+        latest[id(manager)] = (manager, seq)
+
+
 class _DurableAnswers:
     """Answers computed on the event loop whose state is not yet on disk: one thread waits for the commit (becoming
     the store's commit leader), then hands them back to the loop. Answers queued meanwhile share that commit, and
@@ -402,9 +410,7 @@ class _DurableAnswers:
         """Make batch ``seq`` durable soon, with no answer waiting for it (a decrypt's, sessions.py rule 8)."""
         with self._cond:
             idle = not self._unwaited and not self._items  # else the thread is already on its way: no wake-up
-            prev = self._unwaited.get(id(manager))
-            if prev is None or seq > prev[1]:
-                self._unwaited[id(manager)] = (manager, seq)
+            _note_latest(self._unwaited, manager, seq)
             if idle:
                 self._cond.notify()
 
@@ -420,9 +426,7 @@ class _DurableAnswers:
                 items, self._items = self._items, []
                 latest, self._unwaited = self._unwaited, {}  # per session manager (one, unless reopened)
             for _, _, _, _, seq, manager in items:
-                prev = latest.get(id(manager))
-                if prev is None or seq > prev[1]:
-                    latest[id(manager)] = (manager, seq)
+                _note_latest(latest, manager, seq)
             error: BaseException | None = None
             try:
                 for manager, seq in latest.values():
@@ -443,8 +447,6 @@ class _DurableAnswers:
                  error: BaseException | None) -> None:
         """Event loop: answer what became durable; the answers (and those of requests they let through) go out at
         the end of this callback, with one audit write, rather than one loop pass later."""
-        if not items:
-            return
         server = items[0][0].server
         server._reading = True
         try:

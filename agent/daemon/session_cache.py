@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
+from typing import TypeVar
 
 from agent.core.ratchet import Ratchet
 
@@ -37,7 +37,9 @@ from .store.rows import DeleteSession, InstallationRecord, Op, PutSession, Sessi
 
 __all__ = ["LiveSession", "SessionCache"]
 
-_GENERATIONS = itertools.count(1)  # SessionCache.generation values
+#: Entries a memo of :class:`SessionCache` holds before it starts over (one per peer identity in use).
+_MEMO_CAP = 4096
+_V = TypeVar("_V")
 
 
 class LiveSession:
@@ -86,9 +88,11 @@ class SessionCache:
         self._by_identity: OrderedDict[bytes, dict[str, InstallationRecord]] = OrderedDict()
         self._cache_identities = cache_identities
         self._inst_seq: dict[bytes, int] = {}  # identity -> batch of its latest installation write
-        # changes whenever any cached installation may have (written, loaded, dropped); unique across caches, so
-        # a value remembered with it (sessions.py: a bundle that changed nothing) is stale once it moved on
-        self.generation = next(_GENERATIONS)
+        # what sessions.py derives from the cached installations, emptied whenever any of them changes (written,
+        # loaded, dropped): a peer's message targets, and per identity the received bundle (its bytes) that last
+        # changed nothing
+        self.targets: dict[bytes, tuple[InstallationRecord, ...]] = {}
+        self.unchanged_bundle: dict[bytes, bytes] = {}
         self._inst_written: set[bytes] = set()
         self._dirty: set[bytes] = set()
         # the latest store batch any session or installation this request looked at was written in (rule 5 in
@@ -104,7 +108,7 @@ class SessionCache:
         if seq > self.read_seq:
             self.read_seq = seq
         if group is None:
-            self.generation = next(_GENERATIONS)
+            self._installations_changed()
             group = {rec.installation_id: rec for rec in self._store.load_installations_of(identity)}
             self._by_identity[identity] = group
             for rec in group.values():
@@ -117,8 +121,19 @@ class SessionCache:
         """Record a changed installation in the cache; the caller writes it (the same request)."""
         self.devices(rec.identity)[rec.installation_id] = rec
         self.installations[(rec.identity, rec.installation_id)] = rec
-        self.generation = next(_GENERATIONS)
+        self._installations_changed()
         self._inst_written.add(rec.identity)
+
+    def _installations_changed(self) -> None:
+        self.targets.clear()
+        self.unchanged_bundle.clear()
+
+    @staticmethod
+    def remember(memo: dict[bytes, _V], key: bytes, value: _V) -> None:
+        """Keep ``value`` in one of the memos above (bounded: a full one starts over)."""
+        if len(memo) >= _MEMO_CAP:
+            memo.clear()
+        memo[key] = value
 
     # ------------------------------------------------------------------ sessions
 
@@ -243,7 +258,7 @@ class SessionCache:
                 if (ident == self._own_identity or ident in self._inst_written
                         or self._inst_seq.get(ident, 0) > durable):
                     continue
-                self.generation = next(_GENERATIONS)
+                self._installations_changed()
                 for iid in self._by_identity.pop(ident):
                     del self.installations[(ident, iid)]
                 self._inst_seq.pop(ident, None)
@@ -284,8 +299,6 @@ class SessionCache:
         so a clean restart leaves no gap."""
         ops: list[Op] = []
         for live in self.sessions.values():
-            _, pos = live.ratchet.sending_position()
-            live.rec.state = live.ratchet.to_bytes()
-            live.rec.send_hwm = pos
-            ops.append(PutSession(replace(live.rec)))
+            self._write(live, ops, exact=True)
+        self._written.clear()  # the caller writes these itself, not through submit
         return ops

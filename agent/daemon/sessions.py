@@ -316,9 +316,6 @@ class SessionManager:
             backend, store.load_own_spks(), clock=clock, rotation_ns=rotation_ns, grace_ns=spk_grace_ns)
         self._refresh_ns = bundle_refresh_ns
         self._verified: dict[bytes, bytes] = {}  # serialised bundle -> identity (every message repeats it)
-        # identity -> (serialised bundle, cache generation) of a received bundle that changed nothing then
-        self._no_change: dict[bytes, tuple[bytes, int]] = {}
-        self._targets_memo: dict[bytes, tuple[int, tuple[InstallationRecord, ...]]] = {}  # peer -> (generation, _targets)
         # our bundle as last handed out by a state transition: (the Bundle object, its bytes, the store batch
         # that covers every state it was built on), for durable_bundle()
         self._published: tuple[pb.Bundle, bytes, int] | None = None
@@ -495,14 +492,12 @@ class SessionManager:
         when known: a bundle that changed nothing is not applied again while no installation changed (a sender
         attaches the same bundle to every message; its timestamp only passes the checks better as time goes on)."""
         self._cache.devices(identity)  # apply_bundle looks up this identity's installations only
-        if key is not None and self._no_change.get(identity) == (key, self._cache.generation):
+        if key is not None and self._cache.unchanged_bundle.get(identity) == key:
             return
         up = apply_bundle(self._cache.installations, identity, b, our_identity=self.identity,
                           our_installation_id=self.installation_id, now_ns=self._clock())
         if key is not None and not up.records and not up.rekeyed:
-            if len(self._no_change) >= 4096:
-                self._no_change.clear()
-            self._no_change[identity] = (key, self._cache.generation)
+            self._cache.remember(self._cache.unchanged_bundle, identity, key)
         for rec in up.records:
             self._cache.put_installation(rec)  # our bundle's cache key notices changes
             ops.append(PutInstallation(replace(rec)))
@@ -524,10 +519,7 @@ class SessionManager:
 
     def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
         b = decode_bundle(data)
-        return self._verify_cached(b), b
-
-    def _verify_cached(self, b: pb.Bundle) -> bytes:
-        return self._verify_keyed(b)[0]
+        return self._verify_keyed(b)[0], b
 
     def _verify_keyed(self, b: pb.Bundle) -> tuple[bytes, bytes]:
         """verify_bundle, remembered by the exact bytes: a sender attaches the same signed bundle to every
@@ -712,17 +704,13 @@ class SessionManager:
         ``overlay``: installation updates (by identity, then id) to see as if applied; None for the stored ones.
         """
         if not overlay:  # the stored ones: remembered while no installation changes (every encrypt asks twice)
-            memo = self._targets_memo.get(peer)
-            if memo is not None and memo[0] == self._cache.generation:
+            memo = self._cache.targets.get(peer)
+            if memo is not None:
                 self._cache.devices(peer)  # rule 5: the installations read still count for the wait (read_seq)
                 self._cache.devices(self.identity)
-                return list(memo[1])
-            generation = self._cache.generation
+                return list(memo)
             found = self._select_targets(peer, {})
-            if self._cache.generation == generation:  # (reading them may have loaded some: then not remembered)
-                if len(self._targets_memo) >= 4096:
-                    self._targets_memo.clear()
-                self._targets_memo[peer] = (generation, tuple(found))
+            self._cache.remember(self._cache.targets, peer, tuple(found))
             return found
         return self._select_targets(peer, overlay)
 

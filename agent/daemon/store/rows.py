@@ -335,7 +335,7 @@ class _NoncePool:
     """Random AES-GCM nonces read from the OS 4 KiB at a time: every state write seals two values, and a
     ``getrandom`` system call per nonce was a measurable part of a decrypt. Only nonces come from here (never a
     key), the pool is emptied in a forked child so two processes never draw the same bytes, and it is
-    thread-safe (sealing happens in whichever thread submits a batch)."""
+    thread-safe (rows are sealed in whichever thread submits a batch, sessions by the commit leader)."""
 
     _SIZE = 4096
 
