@@ -40,6 +40,8 @@ _BACKUPS = 2
 
 #: One encoder for every line (json.dumps with these options builds a new one per call).
 _ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+#: The fields of a request's line (Service.process): written by :meth:`AuditLog.line`'s fast path.
+_REQUEST_FIELDS = frozenset({"type", "result", "ms", "conn", "key", "peer", "detail"})
 _second: tuple[int, str] = (-1, "")  # the formatted UTC second last used (every request writes a line)
 
 
@@ -52,6 +54,11 @@ def _now_iso() -> str:
     if cached[0] != sec:
         cached = _second = (sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
     return f"{cached[1]}.{ms:03d}Z"
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without a quote or a backslash, and not past the cap: JSON holds it verbatim."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text and len(text) <= FIELD_CAP
 
 
 class AuditLog:
@@ -84,8 +91,32 @@ class AuditLog:
             self._file.write(b"".join(chunk))
 
     def line(self, cred: PeerCred | None, exe: str, **fields: object) -> bytes:
-        """One encoded line (with its newline), not yet written."""
-        line: dict[str, object] = {"time": self._clock()}
+        """One encoded line (with its newline), not yet written.
+
+        A request's line (exactly the fields :class:`Service` gives every answer, each a plain value) is written
+        with one format string: the same bytes as the JSON encoder's (sorted keys, empty fields left out), in half
+        the time and a third of the code run. That matters because every request writes one, and the agent often
+        runs it with cold CPU caches (after the client or another agent ran). Anything else takes
+        :meth:`_encoded_line`."""
+        if cred is not None and fields.keys() == _REQUEST_FIELDS:
+            t, r, ms, conn = fields["type"], fields["result"], fields["ms"], fields["conn"]
+            key, peer, detail = fields["key"], fields["peer"], fields["detail"]
+            now = self._clock()
+            if (type(t) is str and type(r) is str and type(key) is str and type(peer) is str and type(detail) is str
+                    and type(conn) is int and type(ms) is float and 0.0 <= ms < 1e9 and t and r and _plain(t)
+                    and _plain(r) and _plain(key) and _plain(peer) and _plain(detail) and _plain(now)):
+                d = f',"detail":"{detail}"' if detail else ""
+                k = f',"key":"{key}"' if key else ""
+                p = f',"peer":"{peer}"' if peer else ""
+                return (f'{{"conn":{conn}{d}{k},"ms":{ms!r}{p},"result":"{r}","time":"{now}","type":"{t}",'
+                        f'{self._client(cred, exe)}}}\n').encode()
+            return self._encoded_line(cred, exe, fields, now)
+        return self._encoded_line(cred, exe, fields)
+
+    def _encoded_line(self, cred: PeerCred | None, exe: str, fields: dict[str, object],
+                      now: str | None = None) -> bytes:
+        """:meth:`line` through the JSON encoder: any fields, any values."""
+        line: dict[str, object] = {"time": self._clock() if now is None else now}
         for k, v in fields.items():
             if k in ALLOWED_FIELDS and v is not None and v != "":
                 line[k] = cap(v, FIELD_CAP) if isinstance(v, str) else v

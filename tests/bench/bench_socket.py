@@ -8,14 +8,20 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
   messages confirmed in batches of CONFIRM_BATCH (as an app does: ConfirmRequest takes a list). Called directly,
   every call waits for its own commit, a decrypt too (no event loop to commit it after the answer, rule 8).
 * ``socket x1``: one client: agent A encrypts (one socket round trip), agent B decrypts (one round trip), the same
-  batched confirms; both agents are real daemons with durable state (software backend).
+  batched confirms; both agents are real daemons with durable state (software backend). Measured in ``--rounds``
+  rounds (x1, x8, x1, x8, ...) with a ``core`` measurement between any two: each round's ratio is against the core
+  measured just before and after it (this shared VM's speed drifts by tens of percent within a minute, so one core
+  measurement at the start could be taken in another phase than the row); the row prints the median round and the
+  range of the ratios. ``core`` prints the median of all its measurements.
 * ``socket x8``: eight clients doing the same concurrently (eight apps sharing A's identity, to one peer).
   Each socket row also gives each agent's CPU time per message (from /proc/PID/stat over the run): every agent
   serves its requests on one event-loop thread, so ``1 / (agent B's CPU per message)`` bounds the rate at any
   client count.
 * ``loop status`` / ``loop identity`` / ``loop encrypt`` / ``loop decrypt``: the agent's own work per request, in
   µs of its event-loop thread, measured in process with no socket (:func:`loop_costs`); a decrypt's commit, on the
-  commit thread, is not in it.
+  commit thread, is not in it. ``loop encrypt cold`` / ``loop decrypt cold``: the same with every CPU cache flushed
+  before each request (:data:`COLD_BYTES` written first, untimed): in the running agents most requests find the
+  caches filled by the client and the other agent, so their real cost lies between the two rows.
 * ``floor x1``: the least one client could take per message whatever the agents did: two round trips as cheap as
   the bare echo server's (``echo x1``) and one core message; its ratio is the best ``socket x1`` could reach on
   this machine. No fsync: a decrypt's commit follows its answer (sessions.py rule 8), and an encrypt inside its
@@ -326,22 +332,38 @@ class _Sink(asyncio.Transport):
         pass
 
 
-def loop_costs(n: int, payload: bytes, tmp: Path) -> dict[str, float]:
+#: Bytes touched before each request of the "cold" loop rows: more than this machine's per-core L2 (1-2 MiB),
+#: so the agent's code and data come back from L3 or memory, as after another process ran on its CPU.
+COLD_BYTES = 32 << 20
+
+
+def evict_caches(buf: bytearray) -> None:
+    """Write one byte per 64-byte cache line of ``buf``: what was in the CPU's caches before is pushed out."""
+    buf[::64] = b"\1" * (len(buf) // 64)
+
+
+def loop_costs(n: int, payload: bytes, tmp: Path, *, cold: bool = False) -> dict[str, float]:
     """The agent's own work per request, in seconds of its event-loop thread's CPU (``time.thread_time``): a real
     AgentServer on a software home in this process, one admitted connection whose transport is a :class:`_Sink`;
     each request's frame is handed to the connection and only that callback is timed (decode, policy, run, audit
     line, answer; a decrypt's commit happens on the commit thread and is not counted). Peer: an in-process
     SessionManager. No socket, no second process: what is left of a socket row beyond these is wake-ups and
-    system calls."""
-    home = make_software_home(tmp / "loop-home")
+    system calls.
+
+    ``cold``: the caches are flushed (:func:`evict_caches`, untimed) before each request, as when the agent's
+    process wakes on a CPU where other processes (the client, the other agent) ran since its last request: every
+    request of one client, and most at 8 clients on 2 CPUs."""
+    tag = "cold" if cold else "warm"
+    flush = bytearray(COLD_BYTES) if cold else None
+    home = make_software_home(tmp / f"loop-home-{tag}")
     backend = home_backend(home, PASSPHRASE)
     backend.unlock(PASSPHRASE)
     rundir = Path(tempfile.mkdtemp(prefix="kloop"))  # short: sun_path is 108 bytes
     server = AgentServer(home=Home.at(home), config=AgentConfig(), backend=backend,
                          socket_path=str(rundir / "a.sock"))
     key = MemoryKey.generate()
-    (tmp / "loop-peer").mkdir()
-    peer = SessionManager(MemoryBackend(key), Store(tmp / "loop-peer" / "state.db", key), clock=time.time_ns,
+    (tmp / f"loop-peer-{tag}").mkdir()
+    peer = SessionManager(MemoryBackend(key), Store(tmp / f"loop-peer-{tag}" / "state.db", key), clock=time.time_ns,
                           rng=os.urandom)
     costs: dict[str, float] = {}
 
@@ -351,7 +373,7 @@ def loop_costs(n: int, payload: bytes, tmp: Path) -> dict[str, float]:
             await asyncio.sleep(0.01)
         client = socket.socket(socket.AF_UNIX)
         client.connect(server.socket_path)
-        while not server._conns:
+        while not server._conns or next(iter(server._conns)).transport is None:  # admitted, then made
             await asyncio.sleep(0.01)
         conn = next(iter(server._conns))
         sink = _Sink()
@@ -360,6 +382,8 @@ def loop_costs(n: int, payload: bytes, tmp: Path) -> dict[str, float]:
         async def call(req: pb.Request) -> tuple[pb.Response, float]:
             frame = encode_frame(req.SerializeToString())
             sink.out.clear()
+            if flush is not None:
+                evict_caches(flush)
             c0 = time.thread_time()
             conn.data_received(frame)
             spent = time.thread_time() - c0
@@ -446,14 +470,16 @@ def main() -> None:
     ap.add_argument("--start-rounds", type=int, default=3)
     ap.add_argument("--trivial-seconds", type=float, default=2.0)
     ap.add_argument("--only-trivial", action="store_true", help="only the echo/status/identity rows")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of each socket row, core measured between them")
     args = ap.parse_args()
     payload = os.urandom(args.size)
     factory = AgentFactory()
     try:
         with tempfile.TemporaryDirectory() as d:
-            core = core_rate(args.n, payload)
+            cores = [core_rate(args.n, payload)]
             mgr = manager_rate(args.n, payload, Path(d))
             loop = loop_costs(args.n, payload, Path(d))
+            cold = loop_costs(args.n, payload, Path(d), cold=True)
         a, b = factory.new(config=OWNER_SIGNS), factory.new(config=OWNER_SIGNS)
         a.start()
         b.start()
@@ -462,17 +488,35 @@ def main() -> None:
         for name in ("status", "identity", "encrypt", "decrypt"):
             print(f"{'loop ' + name:<12} {loop[name] * 1e6:>10.1f}   (us of the agent's event-loop thread per "
                   f"request, in process, no socket)")
+        for name in ("encrypt", "decrypt"):
+            print(f"{'loop ' + name + ' cold':<12} {cold[name] * 1e6:>10.1f}   (the same, the CPU caches flushed "
+                  f"before each request: as after another process ran)")
         if args.only_trivial:
             trivial_rows(a.sock, args.trivial_seconds)
             return
-        print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}")
+        # Rounds: x1, x8, x1, x8, ... with a core measurement between any two, so each socket round has a baseline
+        # taken just before and just after it (this shared VM's speed drifts by tens of percent within a minute).
+        rounds: dict[int, list[tuple[float, float, dict[str, float]]]] = {1: [], 8: []}
+        for _ in range(max(1, args.rounds)):
+            for clients in (1, 8):
+                cpu: dict[str, float] = {}
+                rate = socket_rate(args.n, clients, payload, a, b, cpu)
+                cores.append(core_rate(args.n, payload))
+                around = 2.0 / (1.0 / cores[-2] + 1.0 / cores[-1])  # the mean time per core message of the two
+                rounds[clients].append((rate, rate / around, cpu))
+        core = statistics.median(cores)
+        print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}   (median of {len(cores)} measurements, one before and after "
+              f"every socket round: {min(cores):.0f}-{max(cores):.0f})")
         print(f"{'manager':<12} {mgr:>10.0f} {mgr / core:>7.2f}")
-        for clients in (1, 8):
-            cpu: dict[str, float] = {}
-            rate = socket_rate(args.n, clients, payload, a, b, cpu)
-            print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {rate / core:>7.2f}   (CPU per message: agent A "
-                  f"{cpu['A'] * 1e6:.0f} us, agent B {cpu['B'] * 1e6:.0f} us, clients {cpu['clients'] * 1e6:.0f} us; "
-                  f"one event-loop thread each; agent B preempted {cpu['B preempted']:.2f} times per message)")
+        for clients, got in rounds.items():
+            ratios = sorted(r for _, r, _ in got)
+            rate = statistics.median(r for r, _, _ in got)
+            mean = {k: statistics.fmean(c[k] for _, _, c in got) for k in got[0][2]}
+            print(f"{'socket x' + str(clients):<12} {rate:>10.0f} {statistics.median(ratios):>7.2f}   (median of "
+                  f"{len(got)} rounds, each against the core measured just before and after it: ratios "
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f}; CPU per message: agent A {mean['A'] * 1e6:.0f} us, agent B "
+                  f"{mean['B'] * 1e6:.0f} us, clients {mean['clients'] * 1e6:.0f} us; one event-loop thread each; "
+                  f"agent B preempted {mean['B preempted']:.2f} times per message)")
         fsync = fsync_ms(a.home)
         print(f"fsync p50: {fsync:.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)

@@ -7,9 +7,12 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agent.daemon.admission import SlotPolicy, Slots, Verdict
 from agent.daemon.audit import AuditLog
@@ -96,6 +99,48 @@ def test_audit_log_caps_every_field_from_a_client_or_peer(tmp_path: Path) -> Non
     assert raw.count("\n") == 1 and len(raw) < 2048
     line = json.loads(raw)
     assert line["detail"].endswith("...(+199757 chars)") and line["exe"].startswith("/x\n/x\n")
+
+
+_TEXT = st.one_of(st.sampled_from(["", "ok", "decrypt", "identity", "installation=abc", "02" + "ab" * 32]),
+                  st.text(max_size=40), st.text(alphabet='"\\\n\x7f\u2028\x00abc', max_size=8),
+                  st.just("i" * 300))
+_VALUE = st.one_of(_TEXT, st.integers(-5, 10**12), st.booleans(), st.none(),
+                   st.floats(allow_nan=True, allow_infinity=True), st.just(0.0), st.just(1e-05))
+
+
+_PLAIN = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+_FIELDS = ["type", "result", "ms", "conn", "key", "peer", "detail"]
+_BASE: dict[str, object] = {"type": "decrypt", "result": "ok", "ms": 0.5, "conn": 3, "key": "identity", "peer": "02ab",
+                            "detail": "x"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.fixed_dictionaries({"type": st.sampled_from(["decrypt", "status"]),
+                              "result": st.sampled_from(["ok", "DENIED"]), "ms": st.floats(0, 1e6),
+                              "conn": st.integers(0, 10**6), "key": _PLAIN, "peer": _PLAIN, "detail": _PLAIN}),
+       st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=2),
+       st.dictionaries(st.sampled_from(["rule", "force", "installation", "suppressed", "secret"]), _VALUE,
+                       max_size=1),
+       st.text(max_size=20))
+@example(_BASE, {"ms": float("nan")}, {}, "/bin/x")
+@example(_BASE, {"ms": float("inf")}, {}, "/bin/x")
+@example(_BASE, {"conn": True}, {}, "/bin/x")
+@example(_BASE, {"detail": 'a"b\\c\n'}, {}, "/bin/x")
+@example(_BASE, {"peer": "\u00e9"}, {}, "/bin/x")
+@example(_BASE, {"key": "k" * 300}, {}, "/bin/x")
+def test_a_request_line_is_the_json_encoders_bytes(fields: dict[str, object], changed: dict[str, object],
+                                                   extra: dict[str, object], exe: str) -> None:
+    """The audit line's fast path (one format string for a request's usual fields) writes exactly what the JSON
+    encoder writes, for any value a peer or client could put there (quotes, backslashes, control characters,
+    non-ASCII, over-long text, NaN): else a crafted installation id could forge or break a line."""
+    with tempfile.TemporaryDirectory() as d:
+        audit = AuditLog(Path(d) / "audit.log", clock=lambda: "2026-01-01T00:00:00.000Z")
+        cred = PeerCred(1, 2, 3)
+        both = dict(fields, **changed, **extra)
+        fast, slow = audit.line(cred, exe, **both), audit._encoded_line(cred, exe, both)
+        audit.close()
+    assert fast == slow
+    assert json.loads(fast)["time"] == "2026-01-01T00:00:00.000Z"
 
 
 def test_an_oversized_peer_installation_id_is_a_short_audit_line(tmp_path: Path) -> None:
