@@ -321,11 +321,7 @@ class Ratchet:
         if s.ns >= MAX_UINT32:
             raise InvalidState("sending chain exhausted (n is a uint32)")
         header = Header(s.dhs_pub, s.ns, s.pn)
-        if self._tracer:
-            s.cks, mk = self._kdf_ck(s.cks)
-        else:
-            ck = s.cks
-            s.cks, mk = drcrypto.hmac_sha256(ck, b"\x0f"), drcrypto.hmac_sha256(ck, b"\x10")
+        s.cks, mk = self._kdf_ck(s.cks) if self._tracer else drcrypto.kdf_ck(s.cks)
         s.ns += 1
         full_ad = ad + header.encode()
         ct = drcrypto.encrypt(mk, plaintext, full_ad)
@@ -406,11 +402,7 @@ class Ratchet:
                                  "or deleted as too old") from None
         except DecryptFailed as exc:
             raise type(exc)(f"can't skip current chain message keys: {exc}") from None
-        if self._tracer:
-            s.ckr, mk = self._kdf_ck(s.ckr)
-        else:
-            ck = s.ckr
-            s.ckr, mk = drcrypto.hmac_sha256(ck, b"\x0f"), drcrypto.hmac_sha256(ck, b"\x10")
+        s.ckr, mk = self._kdf_ck(s.ckr) if self._tracer else drcrypto.kdf_ck(s.ckr)
         s.nr += 1
         try:
             plaintext = self._decrypt_with(mk, ciphertext, full_ad)

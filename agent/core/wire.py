@@ -11,7 +11,7 @@ skipped like unknown fields.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -46,12 +46,12 @@ _M = TypeVar("_M", bound=Message)
 def _decode(cls: type[_M], data: bytes, what: str) -> _M:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessage(f"{what} must be bytes, not {type(data).__name__}")
-    msg = cls()
+    msg: _M = cls()
     try:
         msg.ParseFromString(bytes(data))
     except Exception as exc:  # DecodeError and whatever else the C runtime raises: all mean "not ours"
         raise MalformedMessage(f"malformed {what}: {exc}") from None
-    return cast(_M, msg)
+    return msg
 
 
 def decode_protocol_message(data: bytes) -> pb.ProtocolMessage:
@@ -76,7 +76,8 @@ def decode_bundle_container(data: bytes) -> pb.BundleContainer:
 
 def encode(msg: Message) -> bytes:
     """Deterministic serialisation (map entries sorted by key), byte-equal to status-go's deterministic marshal."""
-    return cast(bytes, msg.SerializeToString(deterministic=True))
+    out: bytes = msg.SerializeToString(deterministic=True)
+    return out
 
 
 def encode_protocol_message(msg: pb.ProtocolMessage) -> bytes:

@@ -57,8 +57,8 @@ def _now_iso() -> str:
 
 
 def _plain(text: str) -> bool:
-    """Printable ASCII without a quote or a backslash, and not past the cap: JSON holds it verbatim."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text and len(text) <= FIELD_CAP
+    """Printable ASCII without a quote or a backslash: JSON holds it verbatim."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 class AuditLog:
@@ -103,8 +103,9 @@ class AuditLog:
             key, peer, detail = fields["key"], fields["peer"], fields["detail"]
             now = self._clock()
             if (type(t) is str and type(r) is str and type(key) is str and type(peer) is str and type(detail) is str
-                    and type(conn) is int and type(ms) is float and 0.0 <= ms < 1e9 and t and r and _plain(t)
-                    and _plain(r) and _plain(key) and _plain(peer) and _plain(detail) and _plain(now)):
+                    and type(conn) is int and type(ms) is float and 0.0 <= ms < 1e9 and t and r
+                    and max(len(t), len(r), len(key), len(peer), len(detail)) <= FIELD_CAP
+                    and _plain(t + r + key + peer + detail + now)):
                 d = f',"detail":"{detail}"' if detail else ""
                 k = f',"key":"{key}"' if key else ""
                 p = f',"peer":"{peer}"' if peer else ""

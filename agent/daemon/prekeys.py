@@ -59,8 +59,12 @@ class SignedPrekeys:
         self._spks: dict[int, OwnSpkRecord] = {spk.version: spk for spk in records}
 
     def current(self) -> OwnSpkRecord | None:
-        live = [s for s in self._spks.values() if s.expired_ns is None and not s.destroyed]
-        return max(live, key=lambda s: s.version) if live else None
+        """The newest SPK neither expired nor destroyed (every encrypt asks, through our bundle)."""
+        best: OwnSpkRecord | None = None
+        for spk in self._spks.values():
+            if spk.expired_ns is None and not spk.destroyed and (best is None or spk.version > best.version):
+                best = spk
+        return best
 
     def rotation_due(self, now: int) -> bool:
         """No current SPK, or the current one is older than the rotation period."""

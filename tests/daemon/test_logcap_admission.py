@@ -128,6 +128,7 @@ _BASE: dict[str, object] = {"type": "decrypt", "result": "ok", "ms": 0.5, "conn"
 @example(_BASE, {"detail": 'a"b\\c\n'}, {}, "/bin/x")
 @example(_BASE, {"peer": "\u00e9"}, {}, "/bin/x")
 @example(_BASE, {"key": "k" * 300}, {}, "/bin/x")
+@example(_BASE, {"detail": "d" * 300}, {}, "/bin/x")
 def test_a_request_line_is_the_json_encoders_bytes(fields: dict[str, object], changed: dict[str, object],
                                                    extra: dict[str, object], exe: str) -> None:
     """The audit line's fast path (one format string for a request's usual fields) writes exactly what the JSON
@@ -141,6 +142,15 @@ def test_a_request_line_is_the_json_encoders_bytes(fields: dict[str, object], ch
         audit.close()
     assert fast == slow
     assert json.loads(fast)["time"] == "2026-01-01T00:00:00.000Z"
+
+
+def test_a_request_line_escapes_whatever_the_clock_says(tmp_path: Path) -> None:
+    """The time goes through the same check as the fields (a clock is injectable: tests, another format)."""
+    audit = AuditLog(tmp_path / "audit.log", clock=lambda: 'x"y\n')
+    fast = audit.line(PeerCred(1, 2, 3), "/bin/x", **_BASE)
+    audit.close()
+    assert fast == audit._encoded_line(PeerCred(1, 2, 3), "/bin/x", dict(_BASE), 'x"y\n')
+    assert json.loads(fast)["time"] == 'x"y\n'
 
 
 def test_an_oversized_peer_installation_id_is_a_short_audit_line(tmp_path: Path) -> None:
