@@ -98,6 +98,8 @@ class LockManager:
 
     def check(self) -> None:
         """Raise AgentLocked unless secret-using requests are allowed now."""
+        if self._deadline is None and not self._locked:  # no TTL running, not locked: nothing to tick (the
+            return  # usual case, asked by every request; each read is atomic, as the mutex would give it)
         if self.locked:
             raise AgentLocked("the agent is locked; run keyagent unlock")
 
@@ -109,6 +111,8 @@ class LockManager:
 
     def lock_due(self) -> bool:
         """True if the unlock TTL has run out and the next :meth:`tick` will lock (and call the backend)."""
+        if self._deadline is None:  # no TTL running (every inline request asks)
+            return False
         with self._mu:
             return self._deadline is not None and not self._locked and self._clock() >= self._deadline
 

@@ -75,6 +75,10 @@ class AuditLog:
     def record(self, cred: PeerCred | None, exe: str, **fields: object) -> None:
         self.write([self.line(cred, exe, **fields)])
 
+    def write_line(self, line: bytes) -> None:
+        """Append one line from :meth:`line` (:meth:`write` for several)."""
+        self._file.write(line)
+
     def write(self, lines: list[bytes]) -> None:
         """Append lines from :meth:`line`, several per write (a batch of requests) but never more than a quarter
         of the file cap at once, so rotation still happens between whole lines."""

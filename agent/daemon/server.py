@@ -393,7 +393,8 @@ class _DurableAnswers:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._cond = threading.Condition()
+        self._mu = threading.Lock()  # taken directly by commit() (every decrypt): the Condition's methods are Python
+        self._cond = threading.Condition(self._mu)
         self._items: list[tuple[_Connection, pb.Request, pb.Response, dict[str, object], int, Any]] = []
         self._unwaited: dict[int, tuple[Any, int]] = {}  # per session manager: the latest batch to commit anyway
         self._stopping = False
@@ -408,9 +409,12 @@ class _DurableAnswers:
 
     def commit(self, seq: int, manager: Any) -> None:
         """Make batch ``seq`` durable soon, with no answer waiting for it (a decrypt's, sessions.py rule 8)."""
-        with self._cond:
-            idle = not self._unwaited and not self._items  # else the thread is already on its way: no wake-up
-            _note_latest(self._unwaited, manager, seq)
+        with self._mu:
+            unwaited = self._unwaited
+            idle = not unwaited and not self._items  # else the thread is already on its way: no wake-up
+            prev = unwaited.get(id(manager))
+            if prev is None or seq > prev[1]:  # _note_latest, inline: every decrypt comes here
+                unwaited[id(manager)] = (manager, seq)
             if idle:
                 self._cond.notify()
 
@@ -512,7 +516,10 @@ class AgentServer:
     def _flush_answers(self) -> None:
         """Audit every queued answer (one write), then send them: audited before any client can see its answer."""
         answers, self._answers = self._answers, []
-        if not answers:
+        if len(answers) == 1:  # the usual case: one request's answer
+            conn, response, fields = answers[0]
+            self.service.record(conn.ctx, fields)
+            conn._send(response)
             return
         self.service.record_all([(conn.ctx, fields) for conn, _, fields in answers])
         for conn, response, _ in answers:

@@ -189,6 +189,9 @@ class Service:
     # --- session manager lifecycle --------------------------------------------------------------------------
     def sessions(self) -> SessionsLike:
         """The session manager, opened on first use (the store needs the identity key, so the backend unlocked)."""
+        manager = self._sessions  # open already (every request asks; only close() sets it back to None)
+        if manager is not None:
+            return manager
         with self._open_mu:  # one opener at a time; readers of the reference (status) never wait for it
             with self._sessions_mu:
                 manager = self._sessions
@@ -208,8 +211,7 @@ class Service:
                                      f"{guard.where} at epoch {guard.epoch}")
 
     def sessions_if_open(self) -> SessionsLike | None:
-        with self._sessions_mu:
-            return self._sessions
+        return self._sessions  # one attribute read (atomic under the GIL), as the lock gave it
 
     def try_open_sessions(self) -> None:
         """Open the session state now if possible (after start or unlock); failures surface on the next request."""
@@ -368,7 +370,10 @@ class Service:
 
     def record(self, ctx: ClientContext, fields: dict[str, object]) -> None:
         """Write one audit line; a full disk must not take the agent down (the failure itself is logged)."""
-        self.record_all([(ctx, fields)])
+        try:
+            self.audit.write_line(self.audit.line(ctx.cred, ctx.exe, **fields))
+        except OSError as exc:
+            log.error("cannot write the audit log: %s", exc.strerror)
 
     def record_all(self, entries: Sequence[tuple[ClientContext, dict[str, object]]]) -> None:
         """Write the audit lines of several requests with one write (the server's batch of answers)."""

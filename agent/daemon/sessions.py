@@ -298,6 +298,8 @@ class SessionManager:
             raise ValueError("the caches must hold at least one entry")
         self._backend = backend
         self._store = store
+        # the embedded store: its turns (enter/leave) are no-ops and a result may leave before its commit
+        self._embedded = store.kind == "sqlite"
         self._clock = clock
         self._rng = rng
         self._profile = profile
@@ -360,11 +362,6 @@ class SessionManager:
                                    installation_id=self.installation_id, clock=self._clock,
                                    refresh_ns=self._refresh_ns)
 
-    def _current(self) -> None:
-        """Under the state lock, inside a turn: reload if the store's rows moved on without us (rule 6)."""
-        if self._store.cache_epoch != self._epoch:
-            self._load()
-
     # ------------------------------------------------------------------ small helpers
 
     def _keygen(self) -> tuple[bytes, bytes]:
@@ -392,17 +389,19 @@ class SessionManager:
         ops: list[Op] = []
         error: BaseException | None = None
         result: _T | None = None
-        self._store.enter()  # rule 6: a shared store's turn (a no-op for the embedded one)
+        store, embedded = self._store, self._embedded
+        if not embedded:
+            store.enter()  # rule 6: a shared store's turn (the embedded one has none)
         try:
             # rule 7, before the state lock: reading the anchor is a token round trip (milliseconds on a card)
             reload = self.rollback is not None and (sending or upkeep) and self._check_anchor(sending)
             with self._lock:
                 try:
-                    if reload:
-                        self._load()  # a shared store re-keyed in place: drop what was cached from before
-                    self._current()
-                    self._cache.read_seq = 0  # (after _current: a reload replaces the cache)
-                    self._maintain(ops)
+                    if reload or store.cache_epoch != self._epoch:  # re-keyed in place, or moved on without us
+                        self._load()  # (rule 6): drop what was cached from before
+                    self._cache.read_seq = 0  # (after a reload, which replaces the cache)
+                    if not 0 <= self._clock() - self._last_upkeep < 10**9:  # _maintain looks once a second
+                        self._maintain(ops)
                     result = work(ops)
                 except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
                     error = e
@@ -411,22 +410,29 @@ class SessionManager:
                 self._cache.flush(ops)
                 if ops:  # rule 5: our own batch; durability is monotone, so it covers every earlier one too
                     seq = self._cache.submit(ops)
-                    if any(not isinstance(op, (PutSession, PutInstallation)) for op in ops):
-                        self._other_seq = seq  # session and installation writes are tracked per row instead
+                    for op in ops:
+                        if not isinstance(op, (PutSession, PutInstallation)):
+                            self._other_seq = seq  # session and installation writes are tracked per row instead
+                            break
                 elif error is None:  # rule 5: wrote nothing; only what it was built on must be durable
                     seq = max(self._other_seq, self._cache.read_seq)
                 else:
-                    seq = self._store.last_submitted()
-                self._stamp_bundle(self._store.last_submitted())
-            if getattr(self._deferring, "on", False) and self.can_defer():
+                    seq = store.last_submitted()
+                # our signed bundle, if new, is remembered with the batch that covers every state it was built on
+                # (the newest signed one is enough here: durable_bundle checks it is current)
+                signed = self._own.last_signed()
+                if signed is not None and (self._published is None or self._published[0] is not signed):
+                    self._published = (signed, encode(signed), store.last_submitted())
+            if embedded and getattr(self._deferring, "on", False):
                 if error is None and owes is not None and not owes(result):  # type: ignore[arg-type]
                     self._deferring.written = max(self._deferring.written, seq)  # rule 8: committed right after
                 else:
                     self._deferring.seq = max(self._deferring.seq, seq)  # the caller waits before it answers
             else:
-                self._store.wait(seq)
+                store.wait(seq)
         finally:
-            self._store.leave()  # only now may another agent load what we wrote
+            if not embedded:
+                store.leave()  # only now may another agent load what we wrote
         if error is not None:
             raise error
         return result  # type: ignore[return-value]  # work() returned: result holds its value
@@ -446,7 +452,7 @@ class SessionManager:
 
     def can_defer(self) -> bool:
         """Only the embedded store: a shared one's turn lasts until the writes are durable (rule 6)."""
-        return self._store.kind == "sqlite"
+        return self._embedded
 
     def wait_durable(self, seq: int) -> None:
         """Block until batch ``seq`` (and every earlier one) is durable (committing it if nobody is)."""
@@ -547,14 +553,6 @@ class SessionManager:
     def our_bundle(self) -> bytes:
         """Our current signed Bundle protobuf (self + up to 2 enabled own devices)."""
         return self._run(lambda ops: encode(self._own.bundle()))  # _run stamps it for durable_bundle
-
-    def _stamp_bundle(self, seq: int) -> None:
-        """Under the lock, after a transition's batch ``seq`` is submitted: if our cached signed bundle is new,
-        remember it with ``seq`` (it was built on state submitted no later than that). The newest signed one is
-        enough here (no re-check of its entries on every request): :meth:`durable_bundle` checks it is current."""
-        b = self._own.last_signed()
-        if b is not None and (self._published is None or self._published[0] is not b):
-            self._published = (b, encode(b), seq)
 
     def durable_bundle(self) -> bytes | None:
         """Our bundle from memory, or None (the caller then asks :meth:`our_bundle`): never waits, never signs.
