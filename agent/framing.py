@@ -36,24 +36,26 @@ class FrameDecoder:
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
-        self._buf = bytearray()
+        #: What follows the frames taken so far (read-only outside: empty means "no frame pending", which a
+        #: server can test without a call before asking :meth:`next`)
+        self.buf = bytearray()
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        self.buf += data
 
     @property
     def pending(self) -> bool:
         """True while bytes of an unfinished (or not yet taken) frame are held."""
-        return bool(self._buf)
+        return bool(self.buf)
 
     @property
     def buffered(self) -> int:
         """Bytes held (what follows the frames taken so far)."""
-        return len(self._buf)
+        return len(self.buf)
 
     def next(self) -> bytes | None:
         """The next whole frame, or None until more bytes arrive. Raises FrameError on a bad length."""
-        buf = self._buf
+        buf = self.buf
         if len(buf) < 4:
             return None
         (length,) = _LEN.unpack_from(buf)

@@ -164,18 +164,19 @@ class _Connection(asyncio.Protocol):
             if server.stopping:
                 self._close()
                 return
-            try:
-                frame = self.frames.next()
+            frames = self.frames
+            try:  # (nothing buffered, the usual case once a read's frame was served: no call into the decoder)
+                frame = frames.next() if frames.buf else None
             except FrameError as exc:
                 server._bad_frame(ctx, str(exc))
                 self._close()
                 return
             if frame is None:
                 if self._eof:
-                    if self.frames.pending:
+                    if frames.buf:
                         server._bad_frame(ctx, "truncated frame")
                     self._close()
-                elif self.frames.pending:
+                elif frames.buf:
                     self._idle_at = None
                     if self._clock != "frame":  # from the frame's first byte (slow-loris)
                         self._arm("frame", server.config.frame_timeout, self._frame_timeout)
@@ -267,8 +268,14 @@ class _Connection(asyncio.Protocol):
         self._continue()
 
     def _answer(self, response: pb.Response | bytes, fields: dict[str, object]) -> None:
-        """Queue the answer: the loop writes every answer of this pass (audit lines first) at its end."""
-        self.server._queue_answer(self, response, fields)
+        """Queue the answer until the end of the callback that made it (a read: every frame it brought shares one
+        audit write) or of this loop pass (answers from workers and the commit thread: every one ready in the pass
+        shares one write). Flushing at the end of a read rather than one pass later saves an event-loop iteration
+        (a zero-timeout epoll) per request."""
+        server = self.server
+        server._answers.append((self, response, fields))
+        if len(server._answers) == 1 and not server._reading:
+            self._loop.call_soon(server._flush_answers)
         if (not isinstance(response, bytes) and response.WhichOneof("response") == "error"
                 and response.error.code == pb.Error.BUSY):
             self._held = True  # answered at once; this connection's next request waits
@@ -504,15 +511,6 @@ class AgentServer:
         self._reading = False  # inside a data_received: it flushes the answers itself when it returns
 
     # --- answers: audited together, then sent ------------------------------------------------------------------
-    def _queue_answer(self, conn: _Connection, response: pb.Response | bytes, fields: dict[str, object]) -> None:
-        """Event loop: keep an answer until the end of the callback that made it (a read: every frame it brought
-        shares one audit write) or of this loop pass (answers from workers and the commit thread: every one
-        ready in the pass shares one write). Flushing at the end of a read rather than one pass later saves an
-        event-loop iteration (a zero-timeout epoll) per request."""
-        self._answers.append((conn, response, fields))
-        if len(self._answers) == 1 and not self._reading:
-            conn._loop.call_soon(self._flush_answers)
-
     def _flush_answers(self) -> None:
         """Audit every queued answer (one write), then send them: audited before any client can see its answer."""
         answers, self._answers = self._answers, []

@@ -113,6 +113,10 @@ def error_code(exc: BaseException) -> int:
     return int(pb.Error.INTERNAL)
 
 
+def _no_inline(*args: object) -> tuple[tuple[pb.Response, dict[str, object]], int, int]:
+    raise AssertionError("no session manager runs requests inline yet")
+
+
 class Service:
     """Dispatches requests; one instance per daemon."""
 
@@ -140,6 +144,9 @@ class Service:
         self._factory = sessions
         self._sessions: SessionsLike | None = None
         self._sessions_mu = threading.Lock()
+        # the manager answer_inline found able to run requests inline, and its run_deferred (_runs_inline)
+        self._inline_manager: SessionsLike | None = None
+        self._inline_run: Callable[..., tuple[tuple[pb.Response, dict[str, object]], int, int]] = _no_inline
         self._open_mu = threading.Lock()
         self.socket_path = socket_path
         self._on_stop = on_stop
@@ -274,7 +281,7 @@ class Service:
             key=outcome.key if outcome else "", peer=outcome.peer if outcome else _peer_hint(request, kind),
             detail=outcome.detail if outcome else "",
         )
-        if _forced(request, kind):
+        if kind in _FORCEABLE and _forced(request, kind):
             fields["force"] = True  # skipping a guard is always on record, whether it worked or not
         rule = getattr(exc_seen, "rule", None) if exc_seen is not None else None
         if isinstance(rule, str):
@@ -337,20 +344,27 @@ class Service:
         response, its audit fields, the store batch it needs on disk (0: none), the batch it wrote without
         needing it (0: none) and the session manager to wait with (``wait_durable``/``is_durable``); the caller
         must not send the response before the first batch is durable, and must start the second one's commit
-        right after sending (sessions.py, rules 5 and 8, ``deferred``).
+        right after sending (sessions.py, rules 5 and 8, ``run_deferred``).
         """
         kind = request.WhichOneof("request")
         if not self._keys_in_process or kind not in _INLINE or kind in self.config.confirm_ops:
             return None
-        manager = self.sessions_if_open()
-        deferred = getattr(manager, "deferred", None)
-        can_defer = getattr(manager, "can_defer", None)  # not with a shared store: its turns wait on the database
-        if (manager is None or not callable(deferred) or not callable(can_defer) or not can_defer()
-                or self.lock.lock_due() or self._backend_busy()):
+        manager = self._sessions
+        if manager is None or (manager is not self._inline_manager and not self._runs_inline(manager)):
             return None
-        with deferred() as d:
-            response, fields = self.process(request, ctx)
-        return response, fields, d.seq, d.written, manager
+        if self.lock.lock_due() or self._backend_busy():
+            return None
+        (response, fields), seq, written = self._inline_run(self.process, request, ctx)
+        return response, fields, seq, written, manager
+
+    def _runs_inline(self, manager: SessionsLike) -> bool:
+        """Whether this session manager can run requests on the event loop (asked once per manager)."""
+        run = getattr(manager, "run_deferred", None)  # a test double may not have it
+        can = getattr(manager, "can_defer", None)  # not with a shared store: its turns wait on the database
+        if callable(run) and callable(can) and can():
+            self._inline_manager, self._inline_run = manager, run
+            return True
+        return False
 
     def durability_failed(self, request: pb.Request, fields: dict[str, object],
                           exc: BaseException) -> tuple[pb.Response, dict[str, object]]:
@@ -629,6 +643,10 @@ def _rollback_of(manager: object) -> RollbackGuard | None:
 
 class _Unsupported(CodedError):
     code = ErrorCode.UNSUPPORTED
+
+
+#: The request kinds with a ``force`` field (asked before :func:`_forced`, on every request).
+_FORCEABLE = frozenset({"unlock", "rotate"})
 
 
 def _forced(request: pb.Request, kind: str | None) -> bool:

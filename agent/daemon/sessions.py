@@ -37,7 +37,7 @@ Why a message key is never used twice, across kill -9 and power loss
        makes it (rule 2's positions below the mark are covered by the mark's batch), and rows read from the
        store are committed, hence durable; so such a call never returns a result built on another request's
        not-yet-durable state, and no longer waits behind unrelated commits (another peer's decrypt).
-       Under :meth:`SessionManager.deferred` (the server's event loop) the wait moves out of the call, not
+       Under :meth:`SessionManager.run_deferred` (the server's event loop) the wait moves out of the call, not
        away: the call reports the batch it would have waited for, and the server's commit thread waits for it
        before the answer leaves the agent; so for the client nothing changes, and concurrent answers share
        one fsync.
@@ -54,7 +54,7 @@ Why a message key is never used twice, across kill -9 and power loss
        decrypts, never sends), so each peer device gets a fresh X3DH; and every sending transition first
        checks, at a bounded rate, that no copy of this store has started since (else SUPERSEDED).
 
-    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.deferred` a decrypt whose
+    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.run_deferred` a decrypt whose
        result carries no reply is not held for its batch (``d.written`` instead of ``d.seq``); the server answers at
        once and starts that batch's commit right after, in the background, so it is on disk one fsync later instead
        of one fsync before. If a kill or a power loss comes in between, the state is the one before the decrypt, and
@@ -68,7 +68,7 @@ Why a message key is never used twice, across kill -9 and power loss
        prekey (a new incoming session's X3DH, or its first DH ratchet steps): a later request may destroy that SPK
        in the backend before the batch is on disk, and after a crash the message could not be read again. So no
        message key is used twice for sending (nothing sent depends on an undurable decrypt), no confirm is undone,
-       and no plaintext is lost — it may only be handed out again, as before a confirm. Outside :meth:`deferred`
+       and no plaintext is lost — it may only be handed out again, as before a confirm. Outside :meth:`run_deferred`
        (workers, a shared store) a decrypt still waits for its batch: nobody else would start the commit.
 
 State lives on disk; memory holds a bounded cache
@@ -251,28 +251,9 @@ class _PrecomputedDH:
         return self._value if peer_public == self._peer else self._key.dh(peer_public)
 
 
-class Deferred:
-    """The context of :meth:`SessionManager.deferred` (one thread's calls)."""
-
-    def __init__(self, local: threading.local) -> None:
-        self._local = local
-        self.seq = 0  # the batch the results need on disk before they leave (0: none)
-        self.written = 0  # the batch to commit right after answering, nobody waiting for it (rule 8; 0: none)
-
-    def __enter__(self) -> "Deferred":
-        if getattr(self._local, "on", False):
-            raise RuntimeError("deferred() does not nest")
-        self._local.on, self._local.seq, self._local.written = True, 0, 0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seq, self.written = self._local.seq, self._local.written
-        self._local.on = False
-
-
 class SessionManager:
     """One installation of one identity. Thread-safe; every result is durable before it is returned (under
-    :meth:`deferred`: before the caller hands it out)."""
+    :meth:`run_deferred`: before the caller hands it out)."""
 
     def __init__(
         self,
@@ -322,7 +303,7 @@ class SessionManager:
         # that covers every state it was built on), for durable_bundle()
         self._published: tuple[pb.Bundle, bytes, int] | None = None
         self._other_seq = 0  # the latest batch holding prekey, meta, reply-time or delete writes (rule 5)
-        self._deferring = threading.local()  # see deferred()
+        self._deferring = threading.local()  # see run_deferred()
         self.rollback = rollback  # rule 7
 
         store.enter()
@@ -381,7 +362,7 @@ class SessionManager:
         """Run one state transition under the lock, submit its writes, wait for durability outside the lock.
         ``sending``: the transition may send on a ratchet, so the rollback anchor is checked first (rule 7);
         ``upkeep``: the idle tick, which checks it too but does not raise; ``owes(result)`` False: the result
-        needs nothing on disk before it leaves, so under :meth:`deferred` it is not held for its batch (rule 8).
+        needs nothing on disk before it leaves, so under :meth:`run_deferred` it is not held for its batch (rule 8).
 
         If ``work`` fails half-way, what it already changed in memory is consistent (each step completes) and
         is written all the same, so memory and disk never diverge; the error is then re-raised.
@@ -437,18 +418,28 @@ class SessionManager:
             raise error
         return result  # type: ignore[return-value]  # work() returned: result holds its value
 
-    def deferred(self) -> "Deferred":
-        """Run calls in this thread without waiting for durability; the caller must wait before it answers.
+    def run_deferred(self, fn: Callable[..., _T], *args: object) -> tuple[_T, int, int]:
+        """``fn(*args)`` (calls of this manager) in this thread without waiting for durability; returns its result,
+        the batch it needs on disk before it leaves (``seq``, rule 5; 0 = none) and a batch nobody waits for
+        (``written``, rule 8; 0 = none).
 
-        ``with manager.deferred() as d: result = manager.encrypt(...)`` returns as soon as the state transition
-        is done and its batch submitted; ``d.seq`` is then the batch the result needs on disk (rule 5; 0 = none)
-        and nothing derived from ``result`` may leave before ``manager.wait_durable(d.seq)`` returned. This lets
-        an event loop do the CPU work itself and leave only the fsync to another thread (several answers then
-        share one commit). A call that raises has its partial state submitted all the same; ``d.seq`` covers it.
-        ``d.written``: a batch the result does not wait for (a decrypt's, rule 8); the caller must start its
-        commit right after answering (``wait_durable`` in another thread), not leave it for the next waiter.
+        Each call inside returns as soon as its state transition is done and its batch submitted, and nothing
+        derived from the result may leave before ``wait_durable(seq)`` returned. This lets an event loop do the CPU
+        work itself and leave only the fsync to another thread (several answers then share one commit). A call
+        that raises has its partial state submitted all the same (``fn`` may catch it; ``seq`` covers it).
+        ``written``: the caller must start its commit right after answering (``wait_durable`` in another
+        thread), not leave it for the next waiter. Only where :meth:`can_defer`; one call, not a context, because
+        the event loop runs it for every request.
         """
-        return Deferred(self._deferring)
+        local = self._deferring
+        if getattr(local, "on", False):
+            raise RuntimeError("run_deferred() does not nest")
+        local.on, local.seq, local.written = True, 0, 0
+        try:
+            result = fn(*args)
+        finally:
+            local.on = False
+        return result, local.seq, local.written
 
     def can_defer(self) -> bool:
         """Only the embedded store: a shared one's turn lasts until the writes are durable (rule 6)."""

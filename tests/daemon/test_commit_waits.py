@@ -121,18 +121,16 @@ def test_bundle_from_memory_only_once_durable(world: World) -> None:
     assert a.mgr.durable_bundle() == fresh[0]
 
 
-# --- rule 8: under deferred() (the server's event loop) a plaintext does not wait for its own batch -----------------
+# --- rule 8: under run_deferred() (the server's event loop) a plaintext does not wait for its own batch -------------
 
 def _deferred(dev: Device, fn: Callable[[], object]) -> tuple[object, int, int]:
-    """(result, d.seq, d.written) of one call under ``deferred()``."""
-    with dev.mgr.deferred() as d:
-        result = fn()
-    return result, d.seq, d.written
+    """(result, seq, written) of one call under ``run_deferred()``."""
+    return dev.mgr.run_deferred(fn)
 
 
 def test_a_deferred_decrypt_reports_its_batch_to_commit_but_not_to_wait_for(world: World) -> None:
-    """A message on a known session: its plaintext needs nothing on disk (d.seq 0), its batch is reported for the
-    caller to commit right after answering (d.written), and it is not durable yet."""
+    """A message on a known session: its plaintext needs nothing on disk (seq 0), its batch is reported for the
+    caller to commit right after answering (written), and it is not durable yet."""
     a, b = world.device("a", ALICE), world.device("b", BOB)
     _talking(world, a, b)
     m = b.send(a, b"plain")
@@ -161,7 +159,7 @@ def test_what_builds_on_a_deferred_decrypt_waits_for_its_batch(world: World) -> 
 
 def test_a_deferred_decrypt_that_needs_our_prekey_waits_for_its_batch(world: World) -> None:
     """The first message of a new incoming session (X3DH with our SPK): once answered it must survive a crash,
-    and a later rotation may destroy that SPK, so its batch is waited for (d.seq) like any other result."""
+    and a later rotation may destroy that SPK, so its batch is waited for (seq) like any other result."""
     a, c = world.device("a", ALICE), world.device("c", CAROL)
     m = c.send(a, b"first", a.mgr.our_bundle())
     got, seq, _ = _deferred(a, lambda: a.mgr.decrypt(c.identity, m.message))
@@ -170,7 +168,7 @@ def test_a_deferred_decrypt_that_needs_our_prekey_waits_for_its_batch(world: Wor
 
 
 def test_a_deferred_decrypt_outside_deferred_still_waits(world: World) -> None:
-    """Without deferred() (a worker thread, a library caller) nobody would start the commit: decrypt waits."""
+    """Without run_deferred() (a worker thread, a library caller) nobody would start the commit: decrypt waits."""
     a, b = world.device("a", ALICE), world.device("b", BOB)
     _talking(world, a, b)
     m = b.send(a, b"plain")
@@ -184,11 +182,13 @@ def test_a_deferred_decrypt_answered_with_our_bundle_waits_for_its_batch(world: 
     a1, a2, b = world.device("a1", ALICE), world.device("a2", ALICE), world.device("b", BOB)
     a2.mgr.add_peer_bundle(b.mgr.our_bundle())
     m = a2.send(b, b"from a2").message
-    with a1.mgr.deferred() as d:
+    def read() -> None:
         try:
             a1.mgr.decrypt(a2.identity, m)
         except NoSession as exc:
             assert exc.reply is not None
         else:
             raise AssertionError("a device we are not paired with was read")
-    assert d.seq == a1.mgr._store.last_submitted() and d.seq > 0
+
+    _, seq, _ = a1.mgr.run_deferred(read)
+    assert seq == a1.mgr._store.last_submitted() and seq > 0
