@@ -201,17 +201,31 @@ MIGRATIONS: dict[int, Callable[[bytes], bytes]] = {}
 
 
 class StateSnapshot:
-    """A ratchet's state at one moment (:meth:`Ratchet.snapshot`), its bytes made on first use."""
+    """A ratchet's state at one moment (:meth:`Ratchet.snapshot`): its scalars (a private copy) and its kept keys
+    (each packed once when kept), made into bytes on first use."""
 
-    __slots__ = ("_head", "_kept", "_bytes")
+    __slots__ = ("_profile", "_s", "_kept", "_bytes")
 
-    def __init__(self, head: bytes, kept: tuple[bytes, ...]) -> None:
-        self._head, self._kept = head, kept
+    def __init__(self, profile: Profile, scalars: _Scalars, kept: tuple[bytes, ...]) -> None:
+        self._profile, self._s, self._kept = profile, scalars, kept
         self._bytes: bytes | None = None
 
     def to_bytes(self) -> bytes:
+        """``KADR`` ‖ version ‖ body ‖ SHA-256(everything before)."""
         if self._bytes is None:
-            body = self._head + b"".join(self._kept)
+            s, p = self._s, self._profile
+            out = bytearray(_MAGIC)
+            out.append(STATE_VERSION)
+            name = p.name.encode()
+            out += bytes([len(name)]) + name + bytes([0 if p.curve == "secp256k1" else 1])
+            out += struct.pack(">III", p.max_skip, p.max_keep, p.max_keys_per_session)
+            priv = s.dhs_priv if s.dhs_priv is not None else b""
+            for field in (priv, s.dhs_pub, s.dhr, s.rk, s.cks, s.ckr):
+                out += bytes([len(field)]) + field
+            out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
+            out += struct.pack(">I", len(self._kept))
+            out += b"".join(self._kept)  # then the kept keys, each packed once when it was kept
+            body = bytes(out)
             self._bytes = body + hashlib.sha256(body).digest()
         return self._bytes
 
@@ -490,21 +504,11 @@ class Ratchet:
 
     def snapshot(self) -> "StateSnapshot":
         """This state as of now, serialised only when asked (:meth:`StateSnapshot.to_bytes` equals
-        :meth:`to_bytes` now, whatever this ratchet does meanwhile). Cheap: the kept keys are packed once when
-        kept, so only their list is taken; joining and hashing them (a busy session keeps hundreds) is left to
-        whoever writes the state, which may be only the last of several snapshots."""
-        s, p = self._s, self.profile
-        out = bytearray()
-        name = p.name.encode()
-        out += bytes([len(name)]) + name + bytes([0 if p.curve == "secp256k1" else 1])
-        out += struct.pack(">III", p.max_skip, p.max_keep, p.max_keys_per_session)
-        priv = s.dhs_priv if s.dhs_priv is not None else b""
-        for field in (priv, s.dhs_pub, s.dhr, s.rk, s.cks, s.ckr):
-            out += bytes([len(field)]) + field
-        out += struct.pack(">IIIQ", s.ns, s.nr, s.pn, s.keys_count)
-        out += struct.pack(">I", len(self._store))
-        # then the kept keys, each packed once when it was kept
-        return StateSnapshot(_MAGIC + bytes([STATE_VERSION]) + bytes(out), tuple(self._packed.values()))
+        :meth:`to_bytes` now, whatever this ratchet does meanwhile). Cheap: a copy of the scalars (an encrypt
+        changes them in place) and the list of kept keys, each packed once when kept; packing, joining and
+        hashing (a busy session keeps hundreds of keys) is left to whoever writes the state, which may be only
+        the last of several snapshots (the store's commit leader, on its own thread)."""
+        return StateSnapshot(self.profile, self._s.copy(), tuple(self._packed.values()))
 
     @classmethod
     def from_bytes(cls, data: bytes, keygen: KeyGen | None = None) -> "Ratchet":
