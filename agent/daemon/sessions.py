@@ -891,8 +891,11 @@ class SessionManager:
         the sender's first ratchet key already done (the new session's first DH ratchet step needs exactly
         that). None when the session exists or our SPK is gone."""
         ek, spk_pub = bytes(header.key), bytes(header.id)
+        sid = session_id(sender, sender_iid, spk_pub, ek)
+        if sid in self._cache.sessions:  # the usual case: a sender repeats its X3DH header until we reply. A
+            return None  # dict read needs no lock; a wrong guess only costs _decrypt_dr the X3DH under the lock
         with self._lock:
-            if self._cache.session(sender, sender_iid, session_id(sender, sender_iid, spk_pub, ek)) is not None:
+            if self._cache.session(sender, sender_iid, sid) is not None:
                 return None
             rec = self._prekeys.by_public(spk_pub)
             if rec is None or rec.destroyed:
