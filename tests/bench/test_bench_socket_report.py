@@ -35,5 +35,6 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
     assert all("floor" in r.why for r in step if "x1" in r.measure and not r.met)  # (tiny runs may meet it)
     assert any(m.startswith("the least one client could take") for m in rows)
     assert any(m.startswith("the agent's own work per request") for m in rows)
+    assert any(m.startswith("the same with every CPU cache flushed") for m in rows)
     trivial = [r for m, r in rows.items() if "bare asyncio echo server (issue 16)" in m]
     assert len(trivial) == 4
