@@ -54,8 +54,8 @@ Why a message key is never used twice, across kill -9 and power loss
        decrypts, never sends), so each peer device gets a fresh X3DH; and every sending transition first
        checks, at a bounded rate, that no copy of this store has started since (else SUPERSEDED).
 
-    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.run_deferred` a decrypt whose
-       result carries no reply is not held for its batch (``d.written`` instead of ``d.seq``); the server answers at
+    8. A plaintext needs nothing on disk before it leaves. Under :meth:`SessionManager.run_deferred` a decrypt
+       whose result carries no reply is not held for its batch (``written`` instead of ``seq``); the server answers at
        once and starts that batch's commit right after, in the background, so it is on disk one fsync later instead
        of one fsync before. If a kill or a power loss comes in between, the state is the one before the decrypt, and
        everything still holds: the message decrypts again to the same plaintext (its key follows from the chain,
@@ -381,7 +381,7 @@ class SessionManager:
                     if reload or store.cache_epoch != self._epoch:  # re-keyed in place, or moved on without us
                         self._load()  # (rule 6): drop what was cached from before
                     self._cache.read_seq = 0  # (after a reload, which replaces the cache)
-                    if not 0 <= self._clock() - self._last_upkeep < 10**9:  # _maintain looks once a second
+                    if not 0 <= self._clock() - self._last_upkeep < 10**9:  # at most once a second
                         self._maintain(ops)
                     result = work(ops)
                 except BaseException as e:  # noqa: BLE001 - re-raised below, after the partial state is durable
@@ -457,11 +457,10 @@ class SessionManager:
 
     def _maintain(self, ops: list[Op]) -> None:
         """Rotate the SPK when due (24 h from creation), destroy expired ones after the grace period, and drop
-        expired sessions unused for the retention period (swept at most once a minute). Looked at once per
-        second of the manager's clock at most: the deadlines are hours and days, and every request asks."""
+        expired sessions unused for the retention period (swept at most once a minute). :meth:`_run` calls it
+        once per second of the manager's clock at most: the deadlines are hours and days, and every request
+        passes there."""
         now = self._clock()
-        if 0 <= now - self._last_upkeep < 10**9:
-            return
         self._last_upkeep = now
         if self._prekeys.rotation_due(now):
             self._rotate(ops)
