@@ -73,13 +73,21 @@ class OwnDevices:
                               exclude=self._installation_id, limit=limit)
 
     def _key(self) -> tuple[tuple[str, bytes, int, int], ...]:
+        """Our bundle's entries: our current SPK and the newest enabled own devices. Remembered with the SPK
+        record they were built with, in the session cache, which forgets them when an installation changes (every
+        message we send asks, to know whether the signed bundle is still current)."""
         cur = self._prekeys.current()
         assert cur is not None  # the manager's upkeep always leaves a current SPK
+        memo = self._cache.own_bundle_key
+        if memo is not None and memo[0] is cur:
+            return memo[1]
         entries = [(self._installation_id, cur.public, cur.version, PROTOCOL_VERSION)]
         for dev in self._enabled(MAX_INSTALLATIONS - 1):
             assert dev.spk is not None
             entries.append((dev.installation_id, dev.spk, dev.spk_version, dev.protocol_version))
-        return tuple(sorted(entries))
+        key = tuple(sorted(entries))
+        self._cache.own_bundle_key = (cur, key)
+        return key
 
     def cached_bundle(self) -> pb.Bundle | None:
         """The bundle :meth:`bundle` would return now if that needs no new signature (no token work), else None."""

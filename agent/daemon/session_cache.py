@@ -93,6 +93,8 @@ class SessionCache:
         # changed nothing
         self.targets: dict[bytes, tuple[InstallationRecord, ...]] = {}
         self.unchanged_bundle: dict[bytes, bytes] = {}
+        # our bundle's entries (own_devices.py) with the SPK record they were built with
+        self.own_bundle_key: tuple[object, tuple[tuple[str, bytes, int, int], ...]] | None = None
         self._inst_written: set[bytes] = set()
         self._dirty: set[bytes] = set()
         # the latest store batch any session or installation this request looked at was written in (rule 5 in
@@ -127,6 +129,7 @@ class SessionCache:
     def _installations_changed(self) -> None:
         self.targets.clear()
         self.unchanged_bundle.clear()
+        self.own_bundle_key = None
 
     @staticmethod
     def remember(memo: dict[bytes, _V], key: bytes, value: _V) -> None:
