@@ -238,16 +238,17 @@ def _socket(run: BenchRun) -> list[Row]:
             why += (f"CPU per message, measured from /proc over the run: agent A {a_us:.0f} µs (encrypt), agent B "
                     f"{b_us:.0f} µs (decrypt, its share of the group commits, the batched confirm), kernel time "
                     f"included. ")
-            if name != "socket x1":  # several clients: the agents' CPU, not the wait, is what caps the rate
+            if name != "socket x1" and b_us > 0:  # several clients: the agents' CPU caps the rate (a tiny run
+                # may see no clock tick of it at all: /proc counts in 10 ms steps)
                 why += (f"Each agent serves its requests on one event-loop thread (Python's GIL), so agent B "
                         f"alone caps the rate at {1e6 / b_us:.0f} msg/s (busy {rate * b_us / 1e4:.0f} % of a core "
                         f"in this run); the target needs at most {1e6 / need:.0f} µs per message in each agent. ")
-                if name in client_cpu:
-                    total = a_us + b_us + client_cpu[name]
-                    why += (f"But the machine has 2 CPUs for both agents and the {name[-1]} client threads, whose "
-                            f"own CPU is {client_cpu[name]:.0f} µs per message: {total:.0f} µs in all, so the 2 "
-                            f"CPUs were {rate * total / 2e4:.0f} % busy, and at the target rate they would have to "
-                            f"be {need * total / 2e4:.0f} %. ")
+            if name != "socket x1" and name in client_cpu:
+                total = a_us + b_us + client_cpu[name]
+                why += (f"But the machine has 2 CPUs for both agents and the {name[-1]} client threads, whose own "
+                        f"CPU is {client_cpu[name]:.0f} µs per message: {total:.0f} µs in all, so the 2 CPUs were "
+                        f"{rate * total / 2e4:.0f} % busy, and at the target rate they would have to be "
+                        f"{need * total / 2e4:.0f} %. ")
             if name != "socket x1" and name in preempted:
                 why += (f"Agent B was preempted {preempted[name]:.2f} times per message (involuntary context "
                         f"switches): every answer it sends wakes a client that takes the CPU from it. ")

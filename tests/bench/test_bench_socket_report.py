@@ -38,3 +38,21 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
     assert any(m.startswith("the same with every CPU cache flushed") for m in rows)
     trivial = [r for m, r in rows.items() if "bare asyncio echo server (issue 16)" in m]
     assert len(trivial) == 4
+
+
+def test_the_report_reads_a_run_too_short_for_the_agents_cpu_to_show() -> None:
+    """/proc counts CPU in 10 ms ticks: a tiny run can report 0 us per message for an agent. The x8 reason then
+    leaves out the cap that agent would set (no division by zero) and keeps the machine's share."""
+    out = "\n".join([
+        "core              30000    1.00   (median of 3 measurements)",
+        "manager            3000    0.10",
+        "socket x1          2000    0.07   (CPU per message: agent A 0 us, agent B 0 us, clients 0 us; agent B "
+        "preempted 0.00 times per message)",
+        "socket x8          5000    0.17   (CPU per message: agent A 0 us, agent B 0 us, clients 70 us; agent B "
+        "preempted 1.00 times per message)",
+        "floor x1           8000    0.27   (2 echo round trips + 1 core message: no agent work at all)",
+    ])
+    rows = report._socket(report.BenchRun("bench_socket.py", [], 1.0, 0.0, 0, out, "", None))
+    x8 = [r for r in rows if "issue 16 step" in r.measure and "x8" in r.measure]
+    assert len(x8) == 1 and not x8[0].met
+    assert "CPUs were" in x8[0].why and "caps the rate" not in x8[0].why

@@ -74,7 +74,8 @@ class AgentProc:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYAGENT_")}
-        env.update(XDG_RUNTIME_DIR=str(self.run), PYTHONPATH=str(REPO), **self.extra_env)
+        env.update(XDG_RUNTIME_DIR=str(self.run), PYTHONPATH=str(REPO))
+        env.update(self.extra_env)  # may override PYTHONPATH (tests/bench/ab_socket.py runs another commit's agent)
         return env
 
     def start(self, *extra: str, passphrase: str | None = PASSPHRASE, check: bool = True) -> subprocess.CompletedProcess[str]:
