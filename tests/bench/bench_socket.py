@@ -332,8 +332,9 @@ class _Sink(asyncio.Transport):
         pass
 
 
-#: Bytes touched before each request of the "cold" loop rows: more than this machine's per-core L2 (1-2 MiB),
-#: so the agent's code and data come back from L3 or memory, as after another process ran on its CPU.
+#: Bytes written before each request of the "cold" loop rows: as much as this machine's L3 (32 MiB; L2 is 1 MiB
+#: per core), so nothing of the agent's code or data is left in any cache level (the bound for a request after
+#: other processes ran on its CPU, or after its idle vCPU woke on another core).
 COLD_BYTES = 32 << 20
 
 
