@@ -137,6 +137,33 @@ def protocol_message(
     return msg
 
 
+def message_head(installation_id: str, bundles: Iterable[pb.Bundle]) -> bytes:
+    """``encode`` of a ProtocolMessage holding only the sender's installation id and bundles.
+
+    A sender repeats both on every message, so they are serialised once: ``message_head(...) + encode(m)``, where
+    ``m`` holds only the entries (:func:`add_entry`), is byte for byte ``encode`` of the whole message. Fields are
+    written in field-number order (installation_id 2, bundles 3, encrypted_message 101, public_message 102), and
+    a parser merges concatenated messages.
+    """
+    head = pb.ProtocolMessage(installation_id=installation_id)
+    head.bundles.extend(bundles)
+    return encode(head)
+
+
+def add_entry(msg: pb.ProtocolMessage, installation_id: str, payload: bytes, *,
+              x3dh: tuple[bytes, bytes] | None, dr: tuple[bytes, int, int, bytes]) -> None:
+    """Write one ratchet entry straight into ``msg`` (what :func:`encrypted_message` with :func:`x3dh_header`
+    and :func:`dr_header` builds, without the intermediate messages and their copies: every message we send
+    does it). ``x3dh`` = (ephemeral key, SPK id); ``dr`` = (ratchet key, n, pn, SPK id)."""
+    entry = msg.encrypted_message[installation_id]
+    entry.payload = payload
+    if x3dh is not None:
+        header = entry.X3DH_header
+        header.key, header.id = x3dh
+    dr_out = entry.DR_header
+    dr_out.key, dr_out.n, dr_out.pn, dr_out.id = dr
+
+
 def _key33(value: bytes, what: str) -> None:
     if len(value) != 33 or value[0] not in (2, 3):
         raise MalformedKey(f"{what} must be a 33-byte compressed secp256k1 key, got {len(value)} bytes")

@@ -509,24 +509,29 @@ class Service:
         peer = peer_public_key(req.encrypt.peer_identity, "peer_identity")
         bundle = req.encrypt.peer_bundle or None
         res = self.sessions().encrypt(peer, req.encrypt.payload, bundle)
-        out = pb.EncryptResponse(message=res.message, forward_secrecy=res.forward_secrecy,
-                                 installations=list(res.installations))
-        return Outcome(pb.Response(encrypt=out), key="identity", peer=peer.hex(),
-                        detail="" if res.forward_secrecy else "no-forward-secrecy")
+        response = pb.Response()  # filled in place: pb.Response(encrypt=...) would copy the message once more
+        out = response.encrypt
+        out.SetInParent()
+        out.message, out.forward_secrecy = res.message, res.forward_secrecy
+        out.installations.extend(res.installations)
+        return Outcome(response, key="identity", peer=peer.hex(),
+                       detail="" if res.forward_secrecy else "no-forward-secrecy")
 
     def _decrypt(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         sender = peer_public_key(req.decrypt.sender_identity, "sender_identity")
         if not req.decrypt.message:
             raise BadRequest("message is empty")
         res = self.sessions().decrypt(sender, req.decrypt.message)
-        out = pb.DecryptResponse(payload=res.payload, installation_id=res.installation_id,
-                                 confirm_ref=res.confirm_ref)
+        response = pb.Response()  # filled in place: pb.Response(decrypt=...) would copy the plaintext once more
+        out = response.decrypt
+        out.SetInParent()
+        out.payload, out.installation_id, out.confirm_ref = res.payload, res.installation_id, res.confirm_ref
         if res.reply:
             out.reply = res.reply
         out.public = bool(getattr(res, "public", False))  # unencrypted public_message: say so
         out.forward_secrecy = bool(getattr(res, "forward_secrecy", True))
-        return Outcome(pb.Response(decrypt=out), key="identity", peer=sender.hex(),
-                        detail=f"installation={res.installation_id}" + (",public" if out.public else ""))
+        return Outcome(response, key="identity", peer=sender.hex(),
+                       detail=f"installation={res.installation_id}" + (",public" if out.public else ""))
 
     def _confirm(self, req: pb.Request, ctx: ClientContext) -> Outcome:
         refs = list(req.confirm.refs)

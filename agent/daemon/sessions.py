@@ -124,16 +124,16 @@ from agent.core.ratchet import STATUS_GO, Header, Profile, Ratchet
 from agent.core import secp256k1
 from agent.core.wire import (
     NO_INSTALLATION,
+    add_entry,
     check_entry_keys,
     decode_bundle,
     decode_protocol_message,
     dh_header,
-    dr_header,
     encode,
     encrypted_message,
+    message_head,
     pb,
     protocol_message,
-    x3dh_header,
 )
 from backends.base import Backend
 from backends.errors import KeyNotFound
@@ -302,6 +302,8 @@ class SessionManager:
         # our bundle as last handed out by a state transition: (the Bundle object, its bytes, the store batch
         # that covers every state it was built on), for durable_bundle()
         self._published: tuple[pb.Bundle, bytes, int] | None = None
+        # our messages' head (installation id and bundle, wire.message_head) for the bundle object it was built from
+        self._head: tuple[pb.Bundle, bytes] | None = None
         self._other_seq = 0  # the latest batch holding prekey, meta, reply-time or delete writes (rule 5)
         self._deferring = threading.local()  # see run_deferred()
         self.rollback = rollback  # rule 7
@@ -664,7 +666,8 @@ class SessionManager:
         self._cache.mark_dirty(rec.sid)  # rule 1: a new chain is durable before anything encrypted on it leaves
         return live
 
-    def _encrypt_on(self, live: LiveSession, payload: bytes) -> pb.EncryptedMessageProtocol:
+    def _encrypt_on(self, live: LiveSession, payload: bytes, msg: pb.ProtocolMessage, installation_id: str) -> None:
+        """Encrypt ``payload`` on ``live`` into ``msg``'s entry for ``installation_id``."""
         rec = live.rec
         _, pos = live.ratchet.sending_position()
         if pos >= rec.send_hwm:
@@ -672,8 +675,9 @@ class SessionManager:
         header, ct = live.ratchet.encrypt(payload)
         live.exact = False  # the row is behind memory now (a write happens only at the reservation mark)
         rec.last_used_ns = self._clock()
-        x3 = x3dh_header(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None
-        return encrypted_message(ct, x3dh=x3, dr=dr_header(header.dh, header.n, header.pn, rec.bundle_id))
+        add_entry(msg, installation_id, ct,
+                  x3dh=(rec.ephemeral, rec.bundle_id) if rec.initiator and not rec.confirmed else None,
+                  dr=(header.dh, header.n, header.pn, rec.bundle_id))
 
     def _devices_of(
         self, identity: bytes, overlay: Mapping[str, InstallationRecord] | None
@@ -759,22 +763,26 @@ class SessionManager:
             ours = self._own.bundle()  # token signature first: a locked token fails before any change
             if verified is not None:
                 self._merge_bundle(peer, verified, ops)
-            entries: dict[str, pb.EncryptedMessageProtocol] = {}
+            msg = pb.ProtocolMessage()  # the entries only: our installation id and bundle are the cached head
+            ids: list[str] = []
             peer_ids: list[str] = []
             for inst in self._targets(peer):
                 live = self._sending_session(inst, planned)
                 if live is None:
                     continue  # an installation without a prekey is skipped
-                entries[inst.installation_id] = self._encrypt_on(live, bytes(payload))
+                self._encrypt_on(live, bytes(payload), msg, inst.installation_id)
+                ids.append(inst.installation_id)
                 if inst.identity == peer:
                     peer_ids.append(inst.installation_id)
             fs = True
             if not peer_ids:
                 eph_pub, ct = fallback.encrypt(peer, bytes(payload), self._secret(), self._rng(12))
-                entries[NO_INSTALLATION] = encrypted_message(ct, dh=dh_header(eph_pub))
+                msg.encrypted_message[NO_INSTALLATION].CopyFrom(encrypted_message(ct, dh=dh_header(eph_pub)))
                 fs = False
-            msg = protocol_message(self.installation_id, entries, bundles=[ours])
-            return EncryptResult(encode(msg), fs, [i for i in entries if i != NO_INSTALLATION])
+            head = self._head
+            if head is None or head[0] is not ours:  # re-signed or first: serialise the new head once
+                head = self._head = (ours, message_head(self.installation_id, [ours]))
+            return EncryptResult(head[1] + encode(msg), fs, ids)
 
         return self._run(work, sending=True)
 

@@ -65,6 +65,39 @@ def test_a1_is_built_byte_exact_from_parts() -> None:
     assert wire.encode(built) == A1
 
 
+def test_a1_is_built_byte_exact_from_a_cached_head_and_entries_written_in_place() -> None:
+    """What the session manager sends: the head (installation id, bundles) serialised once, then the entries
+    written straight into a ProtocolMessage of their own: the same bytes as status-go's A1."""
+    ref = wire.decode_protocol_message(A1)
+    msg = wire.pb.ProtocolMessage()
+    wire.add_entry(msg, "bob-device-1", ref.encrypted_message["bob-device-1"].payload, x3dh=(ALICE_EK, BOB_SPK),
+                   dr=(ALICE_R1, 0, 0, BOB_SPK))
+    assert wire.message_head("alice-device-1", list(ref.bundles)) + wire.encode(msg) == A1
+
+
+_KEY = st.binary(min_size=33, max_size=33)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k != wire.NO_INSTALLATION),
+                       st.tuples(st.binary(max_size=80), st.none() | st.tuples(_KEY, _KEY),
+                                 st.tuples(_KEY, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), _KEY)),
+                       min_size=1, max_size=4),
+       st.text(max_size=20), st.integers(0, 2))
+def test_head_plus_entries_is_the_whole_message(entries: dict[str, tuple[bytes, tuple[bytes, bytes] | None,
+                                                                       tuple[bytes, int, int, bytes]]],
+                                                iid: str, bundles: int) -> None:
+    ref = wire.decode_protocol_message(A1)
+    sent = list(ref.bundles) * bundles
+    whole = wire.protocol_message(iid, {k: wire.encrypted_message(p, x3dh=wire.x3dh_header(*x) if x else None,
+                                                                  dr=wire.dr_header(*d))
+                                        for k, (p, x, d) in entries.items()}, bundles=sent)
+    msg = wire.pb.ProtocolMessage()
+    for k, (p, x, d) in entries.items():
+        wire.add_entry(msg, k, p, x3dh=x, dr=d)
+    assert wire.message_head(iid, sent) + wire.encode(msg) == wire.encode(whole)
+
+
 def test_legacy_fields_1_and_103_are_ignored() -> None:
     legacy_bundle = b"\x0a\x05" + b"\x0a\x03abc"  # field 1, an old embedded Bundle
     legacy_version = b"\xb8\x06\x01"  # field 103 varint = 1
