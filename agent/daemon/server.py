@@ -59,7 +59,7 @@ from agent.daemon.audit import AuditLog
 from agent.daemon.config import AgentConfig, Home
 from agent.daemon.agent_lock import LockManager
 from agent.daemon.peercred import PeerPolicy, exe_of, peer_cred
-from agent.daemon.service import ClientContext, Service, SessionFactory, default_session_factory
+from agent.daemon.service import FROM_MEMORY, ClientContext, Service, SessionFactory, default_session_factory
 from agent.daemon.logcap import cap  # length only: the log formatter escapes
 from agent.daemon.socketdir import ClaimedSocket, claim_socket
 from agent.daemon.throttle import Throttle
@@ -194,16 +194,18 @@ class _Connection(asyncio.Protocol):
                                                        message="frame is not a keyagent Request")))
                 self._close()
                 return
-            try:
-                inline = server.service.answer_from_memory(request, ctx)
-            except Exception:  # a bug in the fast path must not cost the answer: the worker path gives it
-                log.exception("conn %d: answering from memory failed", ctx.conn)
-                inline = None
+            kind = request.WhichOneof("request")
+            inline = None
+            if kind in FROM_MEMORY:
+                try:
+                    inline = server.service.answer_from_memory(request, ctx)
+                except Exception:  # a bug in the fast path must not cost the answer: the worker path gives it
+                    log.exception("conn %d: answering from memory failed", ctx.conn)
             if inline is not None:
                 self._answer(*inline)
                 continue
             try:
-                ran = server.service.answer_inline(request, ctx)
+                ran = server.service.answer_inline(request, ctx, kind)
             except Exception:  # process() answers every error itself: this is a bug; do not run it twice
                 log.exception("conn %d: running a request inline failed", ctx.conn)
                 self._close()

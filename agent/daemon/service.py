@@ -48,6 +48,7 @@ from backends.base import Backend
 
 __all__ = [
     "Service",
+    "FROM_MEMORY",
     "ClientContext",
     "SessionsLike",
     "SessionFactory",
@@ -111,6 +112,12 @@ def error_code(exc: BaseException) -> int:
     if isinstance(exc, asyncio.TimeoutError):
         return int(pb.Error.TIMEOUT)
     return int(pb.Error.INTERNAL)
+
+
+#: The request kinds :meth:`Service.answer_from_memory` may answer (the event loop offers it no other).
+FROM_MEMORY = frozenset({"status", "identity", "bundle"})
+#: "not given": the request's kind is read from it (None is a kind: a request with no known oneof set).
+_ASK = "?"
 
 
 def _no_inline(*args: object) -> tuple[tuple[pb.Response, dict[str, object]], int, int]:
@@ -257,12 +264,15 @@ class Service:
             limit += self.config.confirm_timeout
         return limit
 
-    def process(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response, dict[str, object]]:
+    def process(self, request: pb.Request, ctx: ClientContext,
+                kind: str | None = _ASK) -> tuple[pb.Response, dict[str, object]]:
         """Answer one request in the calling thread (never raises); returns the response and its audit fields.
+        ``kind``: the request's oneof, if the caller has it already (the event loop does).
 
         Blocking (token, fsync): call it from a worker or connection thread, never from the event loop.
         """
-        kind = request.WhichOneof("request")
+        if kind is _ASK:
+            kind = request.WhichOneof("request")
         start = time.monotonic()
         outcome: Outcome | None = None
         exc_seen: Exception | None = None
@@ -298,7 +308,7 @@ class Service:
         The answer may come serialised (a Response's bytes): identity and bundle do not change per request.
         """
         kind = request.WhichOneof("request")
-        if kind not in ("status", "identity", "bundle") or kind in self.config.confirm_ops:
+        if kind not in FROM_MEMORY or kind in self.config.confirm_ops:
             return None
         try:
             self.policy.check(kind, request, ctx)
@@ -334,8 +344,8 @@ class Service:
         )
         return response, fields
 
-    def answer_inline(self, request: pb.Request, ctx: ClientContext) -> tuple[pb.Response, dict[str, object], int,
-                                                                             int, Any] | None:
+    def answer_inline(self, request: pb.Request, ctx: ClientContext,
+                      kind: str | None = _ASK) -> tuple[pb.Response, dict[str, object], int, int, Any] | None:
         """Run a request on the caller's (the event loop's) thread without waiting for durability, or None.
 
         Only when the backend's keys are in this process (a key file: signatures and DHs are CPU work), nobody
@@ -344,9 +354,10 @@ class Service:
         response, its audit fields, the store batch it needs on disk (0: none), the batch it wrote without
         needing it (0: none) and the session manager to wait with (``wait_durable``/``is_durable``); the caller
         must not send the response before the first batch is durable, and must start the second one's commit
-        right after sending (sessions.py, rules 5 and 8, ``run_deferred``).
+        right after sending (sessions.py, rules 5 and 8, ``run_deferred``). ``kind``: as for :meth:`process`.
         """
-        kind = request.WhichOneof("request")
+        if kind is _ASK:
+            kind = request.WhichOneof("request")
         if not self._keys_in_process or kind not in _INLINE or kind in self.config.confirm_ops:
             return None
         manager = self._sessions
@@ -354,7 +365,7 @@ class Service:
             return None
         if self.lock.lock_due() or self._backend_busy():
             return None
-        (response, fields), seq, written = self._inline_run(self.process, request, ctx)
+        (response, fields), seq, written = self._inline_run(self.process, request, ctx, kind)
         return response, fields, seq, written, manager
 
     def _runs_inline(self, manager: SessionsLike) -> bool:

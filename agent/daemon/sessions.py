@@ -524,8 +524,7 @@ class SessionManager:
         message until it changes, and recovering the signer is the costliest step of a decrypt. Returns the
         signer and those bytes."""
         key = b.SerializeToString(deterministic=True)
-        with self._lock:
-            hit = self._verified.get(key)
+        hit = self._verified.get(key)  # one dict read (atomic under the GIL); writers take the lock
         if hit is not None:
             return hit, key
         check_bundle_shape(b)  # a 1,000-entry bundle is refused before its signature material is hashed
