@@ -419,11 +419,8 @@ class _DurableAnswers:
     def commit(self, seq: int, manager: Any) -> None:
         """Make batch ``seq`` durable soon, with no answer waiting for it (a decrypt's, sessions.py rule 8)."""
         with self._mu:
-            unwaited = self._unwaited
-            idle = not unwaited and not self._items  # else the thread is already on its way: no wake-up
-            prev = unwaited.get(id(manager))
-            if prev is None or seq > prev[1]:  # _note_latest, inline: every decrypt comes here
-                unwaited[id(manager)] = (manager, seq)
+            idle = not self._unwaited and not self._items  # else the thread is already on its way: no wake-up
+            _note_latest(self._unwaited, manager, seq)
             if idle:
                 self._cond.notify()
 

@@ -116,12 +116,10 @@ def error_code(exc: BaseException) -> int:
 
 #: The request kinds :meth:`Service.answer_from_memory` may answer (the event loop offers it no other).
 FROM_MEMORY = frozenset({"status", "identity", "bundle"})
+#: A session manager's ``run_deferred`` as answer_inline calls it: (process' answer, seq, written).
+_RunDeferred = Callable[..., tuple[tuple[pb.Response, dict[str, object]], int, int]]
 #: "not given": the request's kind is read from it (None is a kind: a request with no known oneof set).
 _ASK = "?"
-
-
-def _no_inline(*args: object) -> tuple[tuple[pb.Response, dict[str, object]], int, int]:
-    raise AssertionError("no session manager runs requests inline yet")
 
 
 class Service:
@@ -151,9 +149,8 @@ class Service:
         self._factory = sessions
         self._sessions: SessionsLike | None = None
         self._sessions_mu = threading.Lock()
-        # the manager answer_inline found able to run requests inline, and its run_deferred (_runs_inline)
-        self._inline_manager: SessionsLike | None = None
-        self._inline_run: Callable[..., tuple[tuple[pb.Response, dict[str, object]], int, int]] = _no_inline
+        # the session manager answer_inline found able to run requests inline, with its run_deferred
+        self._inline: tuple[SessionsLike, _RunDeferred] | None = None
         self._open_mu = threading.Lock()
         self.socket_path = socket_path
         self._on_stop = on_stop
@@ -361,21 +358,19 @@ class Service:
         if not self._keys_in_process or kind not in _INLINE or kind in self.config.confirm_ops:
             return None
         manager = self._sessions
-        if manager is None or (manager is not self._inline_manager and not self._runs_inline(manager)):
+        if manager is None:
             return None
+        inline = self._inline
+        if inline is None or inline[0] is not manager:  # asked once per manager
+            run = getattr(manager, "run_deferred", None)  # a test double may not have it
+            can = getattr(manager, "can_defer", None)  # not with a shared store: its turns wait on the database
+            if not (callable(run) and callable(can) and can()):
+                return None
+            inline = self._inline = (manager, run)
         if self.lock.lock_due() or self._backend_busy():
             return None
-        (response, fields), seq, written = self._inline_run(self.process, request, ctx, kind)
+        (response, fields), seq, written = inline[1](self.process, request, ctx, kind)
         return response, fields, seq, written, manager
-
-    def _runs_inline(self, manager: SessionsLike) -> bool:
-        """Whether this session manager can run requests on the event loop (asked once per manager)."""
-        run = getattr(manager, "run_deferred", None)  # a test double may not have it
-        can = getattr(manager, "can_defer", None)  # not with a shared store: its turns wait on the database
-        if callable(run) and callable(can) and can():
-            self._inline_manager, self._inline_run = manager, run
-            return True
-        return False
 
     def durability_failed(self, request: pb.Request, fields: dict[str, object],
                           exc: BaseException) -> tuple[pb.Response, dict[str, object]]:

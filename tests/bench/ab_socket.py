@@ -59,7 +59,7 @@ def main() -> None:
                     cpu: dict[str, float] = {}
                     rate = socket_rate(2000 if clients == 1 else 6000, clients, payload, a, b, cpu)
                     after = core_rate(1500, payload)
-                    results[(name, clients)].append((rate / (2.0 / (1.0 / before + 1.0 / after)),
+                    results[(name, clients)].append((rate / statistics.harmonic_mean((before, after)),
                                                      cpu["A"] * 1e6, cpu["B"] * 1e6))
         for (name, clients), got in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             ratios = [r for r, _, _ in got]

@@ -503,7 +503,7 @@ def main() -> None:
                 cpu: dict[str, float] = {}
                 rate = socket_rate(args.n, clients, payload, a, b, cpu)
                 cores.append(core_rate(args.n, payload))
-                around = 2.0 / (1.0 / cores[-2] + 1.0 / cores[-1])  # the mean time per core message of the two
+                around = statistics.harmonic_mean(cores[-2:])  # the mean time per core message of the two
                 rounds[clients].append((rate, rate / around, cpu))
         core = statistics.median(cores)
         print(f"{'core':<12} {core:>10.0f} {1.0:>7.2f}   (median of {len(cores)} measurements, one before and after "
