@@ -19,9 +19,11 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
   client count.
 * ``loop status`` / ``loop identity`` / ``loop encrypt`` / ``loop decrypt``: the agent's own work per request, in
   µs of its event-loop thread, measured in process with no socket (:func:`loop_costs`); a decrypt's commit, on the
-  commit thread, is not in it. ``loop encrypt cold`` / ``loop decrypt cold``: the same with every CPU cache flushed
-  before each request (:data:`COLD_BYTES` written first, untimed): in the running agents most requests find the
-  caches filled by the client and the other agent, so their real cost lies between the two rows.
+  commit thread, is not in it. ``loop encrypt own-cold`` / ``loop decrypt own-cold``: the same with this core's own
+  caches (L1, L2) flushed before each request, as after the client or the other agent ran on this CPU;
+  ``loop encrypt cold`` / ``loop decrypt cold``: with every cache level flushed, the L3 too (:data:`COLD_BYTES`
+  written first, untimed). The running agents' real cost lies between the warm and the cold rows; which of the
+  two flushes it resembles says whether our own processes push each other out or something beyond them does.
 * ``floor x1``: the least one client could take per message whatever the agents did: two round trips as cheap as
   the bare echo server's (``echo x1``) and one core message; its ratio is the best ``socket x1`` could reach on
   this machine. No fsync: a decrypt's commit follows its answer (sessions.py rule 8), and an encrypt inside its
@@ -33,7 +35,8 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
   server on a Unix socket (its own process); ``status`` and ``identity`` are those requests to agent A. The same
   client harness drives all three: N client *processes* (so the clients' own GIL does not cap the rate), each a
   blocking socket sending one pre-encoded frame and reading the answer, in a loop. Ratio: against ``echo`` at the
-  same client count, in the same run.
+  same client count, in the same run. Each row also gives its server's CPU per request (/proc): the echo server's
+  is what any asyncio server on this machine pays per request for the socket and the event loop alone.
 Targets (issue 7): socket x1 >= 25 % and socket x8 >= 50 % of core. Issue 16 on the way there: socket x1 >= 0.12,
 socket x8 >= 0.20 of core; status and identity >= 0.6 of echo at 1 client and >= 0.25 at 8.
 
@@ -260,8 +263,9 @@ def _client_loop(path: str, frame: bytes, seconds: float, start: "mp.synchronize
     out.put(count)
 
 
-def trivial_rate(path: str, frame: bytes, clients: int, seconds: float) -> float:
-    """Requests per second of ``frame`` against ``path`` from ``clients`` client processes."""
+def trivial_rate(path: str, frame: bytes, clients: int, seconds: float, server_pid: int) -> tuple[float, float]:
+    """Requests per second of ``frame`` against ``path`` from ``clients`` client processes, and the server's CPU
+    seconds per request over the run (``server_pid``: its process; kernel time included)."""
     ctx = mp.get_context("fork")
     start = ctx.Event()
     out: "mp.Queue[int]" = ctx.Queue()
@@ -269,24 +273,27 @@ def trivial_rate(path: str, frame: bytes, clients: int, seconds: float) -> float
     for p in procs:
         p.start()
     time.sleep(0.3)  # every client connected and warmed up
+    cpu0 = cpu_seconds(server_pid)
     t0 = time.perf_counter()
     start.set()
     total = sum(out.get(timeout=seconds + 30) for _ in procs)
     elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(server_pid) - cpu0
     for p in procs:
         p.join()
-    return total / elapsed
+    return total / elapsed, cpu / max(1, total)
 
 
-def trivial_rows(agent_sock: str, seconds: float) -> float:
-    """echo / status / identity at 1 and 8 clients, interleaved per client count (same load on each side);
-    returns the echo rate at 1 client."""
+def trivial_rows(agent: AgentProc, seconds: float) -> float:
+    """echo / status / identity at 1 and 8 clients, interleaved per client count (same load on each side), each
+    with its server's CPU per request; returns the echo rate at 1 client."""
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="kecho") as d:
         path = os.path.join(d, "echo.sock")
         ready = ctx.Event()
         server = ctx.Process(target=_echo_server, args=(path, ready), daemon=True)
         server.start()
+        assert server.pid is not None
         try:
             ready.wait(10)
             frames = {name: (lambda b: struct.pack(">I", len(b)) + b)(req.SerializeToString())
@@ -294,12 +301,14 @@ def trivial_rows(agent_sock: str, seconds: float) -> float:
                                         ("identity", pb.Request(identity=pb.IdentityRequest())))}
             echo1 = 0.0
             for clients in (1, 8):
-                echo = trivial_rate(path, frames["status"], clients, seconds)
+                echo, cpu = trivial_rate(path, frames["status"], clients, seconds, server.pid)
                 echo1 = echo1 or echo
-                print(f"{'echo x' + str(clients):<12} {echo:>10.0f} {1.0:>7.2f}   (req/s; bare asyncio echo server)")
+                print(f"{'echo x' + str(clients):<12} {echo:>10.0f} {1.0:>7.2f}   (req/s; bare asyncio echo server; "
+                      f"its CPU {cpu * 1e6:.0f} us per request)")
                 for name, frame in frames.items():
-                    rate = trivial_rate(agent_sock, frame, clients, seconds)
-                    print(f"{name + ' x' + str(clients):<12} {rate:>10.0f} {rate / echo:>7.2f}")
+                    rate, cpu = trivial_rate(agent.sock, frame, clients, seconds, agent.pid)
+                    print(f"{name + ' x' + str(clients):<12} {rate:>10.0f} {rate / echo:>7.2f}   (the agent's CPU "
+                          f"{cpu * 1e6:.0f} us per request)")
         finally:
             server.terminate()
             server.join()
@@ -338,12 +347,28 @@ class _Sink(asyncio.Transport):
 COLD_BYTES = 32 << 20
 
 
+def core_cache_bytes() -> int:
+    """Twice this CPU's own (per-core) L2 as the kernel reports it, else 2 MiB: written before each request of the
+    "own-cold" loop rows, it pushes out L1 and L2, what another process running on this core would displace, but
+    leaves most of the L3, which all cores share."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return 2 * int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            break
+    return 2 << 20
+
+
 def evict_caches(buf: bytearray) -> None:
     """Write one byte per 64-byte cache line of ``buf``: what was in the CPU's caches before is pushed out."""
     buf[::64] = b"\1" * (len(buf) // 64)
 
 
-def loop_costs(n: int, payload: bytes, tmp: Path, *, cold: bool = False) -> dict[str, float]:
+def loop_costs(n: int, payload: bytes, tmp: Path, *, flush: int = 0) -> dict[str, float]:
     """The agent's own work per request, in seconds of its event-loop thread's CPU (``time.thread_time``): a real
     AgentServer on a software home in this process, one admitted connection whose transport is a :class:`_Sink`;
     each request's frame is handed to the connection and only that callback is timed (decode, policy, run, audit
@@ -351,11 +376,12 @@ def loop_costs(n: int, payload: bytes, tmp: Path, *, cold: bool = False) -> dict
     SessionManager. No socket, no second process: what is left of a socket row beyond these is wake-ups and
     system calls.
 
-    ``cold``: the caches are flushed (:func:`evict_caches`, untimed) before each request, as when the agent's
-    process wakes on a CPU where other processes (the client, the other agent) ran since its last request: every
-    request of one client, and most at 8 clients on 2 CPUs."""
-    tag = "cold" if cold else "warm"
-    flush = bytearray(COLD_BYTES) if cold else None
+    ``flush``: that many bytes are written before each request (:func:`evict_caches`, untimed), pushing the agent's
+    code and data out of the caches: :data:`COLD_BYTES` flushes every level, as when nothing of the agent is left
+    anywhere; :func:`core_cache_bytes` only this core's own L1 and L2, as when the client or the other agent ran on
+    this CPU since the agent's last request (every request of one client, most at 8 clients on 2 CPUs)."""
+    tag = f"flush{flush}"
+    flushed = bytearray(flush) if flush else None
     home = make_software_home(tmp / f"loop-home-{tag}")
     backend = home_backend(home, PASSPHRASE)
     backend.unlock(PASSPHRASE)
@@ -383,8 +409,8 @@ def loop_costs(n: int, payload: bytes, tmp: Path, *, cold: bool = False) -> dict
         async def call(req: pb.Request) -> tuple[pb.Response, float]:
             frame = encode_frame(req.SerializeToString())
             sink.out.clear()
-            if flush is not None:
-                evict_caches(flush)
+            if flushed is not None:
+                evict_caches(flushed)
             c0 = time.thread_time()
             conn.data_received(frame)
             spent = time.thread_time() - c0
@@ -480,7 +506,8 @@ def main() -> None:
             cores = [core_rate(args.n, payload)]
             mgr = manager_rate(args.n, payload, Path(d))
             loop = loop_costs(args.n, payload, Path(d))
-            cold = loop_costs(args.n, payload, Path(d), cold=True)
+            own_cold = loop_costs(args.n, payload, Path(d), flush=core_cache_bytes())
+            cold = loop_costs(args.n, payload, Path(d), flush=COLD_BYTES)
         a, b = factory.new(config=OWNER_SIGNS), factory.new(config=OWNER_SIGNS)
         a.start()
         b.start()
@@ -490,10 +517,15 @@ def main() -> None:
             print(f"{'loop ' + name:<12} {loop[name] * 1e6:>10.1f}   (us of the agent's event-loop thread per "
                   f"request, in process, no socket)")
         for name in ("encrypt", "decrypt"):
-            print(f"{'loop ' + name + ' cold':<12} {cold[name] * 1e6:>10.1f}   (the same, the CPU caches flushed "
-                  f"before each request: as after another process ran)")
+            print(f"{'loop ' + name + ' own-cold':<12} {own_cold[name] * 1e6:>10.1f}   (the same, this core's own "
+                  f"caches flushed before each request ({core_cache_bytes() >> 20} MiB: L1, L2): as after another "
+                  f"process ran on this CPU)")
+        for name in ("encrypt", "decrypt"):
+            print(f"{'loop ' + name + ' cold':<12} {cold[name] * 1e6:>10.1f}   (the same, every cache level "
+                  f"flushed before each request ({COLD_BYTES >> 20} MiB, the L3 too): nothing of the agent left "
+                  f"in any cache)")
         if args.only_trivial:
-            trivial_rows(a.sock, args.trivial_seconds)
+            trivial_rows(a, args.trivial_seconds)
             return
         # Rounds: x1, x8, x1, x8, ... with a core measurement between any two, so each socket round has a baseline
         # taken just before and just after it (this shared VM's speed drifts by tens of percent within a minute).
@@ -525,7 +557,7 @@ def main() -> None:
         for clients in (1, 8):
             rate = sign_socket_rate(args.n * 4, clients, a)
             print(f"{'sign x' + str(clients):<12} {rate:>10.0f} {rate / sign_core:>7.2f}")
-        echo1 = trivial_rows(a.sock, args.trivial_seconds)
+        echo1 = trivial_rows(a, args.trivial_seconds)
         # The least one client could take per message, whatever the agents did: a round trip to each agent (as
         # cheap as the bare echo server's) and the ratchet work itself (one core message). No fsync on the way: a
         # decrypt is answered before its commit (sessions.py rule 8).

@@ -199,6 +199,9 @@ def _socket(run: BenchRun) -> list[Row]:
     kinds = ("status", "identity", "encrypt", "decrypt")
     loop = {k: float(t["loop " + k][0]) for k in kinds if "loop " + k in t}
     cold = {k: float(t[f"loop {k} cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} cold" in t}
+    own_cold = {k: float(t[f"loop {k} own-cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} own-cold" in t}
+    m = re.search(r"^echo x1\s.*its CPU (\d+) us per request", run.stdout, re.M)
+    echo_cpu = float(m.group(1)) if m else None  # what any asyncio server pays per request here (socket, loop)
 
     def why_socket(name: str, rate: float, need: float) -> str:
         """Why a socket row misses ``need`` msg/s: the floor (one client) and the agents' CPU, from this run."""
@@ -230,9 +233,20 @@ def _socket(run: BenchRun) -> list[Row]:
                             f"{worst:.0f} msg/s ({worst / core:.2f} of core). The measured rate lies between the "
                             f"two: the running agents mostly run cold, and the target needs less than the warm "
                             f"work. ")
+                if "encrypt" in own_cold and "decrypt" in own_cold:
+                    why += (f"Flushing only this core's own caches (L1 and L2) before each request, as the client "
+                            f"and the other agent do when they run on the same CPU, costs {own_cold['encrypt']:.0f} "
+                            f"+ {own_cold['decrypt']:.0f} = {own_cold['encrypt'] + own_cold['decrypt']:.0f} µs; the "
+                            f"running agents' price (below) is nearer the full flush, which also empties the L3 that "
+                            f"every core shares — more than our three processes can push through it between two "
+                            f"requests; on this shared VM it is also shared with what else runs on the host. ")
                 why += (f"Beyond the warm bound, {max(0.0, 1e6 / rate - 1e6 / best):.0f} µs per message go to "
                         f"cold caches, the event loop's own turn and the socket system calls around each request, "
                         f"the processes' wake-ups on 2 shared CPUs and the commit thread's share of the CPU. ")
+                if echo_cpu is not None:
+                    why += (f"Of that, the socket and the event loop alone cost any asyncio server {echo_cpu:.0f} µs "
+                            f"of CPU per request here (the bare echo server's own CPU in this run), "
+                            f"{2 * echo_cpu:.0f} µs per message for the two requests. ")
         if name in cpu:
             a_us, b_us = cpu[name]
             why += (f"CPU per message, measured from /proc over the run: agent A {a_us:.0f} µs (encrypt), agent B "
@@ -277,10 +291,19 @@ def _socket(run: BenchRun) -> list[Row]:
         rows.append(Row(run.name, "the agent's own work per request on its event loop, in process, no socket "
                                   f"({' / '.join(k for k in kinds if k in loop)})",
                         " / ".join(f"{loop[k]:.0f}" for k in kinds if k in loop) + " µs", None, "", None))
+    if own_cold:
+        rows.append(Row(run.name, "the same with this core's own caches (L1, L2) flushed before each request "
+                                  "(encrypt / decrypt)",
+                        " / ".join(f"{own_cold[k]:.0f}" for k in ("encrypt", "decrypt") if k in own_cold) + " µs",
+                        None, "", None))
     if cold:
-        rows.append(Row(run.name, "the same with every CPU cache flushed before each request (encrypt / decrypt)",
+        rows.append(Row(run.name, "the same with every CPU cache flushed before each request, the L3 too "
+                                  "(encrypt / decrypt)",
                         " / ".join(f"{cold[k]:.0f}" for k in ("encrypt", "decrypt") if k in cold) + " µs", None, "",
                         None))
+    if echo_cpu is not None:
+        rows.append(Row(run.name, "a bare asyncio echo server's own CPU per request at 1 client (the socket and "
+                                  "event-loop cost any server pays here)", f"{echo_cpu:.0f} µs", None, "", None))
     if floor is not None:
         rows.append(Row(run.name, "the least one client could take per message on this machine: two echo round "
                                   "trips + one core message, no agent work (vs in-process core)",

@@ -5,13 +5,14 @@ runs in CI. Tiny sizes: nothing here is a measurement, only the plumbing is chec
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 from tests.bench import report
 
-_ROWS = ("core", "manager", "loop status", "loop identity", "loop encrypt", "loop decrypt", "loop encrypt cold",
-         "loop decrypt cold", "socket x1", "socket x8", "floor x1", "echo x1", "status x1", "identity x1", "echo x8",
+_ROWS = ("core", "manager", "loop status", "loop identity", "loop encrypt", "loop decrypt", "loop encrypt own-cold",
+         "loop decrypt own-cold", "loop encrypt cold", "loop decrypt cold", "socket x1", "socket x8", "floor x1", "echo x1", "status x1", "identity x1", "echo x8",
          "status x8", "identity x8")
 
 
@@ -36,6 +37,11 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
     assert any(m.startswith("the least one client could take") for m in rows)
     assert any(m.startswith("the agent's own work per request") for m in rows)
     assert any(m.startswith("the same with every CPU cache flushed") for m in rows)
+    assert any(m.startswith("the same with this core's own caches") for m in rows)
+    assert any(m.startswith("a bare asyncio echo server's own CPU") for m in rows)
+    for name in ("echo x1", "status x1", "identity x8"):  # each trivial row gives its server's CPU per request
+        assert re.search(rf"^{name}\s.*CPU \d+ us per request", cp.stdout, re.M), cp.stdout
+    assert all("own caches" in r.why and "asyncio server" in r.why for r in step if "x1" in r.measure and not r.met)
     trivial = [r for m, r in rows.items() if "bare asyncio echo server (issue 16)" in m]
     assert len(trivial) == 4
 
