@@ -22,7 +22,6 @@ from typing import Any, Mapping
 
 from agent.core.error_codes import CodedError, ErrorCode
 from agent.daemon.policy import PolicyRule, parse_rules
-from agent.daemon.scheduling import MAX_SLICE_US, MIN_SLICE_US
 from agent.framing import MAX_FRAME
 
 __all__ = [
@@ -106,9 +105,6 @@ class AgentConfig:
     policy: tuple[PolicyRule, ...] = ()
     # Seconds between two signed-prekey rotations on request (the owner's force skips the wait).
     rotate_interval: float = 3600.0
-    # The scheduling slice (µs) the agent asks the kernel for (agent/daemon/scheduling.py): short, since its work
-    # comes in short bursts that clients wait for; 0 leaves the kernel's default.
-    sched_slice_us: int = 100
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown keys are kept for forward compatibility
 
     def with_overrides(self, **changes: Any) -> "AgentConfig":
@@ -117,8 +113,7 @@ class AgentConfig:
 
 
 _INTS = {"max_frame", "max_connections", "workers", "max_connections_per_uid", "owner_reserved_connections",
-         "audit_log_max_bytes", "audit_log_backups", "agent_log_max_bytes", "agent_log_backups", "refusal_log_burst",
-         "sched_slice_us"}
+         "audit_log_max_bytes", "audit_log_backups", "agent_log_max_bytes", "agent_log_backups", "refusal_log_burst"}
 _FLOATS = {"request_timeout", "frame_timeout", "idle_timeout", "unlock_ttl", "socket_check_interval",
            "confirm_timeout", "refusal_log_window", "rotate_interval"}
 _STR_LISTS = {"confirm_command", "confirm_ops"}
@@ -144,9 +139,6 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
     for name in ("audit_log_backups", "agent_log_backups"):
         if not 0 <= getattr(cfg, name) <= 100:
             raise ConfigError(f"{name} must be between 0 and 100")
-    if cfg.sched_slice_us != 0 and not MIN_SLICE_US <= cfg.sched_slice_us <= MAX_SLICE_US:
-        raise ConfigError(f"sched_slice_us must be 0 (the kernel's default) or between {MIN_SLICE_US} and "
-                          f"{MAX_SLICE_US}")
     if not 1 <= cfg.refusal_log_burst <= 100000:
         raise ConfigError("refusal_log_burst must be between 1 and 100000")
     for name in ("request_timeout", "frame_timeout", "socket_check_interval", "refusal_log_window"):

@@ -152,11 +152,6 @@ def run_foreground(
     from agent.daemon.hardening import harden_process
 
     harden_process()  # before the backend is opened: no core dump or ptrace can reach a key or PIN
-    if config.sched_slice_us:  # before any thread starts: each inherits it (agent/daemon/scheduling.py)
-        from agent.daemon.scheduling import request_slice
-
-        got = request_slice(config.sched_slice_us)
-        log.debug("scheduling slice: %s", f"{got} µs" if got is not None else "the kernel's default (not settable)")
 
     from agent.daemon.server import AgentServer  # keeps `keyagent start` (the parent) light
     from agent.daemon.socketdir import claim_socket
