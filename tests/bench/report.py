@@ -202,6 +202,8 @@ def _socket(run: BenchRun) -> list[Row]:
     own_cold = {k: float(t[f"loop {k} own-cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} own-cold" in t}
     m = re.search(r"^echo x1\s.*its CPU (\d+) us per request", run.stdout, re.M)
     echo_cpu = float(m.group(1)) if m else None  # what any asyncio server pays per request here (socket, loop)
+    m = re.search(r"every cache level flushed before each request \((\d+) MiB", run.stdout)
+    flush_size = f" (the flush writes {m.group(1)} MiB)" if m else ""
 
     def why_socket(name: str, rate: float, need: float) -> str:
         """Why a socket row misses ``need`` msg/s: the floor (one client) and the agents' CPU, from this run."""
@@ -227,26 +229,35 @@ def _socket(run: BenchRun) -> list[Row]:
                 if "encrypt" in cold and "decrypt" in cold:
                     hot = cold["encrypt"] + cold["decrypt"]
                     worst = 1e6 / (1e6 / floor + hot)
-                    why += (f"With every cache flushed before each request, as when the client and the other "
-                            f"agent ran on the CPU since (one client: every request), the same work costs "
+                    why += (f"With every cache level flushed before each request (the L3 too), the same work costs "
                             f"{cold['encrypt']:.0f} + {cold['decrypt']:.0f} = {hot:.0f} µs: floor plus that allows "
-                            f"{worst:.0f} msg/s ({worst / core:.2f} of core). The measured rate lies between the "
-                            f"two: the running agents mostly run cold, and the target needs less than the warm "
-                            f"work. ")
-                if "encrypt" in own_cold and "decrypt" in own_cold:
-                    why += (f"Flushing only this core's own caches (L1 and L2) before each request, as the client "
-                            f"and the other agent do when they run on the same CPU, costs {own_cold['encrypt']:.0f} "
-                            f"+ {own_cold['decrypt']:.0f} = {own_cold['encrypt'] + own_cold['decrypt']:.0f} µs; the "
-                            f"running agents' price (below) is nearer the full flush, which also empties the L3 that "
-                            f"every core shares — more than our three processes can push through it between two "
-                            f"requests; on this shared VM it is also shared with what else runs on the host. ")
+                            f"{worst:.0f} msg/s ({worst / core:.2f} of core). ")
+                    if "encrypt" in own_cold and "decrypt" in own_cold:
+                        own = own_cold["encrypt"] + own_cold["decrypt"]
+                        why += (f"Flushing only this core's own caches (L1, L2), what the client and the other agent "
+                                f"displace when they run on the same CPU, costs {own_cold['encrypt']:.0f} + "
+                                f"{own_cold['decrypt']:.0f} = {own:.0f} µs. ")
+                        if name in cpu and echo_cpu is not None:
+                            ran = sum(cpu[name]) - 2 * echo_cpu
+                            nearer = "the full flush" if abs(ran - hot) < abs(ran - own) else "the own-cache flush"
+                            why += (f"The running agents spent {sum(cpu[name]):.0f} µs of CPU per message (below); "
+                                    f"less the socket and event-loop cost any asyncio server pays here ({echo_cpu:.0f} "
+                                    f"µs per request: the bare echo server's own CPU in this run), {ran:.0f} µs, "
+                                    f"nearer {nearer}. ")
+                            if nearer == "the full flush":
+                                why += ("So most of what they pay looks like losing the L3, which all cores share"
+                                        f"{flush_size}: more than our three processes touch between two requests, "
+                                        "and on this shared VM the host's other guests use it too. ")
+                allowed = 1e6 / need - 1e6 / floor
+                if 0 < allowed < work:
+                    why += (f"The target leaves the agents {allowed:.0f} µs per message, less than even the warm "
+                            f"work ({work:.0f} µs). ")
+                elif allowed > 0:
+                    why += (f"The target leaves the agents {allowed:.0f} µs per message, near the warm work "
+                            f"({work:.0f} µs), which the running agents never get. ")
                 why += (f"Beyond the warm bound, {max(0.0, 1e6 / rate - 1e6 / best):.0f} µs per message go to "
                         f"cold caches, the event loop's own turn and the socket system calls around each request, "
                         f"the processes' wake-ups on 2 shared CPUs and the commit thread's share of the CPU. ")
-                if echo_cpu is not None:
-                    why += (f"Of that, the socket and the event loop alone cost any asyncio server {echo_cpu:.0f} µs "
-                            f"of CPU per request here (the bare echo server's own CPU in this run), "
-                            f"{2 * echo_cpu:.0f} µs per message for the two requests. ")
         if name in cpu:
             a_us, b_us = cpu[name]
             why += (f"CPU per message, measured from /proc over the run: agent A {a_us:.0f} µs (encrypt), agent B "
