@@ -20,10 +20,13 @@ Rows (messages per second; ratio against ``core`` measured in the same run):
 * ``loop status`` / ``loop identity`` / ``loop encrypt`` / ``loop decrypt``: the agent's own work per request, in
   µs of its event-loop thread, measured in process with no socket (:func:`loop_costs`); a decrypt's commit, on the
   commit thread, is not in it. ``loop encrypt own-cold`` / ``loop decrypt own-cold``: the same with this core's own
-  caches (L1, L2) flushed before each request, as after the client or the other agent ran on this CPU;
+  caches (L1, L2) flushed before each request;
   ``loop encrypt cold`` / ``loop decrypt cold``: with every cache level flushed, the L3 too (:data:`COLD_BYTES`
   written first, untimed). The running agents' real cost lies between the warm and the cold rows; which of the
-  two flushes it resembles says whether our own processes push each other out or something beyond them does.
+  two flushes it resembles says how much of their caches survives what runs between two requests.
+* ``placement``: agent A alone with one client (encrypts only), the client and A pinned to the same CPU or to
+  two different ones (:func:`placement_costs`): A's CPU per encrypt and the rate in each case, i.e. what crossing
+  between CPUs costs a request here (the socket rows cross all the time, and have the other agent run too).
 * ``floor x1``: the least one client could take per message whatever the agents did: two round trips as cheap as
   the bare echo server's (``echo x1``) and one core message; its ratio is the best ``socket x1`` could reach on
   this machine. No fsync: a decrypt's commit follows its answer (sessions.py rule 8), and an encrypt inside its
@@ -185,6 +188,41 @@ def socket_rate(n: int, clients: int, payload: bytes, a: AgentProc, b: AgentProc
         own = os.times()
         cpu["clients"] = (own.user + own.system - cpu0["clients"]) / (per * clients)
     return per * clients / elapsed
+
+
+def placement_costs(n: int, payload: bytes, a: AgentProc, peer: bytes,
+                    rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """Agent A's CPU per encrypt (µs) and the encrypts per second with one client and nothing else running, the
+    client thread and A's threads pinned to the same CPU (``same``) or to two different ones (``other``), in
+    alternating rounds (medians); everything is unpinned afterwards. What a request pays for crossing between CPUs
+    on this machine (on a VM: waking an idle vCPU). Needs 2 CPUs; sends A's encrypts to ``peer`` without their
+    decrypts, so it runs after the socket rows."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {}
+    tids = [int(t) for t in os.listdir(f"/proc/{a.pid}/task")]
+    got: dict[str, list[tuple[float, float]]] = {"same": [], "other": []}
+    try:
+        with AgentClient(a.sock) as c:
+            for _ in range(rounds):
+                for where, agent_cpu in (("same", cpus[0]), ("other", cpus[1])):
+                    os.sched_setaffinity(0, {cpus[0]})
+                    for tid in tids:
+                        os.sched_setaffinity(tid, {agent_cpu})
+                    for _ in range(n // 10):  # settle where they now run
+                        c.encrypt(peer, payload)
+                    cpu0, t0 = cpu_seconds(a.pid), time.perf_counter()
+                    for _ in range(n):
+                        c.encrypt(peer, payload)
+                    got[where].append(((cpu_seconds(a.pid) - cpu0) / n, n / (time.perf_counter() - t0)))
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, set(cpus))
+            except OSError:  # a worker thread that has ended
+                pass
+    return {k: (statistics.median(c for c, _ in v), statistics.median(r for _, r in v)) for k, v in got.items()}
 
 
 def sign_inprocess_rate(n: int) -> float:
@@ -349,8 +387,7 @@ COLD_BYTES = 32 << 20
 
 def core_cache_bytes() -> int:
     """Twice this CPU's own (per-core) L2 as the kernel reports it, else 2 MiB: written before each request of the
-    "own-cold" loop rows, it pushes out L1 and L2, what another process running on this core would displace, but
-    leaves most of the L3, which all cores share."""
+    "own-cold" loop rows, it pushes out L1 and L2 but leaves most of the L3, which all cores share."""
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     for index in sorted(base.glob("index*")):
         try:
@@ -378,8 +415,9 @@ def loop_costs(n: int, payload: bytes, tmp: Path, *, flush: int = 0) -> dict[str
 
     ``flush``: that many bytes are written before each request (:func:`evict_caches`, untimed), pushing the agent's
     code and data out of the caches: :data:`COLD_BYTES` flushes every level, as when nothing of the agent is left
-    anywhere; :func:`core_cache_bytes` only this core's own L1 and L2, as when the client or the other agent ran on
-    this CPU since the agent's last request (every request of one client, most at 8 clients on 2 CPUs)."""
+    anywhere; :func:`core_cache_bytes` only this core's own L1 and L2 (the shared L3 keeps a copy). The running
+    agents' cost per request, compared with the two, tells how much of their caches the client and the other
+    agent take between two requests."""
     tag = f"flush{flush}"
     flushed = bytearray(flush) if flush else None
     home = make_software_home(tmp / f"loop-home-{tag}")
@@ -518,8 +556,8 @@ def main() -> None:
                   f"request, in process, no socket)")
         for name in ("encrypt", "decrypt"):
             print(f"{'loop ' + name + ' own-cold':<12} {own_cold[name] * 1e6:>10.1f}   (the same, this core's own "
-                  f"caches flushed before each request ({core_cache_bytes() >> 20} MiB: L1, L2): as after another "
-                  f"process ran on this CPU)")
+                  f"caches flushed before each request ({core_cache_bytes() >> 20} MiB written: L1, L2; the L3 "
+                  f"keeps its copy)")
         for name in ("encrypt", "decrypt"):
             print(f"{'loop ' + name + ' cold':<12} {cold[name] * 1e6:>10.1f}   (the same, every cache level "
                   f"flushed before each request ({COLD_BYTES >> 20} MiB, the L3 too): nothing of the agent left "
@@ -550,6 +588,14 @@ def main() -> None:
                   f"{ratios[0]:.2f}-{ratios[-1]:.2f}; CPU per message: agent A {mean['A'] * 1e6:.0f} us, agent B "
                   f"{mean['B'] * 1e6:.0f} us, clients {mean['clients'] * 1e6:.0f} us; one event-loop thread each; "
                   f"agent B preempted {mean['B preempted']:.2f} times per message)")
+        with AgentClient(b.sock) as cb:
+            b_id = cb.identity().identity_public_key
+        placed = placement_costs(args.n * 3, payload, a, b_id)
+        if placed:
+            (same_cpu, same_rate), (other_cpu, other_rate) = placed["same"], placed["other"]
+            print(f"placement: one client, nothing else running: agent A on the client's CPU {same_cpu * 1e6:.0f} us "
+                  f"of CPU per encrypt, {same_rate:.0f} encrypts/s; on the other CPU {other_cpu * 1e6:.0f} us, "
+                  f"{other_rate:.0f} encrypts/s")
         fsync = fsync_ms(a.home)
         print(f"fsync p50: {fsync:.2f} ms (4 KiB write + fsync next to the agents' state)")
         sign_core = sign_inprocess_rate(args.n * 4)

@@ -202,6 +202,9 @@ def _socket(run: BenchRun) -> list[Row]:
     own_cold = {k: float(t[f"loop {k} own-cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} own-cold" in t}
     m = re.search(r"^echo x1\s.*its CPU (\d+) us per request", run.stdout, re.M)
     echo_cpu = float(m.group(1)) if m else None  # what any asyncio server pays per request here (socket, loop)
+    m = re.search(r"^placement: .*agent A on the client's CPU (\d+) us of CPU per encrypt, (\d+) encrypts/s; on the "
+                  r"other CPU (\d+) us, (\d+) encrypts/s", run.stdout, re.M)
+    placed = tuple(float(g) for g in m.groups()) if m else None  # (same µs, same rate, other µs, other rate)
     m = re.search(r"every cache level flushed before each request \((\d+) MiB", run.stdout)
     flush_size = f" (the flush writes {m.group(1)} MiB)" if m else ""
 
@@ -234,9 +237,8 @@ def _socket(run: BenchRun) -> list[Row]:
                             f"{worst:.0f} msg/s ({worst / core:.2f} of core). ")
                     if "encrypt" in own_cold and "decrypt" in own_cold:
                         own = own_cold["encrypt"] + own_cold["decrypt"]
-                        why += (f"Flushing only this core's own caches (L1, L2), what the client and the other agent "
-                                f"displace when they run on the same CPU, costs {own_cold['encrypt']:.0f} + "
-                                f"{own_cold['decrypt']:.0f} = {own:.0f} µs. ")
+                        why += (f"Flushing only this core's own caches (L1, L2) before each request costs "
+                                f"{own_cold['encrypt']:.0f} + {own_cold['decrypt']:.0f} = {own:.0f} µs. ")
                         if name in cpu and echo_cpu is not None:
                             ran = sum(cpu[name]) - 2 * echo_cpu
                             nearer = "the full flush" if abs(ran - hot) < abs(ran - own) else "the own-cache flush"
@@ -245,9 +247,16 @@ def _socket(run: BenchRun) -> list[Row]:
                                     f"µs per request: the bare echo server's own CPU in this run), {ran:.0f} µs, "
                                     f"nearer {nearer}. ")
                             if nearer == "the full flush":
-                                why += ("So most of what they pay looks like losing the L3, which all cores share"
-                                        f"{flush_size}: more than our three processes touch between two requests, "
-                                        "and on this shared VM the host's other guests use it too. ")
+                                why += (f"What the client and the other agent do between two requests (on this CPU or "
+                                        f"the other; waking an idle vCPU too) costs the agents far more than losing "
+                                        f"this core's own caches does: their work runs about as if every cache level "
+                                        f"had been emptied{flush_size}. ")
+                    if placed is not None:
+                        why += (f"Part of it is crossing between CPUs: with one client and nothing else running, agent "
+                                f"A spends {placed[0]:.0f} µs of CPU per encrypt on the client's CPU and "
+                                f"{placed[2]:.0f} µs on the other one ({placed[1]:.0f} vs {placed[3]:.0f} encrypts/s); "
+                                f"with three processes on 2 CPUs, a request to either agent crosses, and the other "
+                                f"agent runs in between. ")
                 allowed = 1e6 / need - 1e6 / floor
                 if 0 < allowed < work:
                     why += (f"The target leaves the agents {allowed:.0f} µs per message, less than even the warm "
@@ -312,6 +321,10 @@ def _socket(run: BenchRun) -> list[Row]:
                                   "(encrypt / decrypt)",
                         " / ".join(f"{cold[k]:.0f}" for k in ("encrypt", "decrypt") if k in cold) + " µs", None, "",
                         None))
+    if placed is not None:
+        rows.append(Row(run.name, "agent A alone with one client, on the client's CPU vs on the other CPU: CPU per "
+                                  "encrypt (encrypts/s)", f"{placed[0]:.0f} vs {placed[2]:.0f} µs ({placed[1]:.0f} vs "
+                                  f"{placed[3]:.0f}/s)", None, "", None))
     if echo_cpu is not None:
         rows.append(Row(run.name, "a bare asyncio echo server's own CPU per request at 1 client (the socket and "
                                   "event-loop cost any server pays here)", f"{echo_cpu:.0f} µs", None, "", None))

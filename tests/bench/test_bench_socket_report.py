@@ -39,6 +39,9 @@ def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
     assert any(m.startswith("the same with every CPU cache flushed") for m in rows)
     assert any(m.startswith("the same with this core's own caches") for m in rows)
     assert any(m.startswith("a bare asyncio echo server's own CPU") for m in rows)
+    if len(os.sched_getaffinity(0)) >= 2:  # the placement row needs two CPUs (CI has two)
+        assert any(m.startswith("agent A alone with one client") for m in rows), cp.stdout
+        assert all("crossing between CPUs" in r.why for r in step if "x1" in r.measure and not r.met)
     for name in ("echo x1", "status x1", "identity x8"):  # each trivial row gives its server's CPU per request
         assert re.search(rf"^{name}\s.*CPU \d+ us per request", cp.stdout, re.M), cp.stdout
     assert all("own caches" in r.why and "asyncio server" in r.why for r in step if "x1" in r.measure and not r.met)
