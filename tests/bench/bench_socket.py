@@ -215,12 +215,12 @@ def placement_costs(n: int, payload: bytes, a: AgentProc, peer: bytes,
                     for _ in range(n):
                         c.encrypt(peer, payload)
                     got[where].append(((cpu_seconds(a.pid) - cpu0) / n, n / (time.perf_counter() - t0)))
-    finally:
+    finally:  # every thread A has now (one it started meanwhile inherited the pinning)
         os.sched_setaffinity(0, set(cpus))
-        for tid in tids:
+        for tid in [int(t) for t in os.listdir(f"/proc/{a.pid}/task")]:
             try:
                 os.sched_setaffinity(tid, set(cpus))
-            except OSError:  # a worker thread that has ended
+            except OSError:  # a thread that has ended
                 pass
     return {k: (statistics.median(c for c, _ in v), statistics.median(r for _, r in v)) for k, v in got.items()}
 
