@@ -262,7 +262,8 @@ def _socket(run: BenchRun) -> list[Row]:
                     why += (f"The target leaves the agents {allowed:.0f} µs per message, less than even the warm "
                             f"work ({work:.0f} µs). ")
                 elif allowed > 0:
-                    why += (f"The target leaves the agents {allowed:.0f} µs per message, near the warm work "
+                    near = "near" if allowed < 1.5 * work else "more than"
+                    why += (f"The target leaves the agents {allowed:.0f} µs per message, {near} the warm work "
                             f"({work:.0f} µs), which the running agents never get. ")
                 why += (f"Beyond the warm bound, {max(0.0, 1e6 / rate - 1e6 / best):.0f} µs per message go to "
                         f"cold caches, the event loop's own turn and the socket system calls around each request, "

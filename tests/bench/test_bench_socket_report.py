@@ -12,8 +12,8 @@ import sys
 from tests.bench import report
 
 _ROWS = ("core", "manager", "loop status", "loop identity", "loop encrypt", "loop decrypt", "loop encrypt own-cold",
-         "loop decrypt own-cold", "loop encrypt cold", "loop decrypt cold", "socket x1", "socket x8", "floor x1", "echo x1", "status x1", "identity x1", "echo x8",
-         "status x8", "identity x8")
+         "loop decrypt own-cold", "loop encrypt cold", "loop decrypt cold", "socket x1", "socket x8", "floor x1",
+         "echo x1", "status x1", "identity x1", "echo x8", "status x8", "identity x8")
 
 
 def test_bench_socket_prints_every_row_and_the_report_reads_them() -> None:
