@@ -435,11 +435,7 @@ class Ratchet:
         ck, nr, seq = s.ckr, s.nr, s.keys_count
         tracer = self._tracer
         while nr < until:
-            if tracer:
-                ck, mk = self._kdf_ck(ck)
-            else:
-                mk = drcrypto.hmac_sha256(ck, b"\x10")
-                ck = drcrypto.hmac_sha256(ck, b"\x0f")
+            ck, mk = self._kdf_ck(ck) if tracer else drcrypto.kdf_ck(ck)
             staged.append((key, nr, mk, seq))
             nr += 1
             seq += 1
