@@ -174,6 +174,11 @@ def _ratchet(run: BenchRun) -> list[Row]:
     return rows
 
 
+def _loop_pair(t: dict[str, list[str]], suffix: str) -> dict[str, float]:
+    """The ``loop encrypt<suffix>`` / ``loop decrypt<suffix>`` rows of a bench_socket table, those present."""
+    return {k: float(t[f"loop {k}{suffix}"][0]) for k in ("encrypt", "decrypt") if f"loop {k}{suffix}" in t}
+
+
 def _socket(run: BenchRun) -> list[Row]:
     t = _table_rows(run.stdout)
     rows: list[Row] = []
@@ -198,8 +203,7 @@ def _socket(run: BenchRun) -> list[Row]:
     floor = float(t["floor x1"][0]) if "floor x1" in t else None
     kinds = ("status", "identity", "encrypt", "decrypt")
     loop = {k: float(t["loop " + k][0]) for k in kinds if "loop " + k in t}
-    cold = {k: float(t[f"loop {k} cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} cold" in t}
-    own_cold = {k: float(t[f"loop {k} own-cold"][0]) for k in ("encrypt", "decrypt") if f"loop {k} own-cold" in t}
+    cold, own_cold = _loop_pair(t, " cold"), _loop_pair(t, " own-cold")
     m = re.search(r"^echo x1\s.*its CPU (\d+) us per request", run.stdout, re.M)
     echo_cpu = float(m.group(1)) if m else None  # what any asyncio server pays per request here (socket, loop)
     m = re.search(r"^placement: .*agent A on the client's CPU (\d+) us of CPU per encrypt, (\d+) encrypts/s; on the "
@@ -212,6 +216,12 @@ def _socket(run: BenchRun) -> list[Row]:
         """Why a socket row misses ``need`` msg/s: the floor (one client) and the agents' CPU, from this run."""
         why = f"{name} reaches {rate:.0f} msg/s; the target is {need:.0f} msg/s. "
         if name == "socket x1" and floor is not None:
+            room = 1e6 / need - 1e6 / floor  # µs per message the target leaves the agents beyond the floor
+
+            def with_work(us: float) -> float:
+                """msg/s of the floor plus ``us`` of the agents' work per message."""
+                return 1e6 / (1e6 / floor + us)
+
             why += (f"One client waits for each step in turn, and the floor measured in this run (two round trips "
                     f"as cheap as the bare echo server's and one core message; no agent work at all, and no fsync: "
                     f"a decrypt is answered before its commit, sessions.py rule 8) is {floor:.0f} msg/s = "
@@ -221,17 +231,17 @@ def _socket(run: BenchRun) -> list[Row]:
             else:
                 why += (f"The target asks for {need / floor:.0%} of that floor: all the agents' own work for a "
                         f"message (two requests, each decoded, checked, run, audited, answered) would have to fit "
-                        f"in {1e6 / need - 1e6 / floor:.0f} µs. ")
+                        f"in {room:.0f} µs. ")
             why += f"The agents reach {rate / floor:.0%} of the floor. "
             if "encrypt" in loop and "decrypt" in loop:
                 work = loop["encrypt"] + loop["decrypt"]
-                best = 1e6 / (1e6 / floor + work)
+                best = with_work(work)
                 why += (f"The agents' own work, measured in process in this run, is {loop['encrypt']:.0f} µs "
                         f"(encrypt) + {loop['decrypt']:.0f} µs (decrypt) = {work:.0f} µs per message with warm CPU "
                         f"caches: floor plus that allows {best:.0f} msg/s ({best / core:.2f} of core). ")
                 if "encrypt" in cold and "decrypt" in cold:
                     hot = cold["encrypt"] + cold["decrypt"]
-                    worst = 1e6 / (1e6 / floor + hot)
+                    worst = with_work(hot)
                     why += (f"With every cache level flushed before each request (the L3 too), the same work costs "
                             f"{cold['encrypt']:.0f} + {cold['decrypt']:.0f} = {hot:.0f} µs: floor plus that allows "
                             f"{worst:.0f} msg/s ({worst / core:.2f} of core). ")
@@ -257,13 +267,12 @@ def _socket(run: BenchRun) -> list[Row]:
                                 f"{placed[2]:.0f} µs on the other one ({placed[1]:.0f} vs {placed[3]:.0f} encrypts/s); "
                                 f"with three processes on 2 CPUs, a request to either agent crosses, and the other "
                                 f"agent runs in between. ")
-                allowed = 1e6 / need - 1e6 / floor
-                if 0 < allowed < work:
-                    why += (f"The target leaves the agents {allowed:.0f} µs per message, less than even the warm "
+                if 0 < room < work:
+                    why += (f"The target leaves the agents {room:.0f} µs per message, less than even the warm "
                             f"work ({work:.0f} µs). ")
-                elif allowed > 0:
-                    near = "near" if allowed < 1.5 * work else "more than"
-                    why += (f"The target leaves the agents {allowed:.0f} µs per message, {near} the warm work "
+                elif room > 0:
+                    near = "near" if room < 1.5 * work else "more than"
+                    why += (f"The target leaves the agents {room:.0f} µs per message, {near} the warm work "
                             f"({work:.0f} µs), which the running agents never get. ")
                 why += (f"Beyond the warm bound, {max(0.0, 1e6 / rate - 1e6 / best):.0f} µs per message go to "
                         f"cold caches, the event loop's own turn and the socket system calls around each request, "
