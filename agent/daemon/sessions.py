@@ -88,7 +88,11 @@ The unknown-session case
     ``decrypt`` raises :class:`NoSession` (an ``UnknownSession``, wire code NO_SESSION) with ``reason`` and
     ``reply``: the bytes of an empty message carrying our bundle, to be sent back to the sender so that it
     includes this device next time (the spec's "partitioned devices" rule), or None when rate-limited or
-    pointless. Verified bundles in the message are applied even then (that is how an unpaired own device
+    pointless. The rate limit is one reply per peer per ``reply_interval_ns``, and at most ``reply_peers`` peers
+    within one interval: the sender key is whatever key signed the transport envelope, so a remote peer can
+    use a fresh one for every message; past the cap new peers get no reply (and nothing is written) until old
+    reply times age out. Reply times older than the interval limit nothing and are deleted, so the store and
+    memory hold at most ``reply_peers`` of them whatever a flood of senders does. Verified bundles in the message are applied even then (that is how an unpaired own device
     gets listed for approval). Any other failure (bad bytes, bad signature, MAC failure) changes nothing.
 
 Concurrent sessions and interoperability
@@ -153,8 +157,8 @@ from .prekeys import SignedPrekeys
 from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
-from .store.rows import (InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta, PutPeerReply,
-                         PutSession, SessionRecord, session_id)
+from .store.rows import (DeletePeerReply, InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta,
+                         PutPeerReply, PutSession, SessionRecord, session_id)
 
 __all__ = [
     "SessionManager",
@@ -267,6 +271,7 @@ class SessionManager:
         spk_grace_ns: int = 7 * DAY_NS,
         session_retention_ns: int = 30 * DAY_NS,
         reply_interval_ns: int = HOUR_NS,
+        reply_peers: int = 1024,
         bundle_refresh_ns: int = HOUR_NS,
         send_reserve: int = 64,
         cache_peers: int = 1024,
@@ -277,6 +282,8 @@ class SessionManager:
             raise ValueError("send_reserve must be below the peer's MaxSkip")
         if cache_peers < 1 or cache_identities < 1:
             raise ValueError("the caches must hold at least one entry")
+        if reply_peers < 1:
+            raise ValueError("reply_peers must be at least 1")
         self._backend = backend
         self._store = store
         # the embedded store: its turns (enter/leave) are no-ops and a result may leave before its commit
@@ -288,6 +295,8 @@ class SessionManager:
         self._last_sweep = -(1 << 62)
         self._last_upkeep = -(1 << 62)  # _maintain's last look (its clock)
         self._reply_ns = reply_interval_ns
+        self._reply_peers = reply_peers
+        self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
         self._reserve = send_reserve
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
@@ -338,7 +347,9 @@ class SessionManager:
         abandoned), so nothing is lost by dropping the old copies, and rule 3 applies to every reloaded session."""
         self._epoch = self._store.cache_epoch
         self._cache = self._new_cache()
-        self._replies: dict[bytes, int] = self._store.load_peer_replies()
+        # peer -> when we last sent it our bundle, oldest first (so _forget_replies looks at the front only)
+        self._replies: dict[bytes, int] = dict(sorted(self._store.load_peer_replies().items(),
+                                                      key=lambda item: item[1]))
         self._prekeys = self._new_prekeys()
         if hasattr(self, "_own"):
             self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
@@ -467,6 +478,7 @@ class SessionManager:
         if self._prekeys.rotation_due(now):
             self._rotate(ops)
         self._prekeys.destroy_expired(now, ops)
+        self._forget_replies(now, ops)
         if now - self._last_sweep < 60 * 10**9:
             return
         self._last_sweep = now
@@ -799,12 +811,32 @@ class SessionManager:
         now = self._clock()
         if not reply_allowed(self._replies.get(peer), now, self._reply_ns):
             return None
+        self._forget_replies(now, ops)
+        if peer not in self._replies and len(self._replies) >= self._reply_peers:
+            if now - self._reply_cap_logged >= self._reply_ns:  # one line per interval, however long the flood
+                self._reply_cap_logged = now
+                log.warning("bundle replies to new peers paused: %d peers were answered within the last %d s "
+                            "(the cap); messages still decrypt", len(self._replies), self._reply_ns // 10**9)
+            return None
         eph_pub, ct = fallback.encrypt(peer, b"", self._secret(), self._rng(12))
         msg = protocol_message(self.installation_id, {NO_INSTALLATION: encrypted_message(ct, dh=dh_header(eph_pub))},
                                bundles=[self._own.bundle()])
+        self._replies.pop(peer, None)  # to the end: the dict stays oldest first
         self._replies[peer] = now
         ops.append(PutPeerReply(peer, now))
         return encode(msg)
+
+    def _forget_replies(self, now: int, ops: list[Op]) -> None:
+        """Delete reply times older than the interval, oldest first: they limit nothing any more
+        (:func:`reply_allowed` lets that peer have a reply again), and keeping them would let a flood of fresh
+        sender keys grow the store and memory without bound."""
+        replies = self._replies
+        while replies:
+            peer, at = next(iter(replies.items()))
+            if now - at < self._reply_ns:  # (a time ahead of the clock counts as fresh: it still limits)
+                return
+            del replies[peer]
+            ops.append(DeletePeerReply(peer))
 
     def decrypt(self, sender_identity: bytes, message: bytes) -> DecryptResult:
         """Decrypt a ProtocolMessage from ``sender_identity`` (the transport signature key).

@@ -153,3 +153,41 @@ def test_bundles_on_a_message_that_does_not_decrypt_are_not_stored(agents: Agent
             c.decrypt(stranger.public_key(), encode(msg))
         assert err.value.code == "NO_SESSION"
     assert _installation_rows(alice) == before
+
+
+def _reply_rows(agent: AgentProc) -> int:
+    db = sqlite3.connect(f"file:{agent.home / 'state.db'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM peer_replies").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_flood_of_fresh_sender_keys_gets_a_bounded_number_of_bundle_replies(agents: AgentFactory) -> None:
+    """The sender key of a message is whatever key signed its envelope: a remote peer can use a new one for every
+    message. Each such message that is not for us asks for a reply with our bundle, remembered per peer on disk;
+    without a cap on the peers remembered, the store and the agent's memory grow with every fresh key."""
+    import inspect
+
+    from agent.daemon.sessions import SessionManager
+
+    cap = inspect.signature(SessionManager).parameters["reply_peers"].default
+    alice = agents.new()
+    _start(alice)
+    junk = encode(protocol_message("stranger", {}))  # no entry for alice: "not_for_this_device"
+    replies = 0
+    with alice.client() as c:
+        for n in range(cap + 40):
+            with pytest.raises(AgentError) as err:
+                c.decrypt(MemoryKey((n + 1).to_bytes(32, "big")).public_key(), junk)
+            assert err.value.code == "NO_SESSION" and err.value.reason == "not_for_this_device"
+            replies += bool(err.value.reply)
+        assert replies == cap  # the first `cap` strangers were answered, the rest not
+        assert not c.status().locked  # still serving
+    assert _reply_rows(alice) == cap
+    alice.kill()  # SIGTERM: a clean stop
+    alice.start()  # the cap holds across a restart: the remembered peers are loaded again
+    with alice.client() as c, pytest.raises(AgentError) as err:
+        c.decrypt(MemoryKey((cap + 100).to_bytes(32, "big")).public_key(), junk)
+    assert err.value.reply == b""
+    assert _reply_rows(alice) == cap

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.client import AgentClient
-from agent.daemon.store import PutMeta, StoreUnavailable
+from agent.daemon.store import DeletePeerReply, PutMeta, PutPeerReply, StoreUnavailable
 from agent.daemon.store.postgres import PgStore
 from backends.base import Backend
 from backends.memory import MemoryKey
@@ -187,3 +187,20 @@ def _home_backend(agent: AgentProc) -> Backend:
     home = str(agent.home)
     pin = agent.extra_env["KEYAGENT_PIN"]
     return open_backend(load_config(home), home=home, pin_source=lambda _w: pin)
+
+
+def test_a_peer_reply_time_is_deleted_by_its_op(stores: tuple[PgStore, PgStore]) -> None:
+    """The shared store forgets a reply time like the embedded one (the generic delete of its table)."""
+    a, b = stores
+    peer_a, peer_b = MemoryKey(b"\x51" * 32).public_key(), MemoryKey(b"\x52" * 32).public_key()
+    a.enter()
+    try:
+        a.write([PutPeerReply(peer_a, 7), PutPeerReply(peer_b, 8)])
+        a.write([DeletePeerReply(peer_a)])
+    finally:
+        a.leave()
+    b.enter()
+    try:
+        assert b.load_peer_replies() == {peer_b: 8}
+    finally:
+        b.leave()

@@ -8,7 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
-from agent.core.wire import NO_INSTALLATION, decode_bundle, decode_protocol_message, encode
+from agent.core import fallback
+from agent.core.wire import (NO_INSTALLATION, decode_bundle, decode_protocol_message, dh_header, encode,
+                             encrypted_message, protocol_message)
 from agent.core.keyops import KeyOps
 from agent.daemon.own_devices import DeviceError
 from agent.daemon.sessions import DecryptResult, NoSession, SessionManager
@@ -78,6 +80,42 @@ def test_no_bundle_means_dh_fallback_then_bundle_reply_then_x3dh(world: World) -
     r2 = a.send(c, b"now with x3dh")
     assert r2.forward_secrecy is True and r2.installations == [c.iid]
     assert ok(c.recv(a, r2.message)).payload == b"now with x3dh"
+
+
+def _reply_times(world: World, dev_name: str, key: MemoryKey) -> dict[bytes, int]:
+    store = Store(world.tmp / dev_name / "state.db", key)
+    try:
+        return store.load_peer_replies()
+    finally:
+        store.close()
+
+
+def test_bundle_replies_are_capped_per_interval_and_forgotten_after_it(world: World) -> None:
+    """One reply per peer per interval, and at most ``reply_peers`` peers per interval: a stranger's fresh keys
+    (one per message) get no reply past the cap and write nothing; reply times older than the interval are deleted,
+    from memory and from the store, and then the cap has room again. Also for a DH-fallback message that reads."""
+    hour = 3600 * 10**9
+    kw = dict(reply_peers=3, reply_interval_ns=hour)
+    c = world.device("c", CAROL, **kw)
+    strangers = [MemoryKey(bytes([0x70 + i]) * 32) for i in range(5)]
+    junk = encode(protocol_message("stranger", {}))
+    got = [c.recv(s.public_key(), junk) for s in strangers[:4]]
+    assert all(isinstance(g, NoSession) for g in got)
+    assert [g.reply is not None for g in got] == [True, True, True, False]  # type: ignore[union-attr]
+    again = c.recv(strangers[0].public_key(), junk)  # the per-peer limit still applies within the interval
+    assert isinstance(again, NoSession) and again.reply is None
+    # a DH-fallback message from a new sender reads, but past the cap it brings no reply either
+    eph_pub, ct = fallback.encrypt(CAROL.public_key(), b"hi", b"\x21" * 32, b"\x00" * 12)
+    dh_msg = encode(protocol_message("s4", {NO_INSTALLATION: encrypted_message(ct, dh=dh_header(eph_pub))}))
+    read = ok(c.recv(strangers[4].public_key(), dh_msg))
+    assert read.payload == b"hi" and read.reply is None
+    world.reopen(c, crash=False, **kw)  # the remembered peers survive a restart, and so does the cap
+    assert set(_reply_times(world, "c", CAROL)) == {s.public_key() for s in strangers[:3]}
+    assert c.recv(strangers[3].public_key(), junk).reply is None  # type: ignore[union-attr]
+    world.clock.advance(hour)
+    assert ok(c.recv(strangers[4].public_key(), dh_msg)).reply is not None  # the old times aged out
+    c.mgr.close()
+    assert set(_reply_times(world, "c", CAROL)) == {strangers[4].public_key()}  # and left the disk
 
 
 def test_duplicate_decrypts_until_confirmed(world: World) -> None:

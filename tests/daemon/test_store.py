@@ -14,6 +14,7 @@ import pytest
 
 from agent.daemon.store import (
     MIGRATIONS,
+    DeletePeerReply,
     DeleteSession,
     SCHEMA_VERSION,
     InstallationRecord,
@@ -542,3 +543,13 @@ def test_sealed_state_from_an_older_version_of_the_row_is_refused(tmp_path: Path
     s.close()
     c.execute("UPDATE sessions SET state=?", (old_state,))
     _commit_then_sessions_refused(c, db)
+
+
+def test_a_peer_reply_time_is_deleted_by_its_op(tmp_path: Path) -> None:
+    """DeletePeerReply removes the row (the session manager forgets reply times older than its interval)."""
+    s = Store(tmp_path / "s.db", IK)
+    s.write([PutPeerReply(OTHER.public_key(), 7), PutPeerReply(IK.public_key(), 8)])
+    s.write([DeletePeerReply(OTHER.public_key()), DeletePeerReply(b"\x02" + b"\x00" * 32)])  # absent: no error
+    assert s.load_peer_replies() == {IK.public_key(): 8}
+    s.close()
+    assert Store(tmp_path / "s.db", IK).load_peer_replies() == {IK.public_key(): 8}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .api import StateStore
 from .rows import (
+    DeletePeerReply,
     DeleteSession,
     InstallationRecord,
     Op,
@@ -57,6 +58,7 @@ __all__ = [
     "PutOwnSpk",
     "PutMeta",
     "PutPeerReply",
+    "DeletePeerReply",
     "DeleteSession",
     "Op",
     "SCHEMA_VERSION",

@@ -65,6 +65,7 @@ __all__ = [
     "PutOwnSpk",
     "PutMeta",
     "PutPeerReply",
+    "DeletePeerReply",
     "DeleteSession",
     "Op",
     "Write",
@@ -215,13 +216,20 @@ class PutPeerReply:
 
 
 @dataclass(frozen=True)
+class DeletePeerReply:
+    """Forget when we last answered this peer: the time is older than the reply interval and limits nothing."""
+
+    identity: bytes
+
+
+@dataclass(frozen=True)
 class DeleteSession:
     """Forget a session for good (expired and unused past the retention period): its keys leave the disk."""
 
     sid: bytes
 
 
-Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeleteSession]
+Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeletePeerReply, DeleteSession]
 
 
 @dataclass(frozen=True)
@@ -463,6 +471,8 @@ class RowCodec:
             return Write("delete", "sessions", (op.sid,))
         if isinstance(op, PutPeerReply):
             return self._row("peer_replies", (op.identity, op.at_ns))
+        if isinstance(op, DeletePeerReply):
+            return Write("delete", "peer_replies", (op.identity,))
         raise TypeError(f"unknown store op {op!r}")
 
     def _row(self, table: str, values: tuple[object, ...]) -> Write:
