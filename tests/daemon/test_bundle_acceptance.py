@@ -108,12 +108,16 @@ def test_high_s_twin_of_a_valid_bundle_signature_is_refused(agents: AgentFactory
 # --- caps on what a stranger can make us store ---------------------------------------------------------------------
 
 
-def _installation_rows(agent: AgentProc) -> int:
+def _rows(agent: AgentProc, table: str) -> int:
     db = sqlite3.connect(f"file:{agent.home / 'state.db'}?mode=ro", uri=True)
     try:
-        return int(db.execute("SELECT count(*) FROM installations").fetchone()[0])
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     finally:
         db.close()
+
+
+def _installation_rows(agent: AgentProc) -> int:
+    return _rows(agent, "installations")
 
 
 def _stranger_bundle(key: MemoryKey, n: int) -> pb.Bundle:
@@ -155,14 +159,6 @@ def test_bundles_on_a_message_that_does_not_decrypt_are_not_stored(agents: Agent
     assert _installation_rows(alice) == before
 
 
-def _reply_rows(agent: AgentProc) -> int:
-    db = sqlite3.connect(f"file:{agent.home / 'state.db'}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT count(*) FROM peer_replies").fetchone()[0])
-    finally:
-        db.close()
-
-
 def test_a_flood_of_fresh_sender_keys_gets_a_bounded_number_of_bundle_replies(agents: AgentFactory) -> None:
     """The sender key of a message is whatever key signed its envelope: a remote peer can use a new one for every
     message. Each such message that is not for us asks for a reply with our bundle, remembered per peer on disk;
@@ -184,10 +180,10 @@ def test_a_flood_of_fresh_sender_keys_gets_a_bounded_number_of_bundle_replies(ag
             replies += bool(err.value.reply)
         assert replies == cap  # the first `cap` strangers were answered, the rest not
         assert not c.status().locked  # still serving
-    assert _reply_rows(alice) == cap
+    assert _rows(alice, "peer_replies") == cap
     alice.kill()  # SIGTERM: a clean stop
     alice.start()  # the cap holds across a restart: the remembered peers are loaded again
     with alice.client() as c, pytest.raises(AgentError) as err:
         c.decrypt(MemoryKey((cap + 100).to_bytes(32, "big")).public_key(), junk)
     assert err.value.reply == b""
-    assert _reply_rows(alice) == cap
+    assert _rows(alice, "peer_replies") == cap
