@@ -33,7 +33,8 @@ from typing import TypeVar
 from agent.core.ratchet import Ratchet
 
 from .store.api import StateStore
-from .store.rows import DeleteSession, InstallationRecord, Op, PutSession, SessionRecord, SessionSummary
+from .store.rows import (DeleteInstallation, DeleteSession, InstallationRecord, Op, PutSession, SessionRecord,
+                         SessionSummary)
 
 __all__ = ["LiveSession", "SessionCache"]
 
@@ -125,6 +126,23 @@ class SessionCache:
         self.installations[(rec.identity, rec.installation_id)] = rec
         self._installations_changed()
         self._inst_written.add(rec.identity)
+
+    def forget_identity(self, identity: bytes, ops: list[Op]) -> None:
+        """Delete every installation of ``identity`` (the caller made sure we have no session with it). The
+        identity stays cached with no installations, written by this request, so no read before the delete is
+        durable can bring the old rows back into memory."""
+        group = self.devices(identity)
+        for iid in sorted(group):
+            ops.append(DeleteInstallation(identity, iid))
+            del self.installations[(identity, iid)]
+        group.clear()
+        self._installations_changed()
+        self._inst_written.add(identity)
+
+    def has_sessions_with(self, identity: bytes) -> bool:
+        """Whether we hold any session with ``identity``, stored or only cached (not yet committed)."""
+        return (any(live.rec.identity == identity for live in self.sessions.values())
+                or self._store.has_sessions_with(identity))
 
     def _installations_changed(self) -> None:
         self.targets.clear()

@@ -92,7 +92,9 @@ The unknown-session case
     within one interval: the sender key is whatever key signed the transport envelope, so a remote peer can
     use a fresh one for every message; past the cap new peers get no reply (and nothing is written) until old
     reply times age out. Reply times older than the interval limit nothing and are deleted, so the store and
-    memory hold at most ``reply_peers`` of them whatever a flood of senders does. Verified bundles in the message are applied even then (that is how an unpaired own device
+    memory hold at most ``reply_peers`` of them whatever a flood of senders does. A message that reads without a session
+    (public, DH fallback) stores its sender's bundle; identities first learned that way are capped the same way
+    (``stranger_identities``, :meth:`SessionManager._merge_from_stranger`). Verified bundles in the message are applied even then (that is how an unpaired own device
     gets listed for approval). Any other failure (bad bytes, bad signature, MAC failure) changes nothing.
 
 Concurrent sessions and interoperability
@@ -108,6 +110,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -272,6 +275,7 @@ class SessionManager:
         session_retention_ns: int = 30 * DAY_NS,
         reply_interval_ns: int = HOUR_NS,
         reply_peers: int = 1024,
+        stranger_identities: int = 4096,
         bundle_refresh_ns: int = HOUR_NS,
         send_reserve: int = 64,
         cache_peers: int = 1024,
@@ -282,8 +286,8 @@ class SessionManager:
             raise ValueError("send_reserve must be below the peer's MaxSkip")
         if cache_peers < 1 or cache_identities < 1:
             raise ValueError("the caches must hold at least one entry")
-        if reply_peers < 1:
-            raise ValueError("reply_peers must be at least 1")
+        if reply_peers < 1 or stranger_identities < 1:
+            raise ValueError("reply_peers and stranger_identities must be at least 1")
         self._backend = backend
         self._store = store
         # the embedded store: its turns (enter/leave) are no-ops and a result may leave before its commit
@@ -297,6 +301,10 @@ class SessionManager:
         self._reply_ns = reply_interval_ns
         self._reply_peers = reply_peers
         self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
+        # identities first learned from a message that reads without a session (a public or DH-fallback message),
+        # oldest first: the ones we may forget again (_note_stranger); in memory, per run of the agent
+        self._strangers: OrderedDict[bytes, None] = OrderedDict()
+        self._max_strangers = stranger_identities
         self._reserve = send_reserve
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
@@ -526,6 +534,23 @@ class SessionManager:
                 self._merge_bundle(identity, b, ops, key)
             except BadBundle as exc:
                 log.info("a bundle on a message from %s was refused: %s", identity.hex()[:16], exc)
+
+    def _merge_from_stranger(self, identity: bytes, bundles: list[tuple[pb.Bundle, bytes]], ops: list[Op]) -> None:
+        """Bundles on a message that reads without a session (public, DH fallback): anyone can send those from a
+        fresh key each, so an identity first learned this way is remembered as a stranger, and past
+        ``stranger_identities`` of them the one learned longest ago is forgotten again, unless we have a session
+        with it by then. An identity known before (added by a client, or with a session) is never forgotten."""
+        known = identity == self.identity or bool(self._cache.devices(identity))
+        self._merge_received(identity, bundles, ops)
+        if identity in self._strangers:
+            self._strangers.move_to_end(identity)
+        elif known or not self._cache.devices(identity):
+            return  # known before, or nothing stored (no bundle, or a refused one)
+        self._strangers[identity] = None
+        while len(self._strangers) > self._max_strangers:
+            oldest, _ = self._strangers.popitem(last=False)
+            if not self._cache.has_sessions_with(oldest):  # a contact by now (a session either way) stays
+                self._cache.forget_identity(oldest, ops)
 
     def _verify_bundle_bytes(self, data: bytes) -> tuple[bytes, pb.Bundle]:
         b = decode_bundle(data)
@@ -893,7 +918,7 @@ class SessionManager:
 
             if entry is None:
                 if msg.public_message:
-                    self._merge_received(sender, bundles, ops)
+                    self._merge_from_stranger(sender, bundles, ops)
                     return DecryptResult(bytes(msg.public_message), sender_iid, b"", None, False, True)
                 if sender == self.identity:
                     return no_session("a device of ours that is not paired with this one", "not_paired")
@@ -906,7 +931,7 @@ class SessionManager:
                 return got
             if dh_plain is not None:
                 pt = dh_plain
-                self._merge_received(sender, bundles, ops)
+                self._merge_from_stranger(sender, bundles, ops)
                 # the sender had no bundle of ours: answer with it (an empty payload is itself such an answer)
                 reply = self._reply(sender, ops) if pt else None
                 return DecryptResult(pt, sender_iid, b"", reply, False, False)

@@ -187,3 +187,30 @@ def test_a_flood_of_fresh_sender_keys_gets_a_bounded_number_of_bundle_replies(ag
         c.decrypt(MemoryKey((cap + 100).to_bytes(32, "big")).public_key(), junk)
     assert err.value.reply == b""
     assert _rows(alice, "peer_replies") == cap
+
+
+def test_a_flood_of_public_messages_from_fresh_keys_stores_a_bounded_number_of_bundles(agents: AgentFactory) -> None:
+    """A public message stores its sender's bundle (as status-go does), and anyone can sign one with a new key
+    each time; without the cap on identities learned that way, every such message adds installation rows."""
+    import inspect
+
+    from agent.daemon.sessions import SessionManager
+
+    cap = inspect.signature(SessionManager).parameters["stranger_identities"].default
+    alice, bob = agents.new(), agents.new()
+    _start(alice), _start(bob)
+    with alice.client() as c:
+        c.add_bundle(_bundle_of(bob).SerializeToString())  # a contact the client added: it stays
+        base = _rows(alice, "installations")
+        spk = MemoryKey(b"\x42" * 32).public_key()
+        for n in range(cap + 60):
+            key = MemoryKey((n + 1).to_bytes(32, "big"))
+            b = core_bundle.sign_bundle(key, {f"{n:08x}-0000-4000-8000-000000000000": (spk, 1, 1)}, time.time_ns())
+            msg = protocol_message(f"{n:08x}-0000-4000-8000-000000000000", bundles=[b], public_message=b"spam")
+            assert c.decrypt(key.public_key(), encode(msg)).public
+        assert c.encrypt(_pub(bob), b"still a contact").forward_secrecy is True
+        newest = MemoryKey((cap + 60).to_bytes(32, "big")).public_key()
+        assert c.encrypt(newest, b"the newest stranger's bundle is kept").forward_secrecy is True
+        assert c.encrypt(MemoryKey((1).to_bytes(32, "big")).public_key(), b"the first one's is not") \
+            .forward_secrecy is False
+    assert _rows(alice, "installations") == base + cap

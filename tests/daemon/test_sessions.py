@@ -9,6 +9,7 @@ import pytest
 
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
 from agent.core import fallback
+from agent.core.bundle import sign_bundle
 from agent.core.wire import (NO_INSTALLATION, decode_bundle, decode_protocol_message, dh_header, encode,
                              encrypted_message, protocol_message)
 from agent.core.keyops import KeyOps
@@ -116,6 +117,38 @@ def test_bundle_replies_are_capped_per_interval_and_forgotten_after_it(world: Wo
     assert ok(c.recv(strangers[4].public_key(), dh_msg)).reply is not None  # the old times aged out
     c.mgr.close()
     assert set(_reply_times(world, "c", CAROL)) == {strangers[4].public_key()}  # and left the disk
+
+
+def _public_from(world: World, key: MemoryKey, text: bytes) -> bytes:
+    """A public message from ``key`` with a bundle it signed itself (what anyone can make with a fresh key)."""
+    iid = key.public_key().hex()[2:10] + "-0000-4000-8000-000000000000"
+    spk = MemoryKey(bytes(reversed(key.public_key()[1:]))).public_key()
+    bundle = sign_bundle(key, {iid: (spk, 1, 1)}, world.clock.now)
+    return encode(protocol_message(iid, bundles=[bundle], public_message=text))
+
+
+def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: World) -> None:
+    """A public or DH-fallback message stores its sender's bundle; anyone can send one from a fresh key. Past
+    ``stranger_identities`` identities first learned that way, the oldest is forgotten again (its installations
+    leave memory and the store), unless we have a session with it by then; an identity a client added is never
+    forgotten."""
+    c, b = world.device("c", CAROL, stranger_identities=2), world.device("b", BOB)
+    c.mgr.add_peer_bundle(b.mgr.our_bundle())  # a contact the client added
+    assert ok(c.recv(b, b.mgr.public_message(b"bob in public"))).public
+    keys = [MemoryKey(bytes([0x80 + i]) * 32) for i in range(4)]
+    for k in keys[:2]:
+        assert ok(c.recv(k.public_key(), _public_from(world, k, b"hi"))).payload == b"hi"
+    assert c.send(keys[0].public_key(), b"x").forward_secrecy is True  # a session with the first: a contact now
+    for k in keys[2:]:
+        ok(c.recv(k.public_key(), _public_from(world, k, b"hi")))
+    # remembered: keys 0..3 in turn, 2 at most: key 0 left the memo but has a session; key 1 was forgotten
+    assert c.send(keys[1].public_key(), b"x").forward_secrecy is False  # no bundle any more: DH fallback
+    assert c.send(keys[3].public_key(), b"x").forward_secrecy is True
+    assert c.send(keys[0].public_key(), b"x").forward_secrecy is True
+    assert c.send(b, b"x").forward_secrecy is True  # the client's contact, although bob sent a public message
+    world.reopen(c, crash=False, stranger_identities=2)  # and the store agrees
+    assert c.send(keys[1].public_key(), b"y").forward_secrecy is False
+    assert c.send(keys[2].public_key(), b"y").forward_secrecy is True
 
 
 def test_duplicate_decrypts_until_confirmed(world: World) -> None:

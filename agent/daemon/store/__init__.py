@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .api import StateStore
 from .rows import (
+    DeleteInstallation,
     DeletePeerReply,
     DeleteSession,
     InstallationRecord,
@@ -59,6 +60,7 @@ __all__ = [
     "PutMeta",
     "PutPeerReply",
     "DeletePeerReply",
+    "DeleteInstallation",
     "DeleteSession",
     "Op",
     "SCHEMA_VERSION",

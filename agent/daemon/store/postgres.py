@@ -481,6 +481,9 @@ class PgStore(GroupCommit):
         rows = self._read(self._INSTALLATION_COLUMNS + " WHERE identity=%s ORDER BY installation_id", (identity,))
         return [self._codec.installation(r) for r in rows]
 
+    def has_sessions_with(self, identity: bytes) -> bool:
+        return bool(self._read("SELECT 1 FROM sessions WHERE identity=%s LIMIT 1", (identity,)))
+
     # --- commit -----------------------------------------------------------------------------------------------
 
     def _commit(self, batch: list[Batch]) -> None:

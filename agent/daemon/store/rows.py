@@ -66,6 +66,7 @@ __all__ = [
     "PutMeta",
     "PutPeerReply",
     "DeletePeerReply",
+    "DeleteInstallation",
     "DeleteSession",
     "Op",
     "Write",
@@ -216,6 +217,14 @@ class PutPeerReply:
 
 
 @dataclass(frozen=True)
+class DeleteInstallation:
+    """Forget one installation of a peer we have no session with (a stranger's bundle, evicted)."""
+
+    identity: bytes
+    installation_id: str
+
+
+@dataclass(frozen=True)
 class DeletePeerReply:
     """Forget when we last answered this peer: the time is older than the reply interval and limits nothing."""
 
@@ -229,7 +238,8 @@ class DeleteSession:
     sid: bytes
 
 
-Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeletePeerReply, DeleteSession]
+Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeletePeerReply, DeleteInstallation,
+           DeleteSession]
 
 
 @dataclass(frozen=True)
@@ -473,6 +483,8 @@ class RowCodec:
             return self._row("peer_replies", (op.identity, op.at_ns))
         if isinstance(op, DeletePeerReply):
             return Write("delete", "peer_replies", (op.identity,))
+        if isinstance(op, DeleteInstallation):
+            return Write("delete", "installations", (op.identity, op.installation_id))
         raise TypeError(f"unknown store op {op!r}")
 
     def _row(self, table: str, values: tuple[object, ...]) -> Write:

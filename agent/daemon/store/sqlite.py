@@ -276,6 +276,10 @@ class SqliteStore(GroupCommit):
         rows = self._read(self._INSTALLATION_COLUMNS + " WHERE identity=? ORDER BY installation_id", (identity,))
         return [self._codec.installation(r) for r in rows]
 
+    def has_sessions_with(self, identity: bytes) -> bool:
+        """Whether any stored session is with ``identity`` (the ``sessions_by_peer`` index's prefix)."""
+        return bool(self._read("SELECT 1 FROM sessions WHERE identity=? LIMIT 1", (identity,)))
+
     # --- commit -------------------------------------------------------------------------------------------------
 
     def _commit(self, batch: list[Batch]) -> None:
