@@ -18,12 +18,14 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 
 import pytest
 
 from agent.client import AgentClient
-from agent.daemon.store import DeletePeerReply, PutMeta, PutPeerReply, StoreUnavailable
+from agent.daemon.store import (DeleteInstallation, DeletePeerReply, InstallationRecord, PutInstallation, PutMeta,
+                                PutPeerReply, StoreUnavailable)
 from agent.daemon.store.postgres import PgStore
 from backends.base import Backend
 from backends.memory import MemoryKey
@@ -202,5 +204,25 @@ def test_a_peer_reply_time_is_deleted_by_its_op(stores: tuple[PgStore, PgStore])
     b.enter()
     try:
         assert b.load_peer_replies() == {peer_b: 8}
+    finally:
+        b.leave()
+
+
+def test_an_installation_is_deleted_by_its_op_and_sessions_are_found_by_identity(
+        stores: tuple[PgStore, PgStore]) -> None:
+    """DeleteInstallation and has_sessions_with on the shared store, as on the embedded one."""
+    a, b = stores
+    peer_key = MemoryKey(b"\x53" * 32).public_key()
+    rec = InstallationRecord(peer_key, "a", MemoryKey(b"\x54" * 32).public_key(), 1, 1, 1_700_000_000 * 10**9, True, 5)
+    a.enter()
+    try:
+        a.write([PutInstallation(rec), PutInstallation(replace(rec, installation_id="b"))])
+        a.write([DeleteInstallation(peer_key, "a")])
+        assert not a.has_sessions_with(peer_key)
+    finally:
+        a.leave()
+    b.enter()
+    try:
+        assert [r.installation_id for r in b.load_installations_of(peer_key)] == ["b"]
     finally:
         b.leave()

@@ -14,6 +14,7 @@ import pytest
 
 from agent.daemon.store import (
     MIGRATIONS,
+    DeleteInstallation,
     DeletePeerReply,
     DeleteSession,
     SCHEMA_VERSION,
@@ -553,3 +554,16 @@ def test_a_peer_reply_time_is_deleted_by_its_op(tmp_path: Path) -> None:
     assert s.load_peer_replies() == {IK.public_key(): 8}
     s.close()
     assert Store(tmp_path / "s.db", IK).load_peer_replies() == {IK.public_key(): 8}
+
+
+def test_an_installation_is_deleted_by_its_op_and_sessions_are_found_by_identity(tmp_path: Path) -> None:
+    """DeleteInstallation removes one row (a stranger's bundle, evicted); has_sessions_with answers from the
+    committed sessions (the session manager checks it before it forgets an identity)."""
+    s = Store(tmp_path / "s.db", IK)
+    s.write([PutInstallation(inst("a")), PutInstallation(inst("b"))])
+    s.write([DeleteInstallation(OTHER.public_key(), "a"), DeleteInstallation(IK.public_key(), "b")])
+    assert [r.installation_id for r in s.load_installations_of(OTHER.public_key())] == ["b"]
+    assert not s.has_sessions_with(OTHER.public_key())
+    s.write([PutSession(session(1))])
+    assert s.has_sessions_with(OTHER.public_key()) and not s.has_sessions_with(IK.public_key())
+    s.close()
