@@ -88,14 +88,17 @@ The unknown-session case
     ``decrypt`` raises :class:`NoSession` (an ``UnknownSession``, wire code NO_SESSION) with ``reason`` and
     ``reply``: the bytes of an empty message carrying our bundle, to be sent back to the sender so that it
     includes this device next time (the spec's "partitioned devices" rule), or None when rate-limited or
-    pointless. The rate limit is one reply per peer per ``reply_interval_ns``, and at most ``reply_peers`` peers
-    within one interval: the sender key is whatever key signed the transport envelope, so a remote peer can
-    use a fresh one for every message; past the cap new peers get no reply (and nothing is written) until old
-    reply times age out. Reply times older than the interval limit nothing and are deleted, so the store and
-    memory hold at most ``reply_peers`` of them whatever a flood of senders does. A message that reads without a session
-    (public, DH fallback) stores its sender's bundle; identities first learned that way are capped the same way
-    (``stranger_identities``, :meth:`SessionManager._merge_from_stranger`). Verified bundles in the message are applied even then (that is how an unpaired own device
-    gets listed for approval). Any other failure (bad bytes, bad signature, MAC failure) changes nothing.
+    pointless. Verified bundles in the message are applied even then if they are our own identity's (that is how
+    an unpaired own device gets listed for approval). Any other failure (bad bytes, bad signature, MAC failure)
+    changes nothing.
+
+What a stranger can make us store
+    The sender key of a message is whatever key signed its transport envelope, so a remote peer can use a fresh
+    one for every message. The reply rate limit is one reply per peer per ``reply_interval_ns`` and at most
+    ``reply_peers`` peers within one interval: past the cap new peers get no reply (and nothing is written)
+    until old reply times age out, and reply times older than the interval limit nothing and are deleted. A
+    message that reads without a session (public, DH fallback) stores its sender's bundle; of the identities
+    first learned that way at most ``stranger_identities`` are kept (:meth:`SessionManager._merge_from_stranger`).
 
 Concurrent sessions and interoperability
     Of two live sessions with one installation, the one whose shared key is first in byte order is used for
@@ -302,7 +305,7 @@ class SessionManager:
         self._reply_peers = reply_peers
         self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
         # identities first learned from a message that reads without a session (a public or DH-fallback message),
-        # oldest first: the ones we may forget again (_note_stranger); in memory, per run of the agent
+        # oldest first: the ones we may forget again (_merge_from_stranger); in memory, per run of the agent
         self._strangers: OrderedDict[bytes, None] = OrderedDict()
         self._max_strangers = stranger_identities
         self._reserve = send_reserve
