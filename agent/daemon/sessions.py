@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -163,8 +162,8 @@ from .prekeys import SignedPrekeys
 from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
-from .store.rows import (DeletePeerReply, InstallationRecord, Op, OwnSpkRecord, PutInstallation, PutMeta,
-                         PutPeerReply, PutSession, SessionRecord, session_id)
+from .store.rows import (DeletePeerReply, DeleteStranger, InstallationRecord, Op, OwnSpkRecord, PutInstallation,
+                         PutMeta, PutPeerReply, PutSession, PutStranger, SessionRecord, session_id)
 
 __all__ = [
     "SessionManager",
@@ -304,9 +303,6 @@ class SessionManager:
         self._reply_ns = reply_interval_ns
         self._reply_peers = reply_peers
         self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
-        # identities first learned from a message that reads without a session (a public or DH-fallback message),
-        # oldest first: the ones we may forget again (_merge_from_stranger); in memory, per run of the agent
-        self._strangers: OrderedDict[bytes, None] = OrderedDict()
         self._max_strangers = stranger_identities
         self._reserve = send_reserve
         self._lock = threading.RLock()
@@ -361,6 +357,10 @@ class SessionManager:
         # peer -> when we last sent it our bundle, oldest first (so _forget_replies looks at the front only)
         self._replies: dict[bytes, int] = dict(sorted(self._store.load_peer_replies().items(),
                                                       key=lambda item: item[1]))
+        # identities first learned from a message that reads without a session (a public or DH-fallback message),
+        # oldest first: the ones we may forget again (_merge_from_stranger)
+        self._strangers: dict[bytes, int] = dict(sorted(self._store.load_strangers().items(),
+                                                        key=lambda item: (item[1], item[0])))
         self._prekeys = self._new_prekeys()
         if hasattr(self, "_own"):
             self._own = OwnDevices(self._cache, self._prekeys, self._ik, identity=self.identity,
@@ -542,16 +542,19 @@ class SessionManager:
         """Bundles on a message that reads without a session (public, DH fallback): anyone can send those from a
         fresh key each, so an identity first learned this way is remembered as a stranger, and past
         ``stranger_identities`` of them the one learned longest ago is forgotten again, unless we have a session
-        with it by then. An identity known before (added by a client, or with a session) is never forgotten."""
+        with it by then. An identity known before (added by a client, or with a session) is never forgotten. The
+        list is stored (``strangers``), so the cap holds across restarts and for every agent of a shared store."""
         known = identity == self.identity or bool(self._cache.devices(identity))
         self._merge_received(identity, bundles, ops)
-        if identity in self._strangers:
-            self._strangers.move_to_end(identity)
-        elif known or not self._cache.devices(identity):
-            return  # known before, or nothing stored (no bundle, or a refused one)
-        self._strangers[identity] = None
+        if known or identity in self._strangers or not self._cache.devices(identity):
+            return  # known before, already remembered, or nothing stored (no bundle, or a refused one)
+        now = self._clock()
+        self._strangers[identity] = now
+        ops.append(PutStranger(identity, now))
         while len(self._strangers) > self._max_strangers:
-            oldest, _ = self._strangers.popitem(last=False)
+            oldest = next(iter(self._strangers))
+            del self._strangers[oldest]
+            ops.append(DeleteStranger(oldest))
             if not self._cache.has_sessions_with(oldest):  # a contact by now (a session either way) stays
                 self._cache.forget_identity(oldest, ops)
 

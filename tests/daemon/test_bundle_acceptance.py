@@ -191,7 +191,8 @@ def test_a_flood_of_fresh_sender_keys_gets_a_bounded_number_of_bundle_replies(ag
 
 def test_a_flood_of_public_messages_from_fresh_keys_stores_a_bounded_number_of_bundles(agents: AgentFactory) -> None:
     """A public message stores its sender's bundle (as status-go does), and anyone can sign one with a new key
-    each time; without the cap on identities learned that way, every such message adds installation rows."""
+    each time; without the cap on identities learned that way, every such message adds installation rows, and
+    without storing who came when, every restart would let another full cap of them in."""
     import inspect
 
     from agent.daemon.sessions import SessionManager
@@ -202,15 +203,27 @@ def test_a_flood_of_public_messages_from_fresh_keys_stores_a_bounded_number_of_b
     with alice.client() as c:
         c.add_bundle(_bundle_of(bob).SerializeToString())  # a contact the client added: it stays
         base = _rows(alice, "installations")
-        spk = MemoryKey(b"\x42" * 32).public_key()
         for n in range(cap + 60):
             key = MemoryKey((n + 1).to_bytes(32, "big"))
-            b = core_bundle.sign_bundle(key, {f"{n:08x}-0000-4000-8000-000000000000": (spk, 1, 1)}, time.time_ns())
-            msg = protocol_message(f"{n:08x}-0000-4000-8000-000000000000", bundles=[b], public_message=b"spam")
-            assert c.decrypt(key.public_key(), encode(msg)).public
+            assert c.decrypt(key.public_key(), _public_spam(key, n)).public
         assert c.encrypt(_pub(bob), b"still a contact").forward_secrecy is True
         newest = MemoryKey((cap + 60).to_bytes(32, "big")).public_key()
         assert c.encrypt(newest, b"the newest stranger's bundle is kept").forward_secrecy is True
         assert c.encrypt(MemoryKey((1).to_bytes(32, "big")).public_key(), b"the first one's is not") \
             .forward_secrecy is False
     assert _rows(alice, "installations") == base + cap
+    alice.kill()  # SIGTERM: the cap holds across a restart (the strangers are stored, in the order they came)
+    alice.start()
+    with alice.client() as c:
+        key = MemoryKey((cap + 100).to_bytes(32, "big"))
+        assert c.decrypt(key.public_key(), _public_spam(key, cap + 100)).public
+        assert c.encrypt(_pub(bob), b"x").forward_secrecy is True  # waits for the spam's batch (rule 5)
+    assert _rows(alice, "installations") == base + cap
+
+
+def _public_spam(key: MemoryKey, n: int) -> bytes:
+    """A public message from ``key`` carrying a bundle it signed itself, one installation ``n``."""
+    spk = MemoryKey(b"\x42" * 32).public_key()
+    iid = f"{n:08x}-0000-4000-8000-000000000000"
+    b = core_bundle.sign_bundle(key, {iid: (spk, 1, 1)}, time.time_ns())
+    return encode(protocol_message(iid, bundles=[b], public_message=b"spam"))

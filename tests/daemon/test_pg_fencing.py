@@ -226,3 +226,20 @@ def test_an_installation_is_deleted_by_its_op_and_sessions_are_found_by_identity
         assert [r.installation_id for r in b.load_installations_of(peer_key)] == ["b"]
     finally:
         b.leave()
+
+
+def test_a_schema_2_store_gains_the_strangers_table(pg: PgServer, db_url: str) -> None:  # noqa: F811
+    """A store an agent before the stranger cap made (schema 2) is migrated when the next agent opens it."""
+    from agent.daemon.store.postgres import PG_SCHEMA_VERSION
+
+    key = MemoryKey.generate()
+    first = PgStore(db_url, key, create=True, agent_id="agent-a")
+    first.close()
+    pg.sql(_dbname(db_url), "DROP TABLE strangers")
+    pg.sql(_dbname(db_url), "UPDATE keyagent_schema SET version = 2")
+    again = PgStore(db_url, key, agent_id="agent-b")
+    try:
+        assert again.schema_version() == PG_SCHEMA_VERSION == 3
+        assert again.load_strangers() == {}
+    finally:
+        again.close()

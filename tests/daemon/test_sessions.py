@@ -131,7 +131,7 @@ def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: Wor
     """A public or DH-fallback message stores its sender's bundle; anyone can send one from a fresh key. Past
     ``stranger_identities`` identities first learned that way, the oldest is forgotten again (its installations
     leave memory and the store), unless we have a session with it by then; an identity a client added is never
-    forgotten."""
+    forgotten; the order survives a restart."""
     c, b = world.device("c", CAROL, stranger_identities=2), world.device("b", BOB)
     c.mgr.add_peer_bundle(b.mgr.our_bundle())  # a contact the client added
     assert ok(c.recv(b, b.mgr.public_message(b"bob in public"))).public
@@ -146,9 +146,12 @@ def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: Wor
     assert c.send(keys[3].public_key(), b"x").forward_secrecy is True
     assert c.send(keys[0].public_key(), b"x").forward_secrecy is True
     assert c.send(b, b"x").forward_secrecy is True  # the client's contact, although bob sent a public message
-    world.reopen(c, crash=False, stranger_identities=2)  # and the store agrees
+    world.reopen(c, crash=False, stranger_identities=2)  # the store agrees, and remembers who came in which order
     assert c.send(keys[1].public_key(), b"y").forward_secrecy is False
-    assert c.send(keys[2].public_key(), b"y").forward_secrecy is True
+    late = MemoryKey(b"\x90" * 32)
+    ok(c.recv(late.public_key(), _public_from(world, late, b"after the restart")))
+    assert c.send(keys[2].public_key(), b"y").forward_secrecy is False  # the oldest stranger before the restart
+    assert c.send(late.public_key(), b"y").forward_secrecy is True
 
 
 def test_duplicate_decrypts_until_confirmed(world: World) -> None:

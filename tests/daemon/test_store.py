@@ -17,6 +17,7 @@ from agent.daemon.store import (
     DeleteInstallation,
     DeletePeerReply,
     DeleteSession,
+    DeleteStranger,
     SCHEMA_VERSION,
     InstallationRecord,
     OwnSpkRecord,
@@ -25,6 +26,7 @@ from agent.daemon.store import (
     PutOwnSpk,
     PutPeerReply,
     PutSession,
+    PutStranger,
     SessionRecord,
     Store,
     StoreCorrupt,
@@ -199,8 +201,9 @@ def test_migrates_a_version_1_database(tmp_path: Path) -> None:
         c.execute("INSERT INTO peer_replies VALUES(?, ?)", (OTHER.public_key(), 1))  # no v2 table yet
     c.close()
     new = Store(db, IK)
-    assert new.schema_version() == SCHEMA_VERSION == 4
+    assert new.schema_version() == SCHEMA_VERSION == 5
     assert new.load_sessions() == [session(1)]
+    assert new.load_strangers() == {}
     assert new.get_meta("installation_id") == b"x"
     new.write([PutPeerReply(OTHER.public_key(), 7)])
     assert new.load_peer_replies() == {OTHER.public_key(): 7}
@@ -223,7 +226,7 @@ def test_migration_to_schema_4_authenticates_every_existing_row(tmp_path: Path) 
     c.execute("INSERT INTO peer_replies VALUES(?, ?)", (OTHER.public_key(), 5))
     c.close()
     new = Store(db, IK)
-    assert new.schema_version() == 4
+    assert new.schema_version() == SCHEMA_VERSION
     assert new.load_sessions() == [session(1), session(2)]
     assert new.load_installations() == [i]
     assert [s.version for s in new.load_own_spks()] == [1]
@@ -491,6 +494,8 @@ def test_on_demand_reads_see_committed_rows_only(tmp_path: Path) -> None:
         ("own_spks", "public", b"\x02" + b"\x44" * 32),
         ("meta", "value", b"another-installation"),
         ("peer_replies", "at_ns", 0),
+        ("strangers", "learned_ns", 0),  # a stranger made to look newest would be the last one forgotten
+        ("strangers", "identity", b"\x02" + b"\xbb" * 32),
     ],
 )
 def test_an_offline_edit_of_any_column_is_refused(tmp_path: Path, table: str, column: str, value: object) -> None:
@@ -498,7 +503,7 @@ def test_an_offline_edit_of_any_column_is_refused(tmp_path: Path, table: str, co
     s = Store(db, IK)
     s.write([PutSession(session(1)), PutInstallation(inst("a")), PutMeta("installation_id", b"x"),
              PutOwnSpk(OwnSpkRecord(1, b"\x02" + b"\x55" * 32, 10, None, False)),
-             PutPeerReply(OTHER.public_key(), 9)])
+             PutPeerReply(OTHER.public_key(), 9), PutStranger(OTHER.public_key(), 11)])
     s.close()
     c = sqlite3.connect(db)
     where = " WHERE key='installation_id'" if table == "meta" else ""
@@ -507,7 +512,8 @@ def test_an_offline_edit_of_any_column_is_refused(tmp_path: Path, table: str, co
     c.close()
     s2 = Store(db, IK)
     read = {"sessions": s2.load_sessions, "installations": s2.load_installations, "own_spks": s2.load_own_spks,
-            "meta": lambda: s2.get_meta("installation_id"), "peer_replies": s2.load_peer_replies}
+            "meta": lambda: s2.get_meta("installation_id"), "peer_replies": s2.load_peer_replies,
+            "strangers": s2.load_strangers}
     with pytest.raises(StoreCorrupt):
         read[table]()
     if table == "sessions":  # every path that reads the row refuses it; listings leave it out
@@ -567,3 +573,11 @@ def test_an_installation_is_deleted_by_its_op_and_sessions_are_found_by_identity
     s.write([PutSession(session(1))])
     assert s.has_sessions_with(OTHER.public_key()) and not s.has_sessions_with(IK.public_key())
     s.close()
+
+
+def test_a_stranger_row_is_written_read_and_deleted(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s.db", IK)
+    s.write([PutStranger(OTHER.public_key(), 7), PutStranger(IK.public_key(), 8)])
+    s.write([DeleteStranger(OTHER.public_key())])
+    s.close()
+    assert Store(tmp_path / "s.db", IK).load_strangers() == {IK.public_key(): 8}

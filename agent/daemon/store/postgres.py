@@ -140,7 +140,12 @@ ALTER TABLE peer_replies ADD COLUMN mac BYTEA
 """
 _MAC_STEP = 1
 
-PG_MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# identities first learned from a message that reads without a session (sessions.py caps them)
+_V3 = """
+CREATE TABLE strangers(identity BYTEA PRIMARY KEY, learned_ns BIGINT NOT NULL, mac BYTEA)
+"""
+
+PG_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
 # the advisory lock keys (one bigint each), derived from fixed names; a database holds one identity's store
@@ -452,6 +457,10 @@ class PgStore(GroupCommit):
     def load_peer_replies(self) -> dict[bytes, int]:
         return dict(self._codec.peer_reply(r) for r in self._read(
             f"SELECT {', '.join(TABLES['peer_replies'][0])} FROM peer_replies"))
+
+    def load_strangers(self) -> dict[bytes, int]:
+        return dict(self._codec.stranger(r) for r in self._read(
+            f"SELECT {', '.join(TABLES['strangers'][0])} FROM strangers"))
 
     def load_peer_sessions(self, identity: bytes, installation_id: str) -> list[SessionRecord]:
         rows = self._read(self._SESSION_COLUMNS + " WHERE identity=%s AND installation_id=%s"

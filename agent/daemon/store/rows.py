@@ -67,6 +67,8 @@ __all__ = [
     "PutPeerReply",
     "DeletePeerReply",
     "DeleteInstallation",
+    "PutStranger",
+    "DeleteStranger",
     "DeleteSession",
     "Op",
     "Write",
@@ -217,6 +219,20 @@ class PutPeerReply:
 
 
 @dataclass(frozen=True)
+class PutStranger:
+    """An identity first learned from a message that reads without a session, and when: the oldest of these is
+    forgotten again past the cap (sessions.py, "What a stranger can make us store")."""
+
+    identity: bytes
+    learned_ns: int
+
+
+@dataclass(frozen=True)
+class DeleteStranger:
+    identity: bytes
+
+
+@dataclass(frozen=True)
 class DeleteInstallation:
     """Forget one installation of a peer we have no session with (a stranger's bundle, evicted)."""
 
@@ -239,7 +255,7 @@ class DeleteSession:
 
 
 Op = Union[PutSession, PutInstallation, PutOwnSpk, PutMeta, PutPeerReply, DeletePeerReply, DeleteInstallation,
-           DeleteSession]
+           PutStranger, DeleteStranger, DeleteSession]
 
 
 @dataclass(frozen=True)
@@ -261,10 +277,14 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "sessions": (("sid", "identity", "installation_id", "bundle_id", "ephemeral", "initiator", "confirmed",
                   "expired", "created_ns", "last_used_ns", "send_hwm", "sk", "state", "mac"), 1),
     "peer_replies": (("identity", "at_ns", "mac"), 1),
+    "strangers": (("identity", "learned_ns", "mac"), 1),
 }
 
+#: the tables born with MACs (SQLite schema 5, PostgreSQL schema 3): no row of theirs ever lacked one
+_BORN_MACED = frozenset({"strangers"})
+
 #: the columns of each table before MACs existed (schema 3 and older): what a migration reads to add them
-UNMACED: dict[str, tuple[str, ...]] = {t: cols[:-1] for t, (cols, _n) in TABLES.items()}
+UNMACED: dict[str, tuple[str, ...]] = {t: cols[:-1] for t, (cols, _n) in TABLES.items() if t not in _BORN_MACED}
 
 #: the meta rows that hold the data-key wrapping; written once, when a store is created, never by a batch
 KEY_META = ("wrap_point", "key_check")
@@ -485,6 +505,10 @@ class RowCodec:
             return Write("delete", "peer_replies", (op.identity,))
         if isinstance(op, DeleteInstallation):
             return Write("delete", "installations", (op.identity, op.installation_id))
+        if isinstance(op, PutStranger):
+            return self._row("strangers", (op.identity, op.learned_ns))
+        if isinstance(op, DeleteStranger):
+            return Write("delete", "strangers", (op.identity,))
         raise TypeError(f"unknown store op {op!r}")
 
     def _row(self, table: str, values: tuple[object, ...]) -> Write:
@@ -577,6 +601,11 @@ class RowCodec:
         identity, at = _blob(r[0]), _int(r[1])
         self._check("peer_replies", (identity, at), r[2])
         return identity, at
+
+    def stranger(self, r: Sequence[object]) -> tuple[bytes, int]:
+        identity, learned = _blob(r[0]), _int(r[1])
+        self._check("strangers", (identity, learned), r[2])
+        return identity, learned
 
 
 def _typed(v: object) -> object:

@@ -94,7 +94,12 @@ ALTER TABLE peer_replies ADD COLUMN mac BLOB;
 """
 _MAC_STEP = 3  # MIGRATIONS[3] adds the MACs: the codec must exist before it runs
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# identities first learned from a message that reads without a session (sessions.py caps them)
+_V5 = """
+CREATE TABLE strangers(identity BLOB PRIMARY KEY, learned_ns INTEGER NOT NULL, mac BLOB);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -232,6 +237,10 @@ class SqliteStore(GroupCommit):
     def load_peer_replies(self) -> dict[bytes, int]:
         rows = self._conn.execute(f"SELECT {_columns('peer_replies')} FROM peer_replies")
         return dict(self._codec.peer_reply(r) for r in rows)
+
+    def load_strangers(self) -> dict[bytes, int]:
+        rows = self._conn.execute(f"SELECT {_columns('strangers')} FROM strangers")
+        return dict(self._codec.stranger(r) for r in rows)
 
     # --- on-demand reads (committed rows only; see the module docstring) ----------------------------------------
 
