@@ -172,6 +172,7 @@ def _check_rows(store: StateStore, handed: Iterable[tuple[bytes, int]], problems
     sessions = store.load_sessions()  # unseals every row: StoreCorrupt on a bad one
     installations = store.load_installations()
     spks = store.load_own_spks()
+    store.load_peer_replies(), store.load_strangers()  # authenticated too: StoreCorrupt on a bad row
     if store.get_meta("installation_id") is None:
         problems.append("no installation id")
     if not any(s.expired_ns is None and not s.destroyed for s in spks):
