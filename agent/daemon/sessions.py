@@ -33,7 +33,7 @@ Why a message key is never used twice, across kill -9 and power loss
        only for the batches its result was built on (``_run``): the latest write of every session and
        installation it looked at (the cache records the batch of each write and reports the highest one a
        request touched, ``SessionCache.read_seq``) and the latest batch holding anything else (our prekeys,
-       meta, reply times, deletes: ``_other_seq``). Every in-memory change is written in the request that
+       meta, reply times, session deletes: ``_other_seq``). Every in-memory change is written in the request that
        makes it (rule 2's positions below the mark are covered by the mark's batch), and rows read from the
        store are committed, hence durable; so such a call never returns a result built on another request's
        not-yet-durable state, and no longer waits behind unrelated commits (another peer's decrypt).
@@ -162,8 +162,8 @@ from .prekeys import SignedPrekeys
 from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
-from .store.rows import (DeletePeerReply, DeleteStranger, InstallationRecord, Op, OwnSpkRecord, PutInstallation,
-                         PutMeta, PutPeerReply, PutSession, PutStranger, SessionRecord, session_id)
+from .store.rows import (DeleteInstallation, DeletePeerReply, DeleteStranger, InstallationRecord, Op, OwnSpkRecord,
+                         PutInstallation, PutMeta, PutPeerReply, PutSession, PutStranger, SessionRecord, session_id)
 
 __all__ = [
     "SessionManager",
@@ -177,6 +177,10 @@ __all__ = [
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
+
+#: writes a later request need not wait for through ``_other_seq`` (rule 5): session and installation writes are
+#: tracked per row (the cache's ``read_seq``), and the stranger list is read by nothing a request hands out
+_TRACKED_ELSEWHERE = (PutSession, PutInstallation, DeleteInstallation, PutStranger, DeleteStranger)
 
 HOUR_NS = 3600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -416,8 +420,8 @@ class SessionManager:
                 if ops:  # rule 5: our own batch; durability is monotone, so it covers every earlier one too
                     seq = self._cache.submit(ops)
                     for op in ops:
-                        if not isinstance(op, (PutSession, PutInstallation)):
-                            self._other_seq = seq  # session and installation writes are tracked per row instead
+                        if not isinstance(op, _TRACKED_ELSEWHERE):
+                            self._other_seq = seq
                             break
                 elif error is None:  # rule 5: wrote nothing; only what it was built on must be durable
                     seq = max(self._other_seq, self._cache.read_seq)
