@@ -11,7 +11,7 @@ from collections.abc import Callable
 from agent.daemon.sessions import NoSession
 from agent.daemon.store import Store
 from backends.memory import MemoryKey
-from tests.sessions.harness import Device, World, world  # noqa: F401  (fixture)
+from tests.sessions.harness import Device, World, public_from, world  # noqa: F401  (fixture)
 
 ALICE = MemoryKey(b"\x0a" * 32)
 BOB = MemoryKey(b"\x0b" * 32)
@@ -99,6 +99,25 @@ def test_encrypt_does_not_wait_for_another_peers_commit(world: World) -> None:
     gate.open.set()
     decrypting.join(10)
     assert dec
+
+
+def test_encrypt_does_not_wait_for_a_strangers_public_message_commit(world: World) -> None:
+    """A public message from a new stranger writes its bundle and the stranger list, and (past the cap) forgets
+    the oldest stranger: none of that is something an encrypt to a contact is built on, so it does not wait."""
+    a, c = world.device("a", ALICE, stranger_identities=1), world.device("c", CAROL)
+    _talking(world, a, c)
+    first, second = MemoryKey(b"\x91" * 32), MemoryKey(b"\x92" * 32)
+    a.mgr.decrypt(first.public_key(), public_from(world, first, b"one"))
+    gate = CommitGate(a.mgr._store)
+    gate.close()
+    reading, got = _in_thread(lambda: a.mgr.decrypt(second.public_key(), public_from(world, second, b"two")))
+    assert gate.entered.wait(10)
+    sending, enc = _in_thread(lambda: a.send(c, b"to carol"))
+    sending.join(5)
+    assert enc and not sending.is_alive(), "the encrypt to carol waited for a stranger's public message"
+    gate.open.set()
+    reading.join(10)
+    assert got and a.send(first.public_key(), b"x").forward_secrecy is False  # the first stranger was forgotten
 
 
 def test_bundle_from_memory_only_once_durable(world: World) -> None:

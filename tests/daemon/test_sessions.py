@@ -9,7 +9,6 @@ import pytest
 
 from agent.core.errors import DecryptFailed, IdentityMismatch, MalformedKey, MalformedMessage, MessageKeyGone
 from agent.core import fallback
-from agent.core.bundle import sign_bundle
 from agent.core.wire import (NO_INSTALLATION, decode_bundle, decode_protocol_message, dh_header, encode,
                              encrypted_message, protocol_message)
 from agent.core.keyops import KeyOps
@@ -17,7 +16,7 @@ from agent.daemon.own_devices import DeviceError
 from agent.daemon.sessions import DecryptResult, NoSession, SessionManager
 from agent.daemon.store import Store
 from backends.memory import MemoryKey
-from tests.sessions.harness import World, entries, world  # noqa: F401  (fixture)
+from tests.sessions.harness import World, entries, public_from, world  # noqa: F401  (fixture)
 
 ALICE = MemoryKey(b"\x0a" * 32)
 BOB = MemoryKey(b"\x0b" * 32)
@@ -119,14 +118,6 @@ def test_bundle_replies_are_capped_per_interval_and_forgotten_after_it(world: Wo
     assert set(_reply_times(world, "c", CAROL)) == {strangers[4].public_key()}  # and left the disk
 
 
-def _public_from(world: World, key: MemoryKey, text: bytes) -> bytes:
-    """A public message from ``key`` with a bundle it signed itself (what anyone can make with a fresh key)."""
-    iid = key.public_key().hex()[2:10] + "-0000-4000-8000-000000000000"
-    spk = MemoryKey(bytes(reversed(key.public_key()[1:]))).public_key()
-    bundle = sign_bundle(key, {iid: (spk, 1, 1)}, world.clock.now)
-    return encode(protocol_message(iid, bundles=[bundle], public_message=text))
-
-
 def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: World) -> None:
     """A public or DH-fallback message stores its sender's bundle; anyone can send one from a fresh key. Past
     ``stranger_identities`` identities first learned that way, the oldest is forgotten again (its installations
@@ -137,10 +128,10 @@ def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: Wor
     assert ok(c.recv(b, b.mgr.public_message(b"bob in public"))).public
     keys = [MemoryKey(bytes([0x80 + i]) * 32) for i in range(4)]
     for k in keys[:2]:
-        assert ok(c.recv(k.public_key(), _public_from(world, k, b"hi"))).payload == b"hi"
+        assert ok(c.recv(k.public_key(), public_from(world, k, b"hi"))).payload == b"hi"
     assert c.send(keys[0].public_key(), b"x").forward_secrecy is True  # a session with the first: a contact now
     for k in keys[2:]:
-        ok(c.recv(k.public_key(), _public_from(world, k, b"hi")))
+        ok(c.recv(k.public_key(), public_from(world, k, b"hi")))
     # remembered: keys 0..3 in turn, 2 at most: key 0 left the memo but has a session; key 1 was forgotten
     assert c.send(keys[1].public_key(), b"x").forward_secrecy is False  # no bundle any more: DH fallback
     assert c.send(keys[3].public_key(), b"x").forward_secrecy is True
@@ -149,7 +140,7 @@ def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: Wor
     world.reopen(c, crash=False, stranger_identities=2)  # the store agrees, and remembers who came in which order
     assert c.send(keys[1].public_key(), b"y").forward_secrecy is False
     late = MemoryKey(b"\x90" * 32)
-    ok(c.recv(late.public_key(), _public_from(world, late, b"after the restart")))
+    ok(c.recv(late.public_key(), public_from(world, late, b"after the restart")))
     assert c.send(keys[2].public_key(), b"y").forward_secrecy is False  # the oldest stranger before the restart
     assert c.send(late.public_key(), b"y").forward_secrecy is True
 

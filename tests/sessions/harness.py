@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.bundle import sign_bundle
 from agent.core.keyops import KeyOps
-from agent.core.wire import decode_protocol_message, pb
+from agent.core.wire import decode_protocol_message, encode, pb, protocol_message
 from agent.daemon.sessions import DecryptResult, EncryptResult, NoSession, SessionManager
 from agent.daemon.store import Store
 from backends.base import BackendStatus, SignedPrekeyInfo
@@ -166,3 +167,11 @@ def pair(a: Device, b: Device) -> None:
     b.mgr.add_peer_bundle(a.mgr.our_bundle())
     a.mgr.approve_device(b.iid)
     b.mgr.approve_device(a.iid)
+
+
+def public_from(world: World, key: MemoryKey, text: bytes) -> bytes:
+    """A public message from ``key`` with a bundle it signed itself (what anyone can make with a fresh key)."""
+    iid = key.public_key().hex()[2:10] + "-0000-4000-8000-000000000000"
+    spk = MemoryKey(bytes(reversed(key.public_key()[1:]))).public_key()
+    bundle = sign_bundle(key, {iid: (spk, 1, 1)}, world.clock.now)
+    return encode(protocol_message(iid, bundles=[bundle], public_message=text))
