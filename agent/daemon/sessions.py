@@ -162,6 +162,7 @@ from .prekeys import SignedPrekeys
 from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
+from .throttle import Throttle
 from .store.rows import (DeleteInstallation, DeletePeerReply, DeleteStranger, InstallationRecord, Op, OwnSpkRecord,
                          PutInstallation, PutMeta, PutPeerReply, PutSession, PutStranger, SessionRecord, session_id)
 
@@ -177,6 +178,10 @@ __all__ = [
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
+
+#: refused bundles on messages: log lines per window (seconds), the rest counted (as refused connections)
+_REFUSED_LOG_BURST = 10
+_REFUSED_LOG_WINDOW = 60.0
 
 #: writes a later request need not wait for through ``_other_seq`` (rule 5): session and installation writes are
 #: tracked per row (the cache's ``read_seq``), and the stranger list is read by nothing a request hands out
@@ -308,6 +313,8 @@ class SessionManager:
         self._reply_peers = reply_peers
         self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
         self._max_strangers = stranger_identities
+        self._refused_log = Throttle(burst=_REFUSED_LOG_BURST, window=_REFUSED_LOG_WINDOW)
+        self._refused_mu = threading.Lock()
         self._reserve = send_reserve
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
@@ -540,7 +547,16 @@ class SessionManager:
             try:
                 self._merge_bundle(identity, b, ops, key)
             except BadBundle as exc:
-                log.info("a bundle on a message from %s was refused: %s", identity.hex()[:16], exc)
+                self._log_refused(f"a bundle on a message from {identity.hex()[:16]} was refused: {exc}")
+
+    def _log_refused(self, line: str) -> None:
+        """Log a refused bundle from a message, at most ``_REFUSED_LOG_BURST`` lines per ``_REFUSED_LOG_WINDOW``
+        seconds (a remote peer decides how many such messages arrive); the lines held back are counted in the next
+        one, like refused connections (agent/daemon/throttle.py)."""
+        with self._refused_mu:
+            allowed, held = self._refused_log.allow("bundle")
+        if allowed:
+            log.info("%s%s", line, f" ({held} more refused bundles not logged)" if held else "")
 
     def _merge_from_stranger(self, identity: bytes, bundles: list[tuple[pb.Bundle, bytes]], ops: list[Op]) -> None:
         """Bundles on a message that reads without a session (public, DH fallback): anyone can send those from a
@@ -888,7 +904,7 @@ class SessionManager:
             try:
                 signer, key = self._verify_keyed(b)
             except BadBundle as exc:  # validly formed message, bundle refused: read it, keep the bundle out
-                log.info("a bundle on a message was refused: %s", exc)
+                self._log_refused(f"a bundle on a message was refused: {exc}")
                 continue
             if signer != sender:  # name the key that did sign it: usually a wrong --from
                 from agent.core.identity import zq3_encode

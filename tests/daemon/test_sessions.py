@@ -145,6 +145,31 @@ def test_strangers_learned_from_messages_are_capped_and_contacts_kept(world: Wor
     assert c.send(late.public_key(), b"y").forward_secrecy is True
 
 
+def test_refused_bundles_on_messages_are_logged_a_burst_at_a_time(world: World,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A remote peer decides how many messages with a refused bundle arrive: the log gets a burst of lines per
+    window and a count of the rest, not a line per message (agent.log would rotate away everything else)."""
+    import logging
+
+    from agent.core.bundle import sign_bundle
+    from agent.daemon import sessions
+
+    c = world.device("c", CAROL)
+    stranger = MemoryKey(b"\x93" * 32)
+    spk = MemoryKey(b"\x94" * 32).public_key()
+    big = sign_bundle(stranger, {f"i{n}": (spk, 1, 1) for n in range(4)}, world.clock.now)  # over the 3-entry cap
+    msg = encode(protocol_message("i0", bundles=[big], public_message=b"read, bundle refused"))
+    with caplog.at_level(logging.INFO, logger=sessions.__name__):
+        for _ in range(3 * sessions._REFUSED_LOG_BURST):
+            assert ok(c.recv(stranger.public_key(), msg)).payload == b"read, bundle refused"
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == sessions._REFUSED_LOG_BURST and "installations" in lines[0]
+    c.mgr._refused_log.window = 0.0  # the next window: the next line says how many were held back
+    with caplog.at_level(logging.INFO, logger=sessions.__name__):
+        c.recv(stranger.public_key(), msg)
+    assert f"({2 * sessions._REFUSED_LOG_BURST} more refused bundles not logged)" in caplog.records[-1].getMessage()
+
+
 def test_duplicate_decrypts_until_confirmed(world: World) -> None:
     a, b = world.device("a", ALICE), world.device("b", BOB)
     m = a.send(b, b"dup", b.mgr.our_bundle()).message
