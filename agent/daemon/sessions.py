@@ -162,9 +162,9 @@ from .prekeys import SignedPrekeys
 from .rollback import RollbackGuard, Superseded
 from .session_cache import LiveSession, SessionCache
 from .store.api import StateStore
-from .throttle import Throttle
 from .store.rows import (DeleteInstallation, DeletePeerReply, DeleteStranger, InstallationRecord, Op, OwnSpkRecord,
                          PutInstallation, PutMeta, PutPeerReply, PutSession, PutStranger, SessionRecord, session_id)
+from .throttle import Throttle
 
 __all__ = [
     "SessionManager",
