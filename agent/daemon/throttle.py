@@ -1,6 +1,7 @@
-"""Per-key log throttling: refused connections are logged, but one uid cannot fill the logs with them.
+"""Per-key log throttling: events an outsider decides the number of (refused connections, per uid; refused bundles
+on messages from remote peers) are logged, but cannot fill the logs.
 
-Each key (a uid) may log ``burst`` lines per ``window`` seconds; what is held back is counted and reported with the
+Each key (a uid, or one kind of event) may log ``burst`` lines per ``window`` seconds; what is held back is counted and reported with the
 next line that is logged, so the log still says how many there were. At most ``max_keys`` keys are tracked (the
 least recently seen is forgotten first), so the table itself stays small.
 """
