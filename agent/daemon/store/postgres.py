@@ -455,12 +455,14 @@ class PgStore(GroupCommit):
             f"SELECT {', '.join(TABLES['own_spks'][0])} FROM own_spks ORDER BY version")]
 
     def load_peer_replies(self) -> dict[bytes, int]:
-        return dict(self._codec.peer_reply(r) for r in self._read(
-            f"SELECT {', '.join(TABLES['peer_replies'][0])} FROM peer_replies"))
+        return self._identity_times("peer_replies")
 
     def load_strangers(self) -> dict[bytes, int]:
-        return dict(self._codec.stranger(r) for r in self._read(
-            f"SELECT {', '.join(TABLES['strangers'][0])} FROM strangers"))
+        return self._identity_times("strangers")
+
+    def _identity_times(self, table: str) -> dict[bytes, int]:
+        return dict(self._codec.identity_time(table, r) for r in self._read(
+            f"SELECT {', '.join(TABLES[table][0])} FROM {table}"))
 
     def load_peer_sessions(self, identity: bytes, installation_id: str) -> list[SessionRecord]:
         rows = self._read(self._SESSION_COLUMNS + " WHERE identity=%s AND installation_id=%s"

@@ -597,15 +597,11 @@ class RowCodec:
             self._check("meta", (key, v), mac)
         return v
 
-    def peer_reply(self, r: Sequence[object]) -> tuple[bytes, int]:
+    def identity_time(self, table: str, r: Sequence[object]) -> tuple[bytes, int]:
+        """A row of a table of (identity, time, mac): ``peer_replies`` and ``strangers``."""
         identity, at = _blob(r[0]), _int(r[1])
-        self._check("peer_replies", (identity, at), r[2])
+        self._check(table, (identity, at), r[2])
         return identity, at
-
-    def stranger(self, r: Sequence[object]) -> tuple[bytes, int]:
-        identity, learned = _blob(r[0]), _int(r[1])
-        self._check("strangers", (identity, learned), r[2])
-        return identity, learned
 
 
 def _typed(v: object) -> object:

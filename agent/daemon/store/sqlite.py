@@ -235,12 +235,14 @@ class SqliteStore(GroupCommit):
                 self._conn.execute(f"SELECT {_columns('own_spks')} FROM own_spks ORDER BY version")]
 
     def load_peer_replies(self) -> dict[bytes, int]:
-        rows = self._conn.execute(f"SELECT {_columns('peer_replies')} FROM peer_replies")
-        return dict(self._codec.peer_reply(r) for r in rows)
+        return self._identity_times("peer_replies")
 
     def load_strangers(self) -> dict[bytes, int]:
-        rows = self._conn.execute(f"SELECT {_columns('strangers')} FROM strangers")
-        return dict(self._codec.stranger(r) for r in rows)
+        return self._identity_times("strangers")
+
+    def _identity_times(self, table: str) -> dict[bytes, int]:
+        rows = self._conn.execute(f"SELECT {_columns(table)} FROM {table}")
+        return dict(self._codec.identity_time(table, r) for r in rows)
 
     # --- on-demand reads (committed rows only; see the module docstring) ----------------------------------------
 
