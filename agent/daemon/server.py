@@ -504,7 +504,6 @@ class AgentServer:
         self._slots = Slots(SlotPolicy(config.max_connections, config.max_connections_per_uid,
                                        config.owner_reserved_connections))
         self._throttle = Throttle(burst=config.refusal_log_burst, window=config.refusal_log_window)
-        self._throttle_mu = threading.Lock()
         self.stopping = False
         self._answers: list[tuple[_Connection, pb.Response | bytes, dict[str, object]]] = []
         self._reading = False  # inside a data_received: it flushes the answers itself when it returns
@@ -703,8 +702,7 @@ class AgentServer:
         """Whether to log this refusal/broken frame (owner: always) and how many were held back before it."""
         if ctx.owner:
             return True, 0
-        with self._throttle_mu:
-            return self._throttle.allow((kind, ctx.cred.uid))
+        return self._throttle.allow((kind, ctx.cred.uid))
 
     def _refused(self, ctx: ClientContext, result: str, why: str) -> None:
         """Log and audit a connection closed at admission, throttled per uid."""

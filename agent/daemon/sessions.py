@@ -314,7 +314,6 @@ class SessionManager:
         self._reply_cap_logged = -(1 << 62)  # when a reply was last refused for the cap (its clock), for the log
         self._max_strangers = stranger_identities
         self._refused_log = Throttle(burst=_REFUSED_LOG_BURST, window=_REFUSED_LOG_WINDOW)
-        self._refused_mu = threading.Lock()
         self._reserve = send_reserve
         self._lock = threading.RLock()
         self._ik: KeyOps = backend.identity()
@@ -553,8 +552,7 @@ class SessionManager:
         """Log a refused bundle from a message, at most ``_REFUSED_LOG_BURST`` lines per ``_REFUSED_LOG_WINDOW``
         seconds (a remote peer decides how many such messages arrive); the lines held back are counted in the next
         one, like refused connections (agent/daemon/throttle.py)."""
-        with self._refused_mu:
-            allowed, held = self._refused_log.allow("bundle")
+        allowed, held = self._refused_log.allow("bundle")
         if allowed:
             log.info("%s%s", line, f" ({held} more refused bundles not logged)" if held else "")
 

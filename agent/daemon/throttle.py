@@ -8,6 +8,7 @@ least recently seen is forgotten first), so the table itself stays small.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ class _Window:
 
 
 class Throttle:
-    """Decides which of a stream of events per key get a log line; thread-safety is the caller's."""
+    """Decides which of a stream of events per key get a log line; thread-safe (its callers log from the event
+    loop and from worker threads)."""
 
     def __init__(self, *, burst: int, window: float, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 1024) -> None:
@@ -33,9 +35,14 @@ class Throttle:
         self._clock = clock
         self._max_keys = max_keys
         self._keys: OrderedDict[Hashable, _Window] = OrderedDict()
+        self._mu = threading.Lock()
 
     def allow(self, key: Hashable) -> tuple[bool, int]:
         """(log this event?, events held back since the last logged one: report them with this line)."""
+        with self._mu:
+            return self._allow(key)
+
+    def _allow(self, key: Hashable) -> tuple[bool, int]:
         now = self._clock()
         w = self._keys.get(key)
         if w is None:
